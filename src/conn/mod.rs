@@ -1,0 +1,10 @@
+//! The connection table: generation-checked handles over a fixed slab of
+//! slots, and the state machine that says who owns each connection.
+
+pub mod handle;
+pub mod state;
+pub mod table;
+
+pub use handle::Handle;
+pub use state::State;
+pub use table::{PendingWrite, Slot, Table};

@@ -1,0 +1,359 @@
+//! The connection table: a fixed slab of slots and a lock-free free list.
+//!
+//! Slots are never freed or moved while the runtime lives, so a `&Slot` from
+//! any handle stays valid; the generation in the state word says whether the
+//! connection the handle named still occupies it.
+
+use super::handle::{next_generation, Handle};
+use super::state::{pack, unpack, State, SHUTDOWN_BIT};
+use crate::ffi::types::evmpm_release_fn;
+use crossbeam_queue::ArrayQueue;
+use libc::c_void;
+use std::cell::UnsafeCell;
+use std::ptr;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
+
+/// The rest of a response handed over by `evmpm_complete_write`.
+///
+/// Dropping it calls the host's release callback, so the callback runs
+/// exactly once however the write ends (sent, failed, timed out, stopped).
+pub struct PendingWrite {
+    data: *const u8,
+    len: usize,
+    sent: usize,
+    release: evmpm_release_fn,
+    release_arg: *mut c_void,
+    pub keepalive: bool,
+}
+
+// SAFETY: the host hands the buffer over for the runtime's exclusive use
+// until release, and promises (in the header) that release may run on any
+// runtime thread.
+unsafe impl Send for PendingWrite {}
+
+impl PendingWrite {
+    /// # Safety
+    /// `data` must be valid for reads of `len` bytes until `release` runs.
+    pub unsafe fn new(
+        data: *const u8,
+        len: usize,
+        release: evmpm_release_fn,
+        release_arg: *mut c_void,
+        keepalive: bool,
+    ) -> PendingWrite {
+        PendingWrite {
+            data,
+            len,
+            sent: 0,
+            release,
+            release_arg,
+            keepalive,
+        }
+    }
+
+    pub fn remaining(&self) -> &[u8] {
+        if self.sent >= self.len {
+            return &[];
+        }
+        // SAFETY: `new`'s contract: `data` is readable for `len` bytes until
+        // release, which only runs in `drop`, after this borrow ends.
+        unsafe { std::slice::from_raw_parts(self.data.add(self.sent), self.len - self.sent) }
+    }
+
+    pub fn advance(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.len);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.sent >= self.len
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            // SAFETY: the host gave us this callback and argument for exactly
+            // one call; `take` makes this the only one.
+            unsafe { release(self.release_arg) };
+        }
+    }
+}
+
+/// One connection slot.
+pub struct Slot {
+    /// `generation << 32 | State`. Every change of owner is a CAS here.
+    state: AtomicU64,
+    /// The connection's descriptor; valid while the slot is not Free.
+    fd: AtomicI32,
+    /// The host's per-connection pointer (`evmpm_conn_set_user`).
+    user: AtomicPtr<c_void>,
+    /// The pending write. Invariant: only the connection's current owner
+    /// touches it, and only in Claimed, WriteReq, Writing or Closing; the
+    /// AcqRel CAS that hands ownership over publishes it.
+    write: UnsafeCell<Option<PendingWrite>>,
+}
+
+// SAFETY: all fields but `write` are atomics; `write` is accessed only by the
+// connection's single owner, as the invariant on the field says.
+unsafe impl Sync for Slot {}
+
+/// Why a handle-checked transition failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Refused {
+    /// The handle's connection is gone.
+    Stale,
+    /// The connection is alive but in this other state.
+    State(State),
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: AtomicU64::new(pack(1, State::Free)),
+            fd: AtomicI32::new(-1),
+            user: AtomicPtr::new(ptr::null_mut()),
+            write: UnsafeCell::new(None),
+        }
+    }
+
+    /// The live state of `h`'s connection, or Stale.
+    pub fn state_of(&self, h: Handle) -> Result<State, Refused> {
+        let (generation, state) = unpack(self.state.load(Ordering::Acquire));
+        if generation != h.generation() || state == State::Free {
+            return Err(Refused::Stale);
+        }
+        Ok(state)
+    }
+
+    /// Moves `h`'s connection from `from` to `to`, or says why not.
+    pub fn transition(&self, h: Handle, from: State, to: State) -> Result<(), Refused> {
+        let expected = pack(h.generation(), from);
+        loop {
+            match self.state.compare_exchange(
+                expected,
+                pack(h.generation(), to),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) if actual == expected | SHUTDOWN_BIT => std::hint::spin_loop(),
+                Err(actual) => {
+                    let (generation, state) = unpack(actual);
+                    return if generation != h.generation() || state == State::Free {
+                        Err(Refused::Stale)
+                    } else {
+                        Err(Refused::State(state))
+                    };
+                }
+            }
+        }
+    }
+
+    /// Forced stop only: shuts down the socket of `h` if a handler is running
+    /// for it, so a handler blocked in read or write returns. The shutdown
+    /// bit keeps the owner from closing the descriptor meanwhile.
+    pub fn shutdown_if_in_handler(&self, h: Handle) -> bool {
+        let word = self.state.load(Ordering::Acquire);
+        let (generation, state) = unpack(word);
+        if generation != h.generation() || !state.in_handler() || word & SHUTDOWN_BIT != 0 {
+            return false;
+        }
+        if self
+            .state
+            .compare_exchange(
+                word,
+                word | SHUTDOWN_BIT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let _ = crate::sys::socket::shutdown_both(self.fd());
+        self.state.fetch_and(!SHUTDOWN_BIT, Ordering::AcqRel);
+        true
+    }
+
+    /// Sets the state unconditionally. Only the owner may call this.
+    pub fn set_state(&self, h: Handle, to: State) {
+        self.state
+            .store(pack(h.generation(), to), Ordering::Release);
+    }
+
+    /// The current state, whichever connection occupies the slot.
+    pub fn raw_state(&self) -> State {
+        unpack(self.state.load(Ordering::Acquire)).1
+    }
+
+    /// The handle of the connection now in the slot (None when free).
+    pub fn current_handle(&self, index: u32) -> Option<Handle> {
+        let (generation, state) = unpack(self.state.load(Ordering::Acquire));
+        (state != State::Free).then(|| Handle::new(index, generation))
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.fd.load(Ordering::Acquire)
+    }
+
+    pub fn user(&self) -> *mut c_void {
+        self.user.load(Ordering::Acquire)
+    }
+
+    pub fn set_user(&self, p: *mut c_void) {
+        self.user.store(p, Ordering::Release)
+    }
+
+    /// # Safety
+    /// The caller owns the connection (see the invariant on `write`).
+    pub unsafe fn put_write(&self, w: PendingWrite) {
+        // SAFETY: exclusive access per the caller's contract.
+        unsafe { *self.write.get() = Some(w) };
+    }
+
+    /// # Safety
+    /// The caller owns the connection (see the invariant on `write`).
+    pub unsafe fn take_write(&self) -> Option<PendingWrite> {
+        // SAFETY: exclusive access per the caller's contract.
+        unsafe { (*self.write.get()).take() }
+    }
+}
+
+/// The slab and its free list.
+pub struct Table {
+    slots: Box<[Slot]>,
+    /// Indices of free slots. FIFO, so a freed slot is reused as late as
+    /// possible. Capacity = slot count, so a push never fails: each index is
+    /// in the queue at most once (it is pushed only by the closer that owns
+    /// it, after marking it Free).
+    free: ArrayQueue<u32>,
+}
+
+impl Table {
+    pub fn new(capacity: u32) -> Table {
+        let slots: Box<[Slot]> = (0..capacity).map(|_| Slot::new()).collect();
+        let free = ArrayQueue::new(capacity.max(1) as usize);
+        for i in 0..capacity {
+            let _ = free.push(i);
+        }
+        Table { slots, free }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot `h` names, whether or not its connection is still alive.
+    pub fn slot(&self, h: Handle) -> Option<&Slot> {
+        if !h.is_connection() {
+            return None;
+        }
+        self.slots.get(h.index() as usize)
+    }
+
+    pub fn slot_at(&self, index: u32) -> &Slot {
+        &self.slots[index as usize]
+    }
+
+    /// Takes a free slot for a new connection in `initial` state.
+    pub fn allocate(&self, fd: i32, initial: State) -> Option<Handle> {
+        let index = self.free.pop()?;
+        let slot = &self.slots[index as usize];
+        let (generation, _) = unpack(slot.state.load(Ordering::Acquire));
+        slot.fd.store(fd, Ordering::Relaxed);
+        slot.user.store(ptr::null_mut(), Ordering::Relaxed);
+        slot.state
+            .store(pack(generation, initial), Ordering::Release);
+        Some(Handle::new(index, generation))
+    }
+
+    /// Frees `h`'s slot. The caller owns the connection (state Closing) and
+    /// has closed its descriptor. Every later use of `h` is Stale.
+    pub fn free(&self, h: Handle) {
+        let slot = &self.slots[h.index() as usize];
+        slot.fd.store(-1, Ordering::Relaxed);
+        slot.state.store(
+            pack(next_generation(h.generation()), State::Free),
+            Ordering::Release,
+        );
+        let pushed = self.free.push(h.index());
+        debug_assert!(pushed.is_ok(), "a slot index was freed twice");
+    }
+
+    /// Iterates over every slot with its index (for stats and stop).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Slot)> {
+        self.slots.iter().enumerate().map(|(i, s)| (i as u32, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_handle_is_refused_after_free_and_reuse() {
+        let t = Table::new(1);
+        let a = t.allocate(10, State::Reading).unwrap();
+        assert!(t.allocate(11, State::Reading).is_none(), "table is full");
+        let s = t.slot(a).unwrap();
+        s.transition(a, State::Reading, State::Closing).unwrap();
+        t.free(a);
+        assert_eq!(s.state_of(a), Err(Refused::Stale));
+        let b = t.allocate(12, State::Reading).unwrap();
+        assert_eq!(a.index(), b.index());
+        assert_ne!(a, b);
+        // The old handle never acts on the new connection.
+        assert_eq!(
+            s.transition(a, State::Reading, State::Queued),
+            Err(Refused::Stale)
+        );
+        assert_eq!(s.state_of(b), Ok(State::Reading));
+        assert_eq!(s.fd(), 12);
+    }
+
+    #[test]
+    fn wrong_state_is_reported_with_the_actual_state() {
+        let t = Table::new(4);
+        let h = t.allocate(3, State::Handler).unwrap();
+        let s = t.slot(h).unwrap();
+        s.transition(h, State::Handler, State::ParkReq).unwrap();
+        assert_eq!(
+            s.transition(h, State::Handler, State::ParkReq),
+            Err(Refused::State(State::ParkReq))
+        );
+    }
+
+    #[test]
+    fn zero_and_out_of_range_handles_name_no_slot() {
+        let t = Table::new(2);
+        assert!(t.slot(Handle(0)).is_none());
+        assert!(t.slot(Handle::new(5, 1)).is_none());
+    }
+
+    #[test]
+    fn pending_write_releases_exactly_once() {
+        use std::sync::atomic::AtomicUsize;
+        static RELEASED: AtomicUsize = AtomicUsize::new(0);
+        unsafe extern "C" fn release(_: *mut c_void) {
+            RELEASED.fetch_add(1, Ordering::SeqCst);
+        }
+        let data = b"hello";
+        // SAFETY: `data` is static.
+        let mut w = unsafe {
+            PendingWrite::new(
+                data.as_ptr(),
+                data.len(),
+                Some(release),
+                ptr::null_mut(),
+                true,
+            )
+        };
+        assert_eq!(w.remaining(), b"hello");
+        w.advance(3);
+        assert_eq!(w.remaining(), b"lo");
+        w.advance(10);
+        assert!(w.is_done());
+        drop(w);
+        assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
+    }
+}

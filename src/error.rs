@@ -1,0 +1,64 @@
+//! Errors and their C codes.
+
+use crate::ffi::types::*;
+use libc::c_int;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Error {
+    Invalid,
+    NotSocket,
+    NotListener,
+    Stale,
+    State,
+    Stopped,
+    TimedOut,
+    Thread,
+    /// An OS call failed with this errno.
+    Os(i32),
+    Exists,
+    Version,
+    Internal,
+}
+
+impl Error {
+    pub fn code(self) -> c_int {
+        match self {
+            Error::Invalid => EVMPM_EINVAL,
+            Error::NotSocket => EVMPM_ENOTSOCK,
+            Error::NotListener => EVMPM_ENOTLISTENER,
+            Error::Stale => EVMPM_ESTALE,
+            Error::State => EVMPM_ESTATE,
+            Error::Stopped => EVMPM_ESTOPPED,
+            Error::TimedOut => EVMPM_ETIMEDOUT,
+            Error::Thread => EVMPM_ETHREAD,
+            Error::Os(_) => EVMPM_EOS,
+            Error::Exists => EVMPM_EEXIST,
+            Error::Version => EVMPM_EVERSION,
+            Error::Internal => EVMPM_EINTERNAL,
+        }
+    }
+
+    pub fn from_io(e: &std::io::Error) -> Error {
+        Error::Os(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// The text for a code, as `evmpm_strerror` returns it. NUL-terminated.
+pub fn describe(code: c_int) -> &'static str {
+    match code {
+        EVMPM_OK => "success\0",
+        EVMPM_EINVAL => "invalid argument (NULL pointer or value out of range)\0",
+        EVMPM_ENOTSOCK => "descriptor is not an open stream socket\0",
+        EVMPM_ENOTLISTENER => "socket is not listening\0",
+        EVMPM_ESTALE => "connection handle is stale (the connection has closed)\0",
+        EVMPM_ESTATE => "call does not fit the connection's or runtime's state\0",
+        EVMPM_ESTOPPED => "runtime is stopping or stopped\0",
+        EVMPM_ETIMEDOUT => "stop deadline passed; remaining connections were closed by force\0",
+        EVMPM_ETHREAD => "call would deadlock on this thread\0",
+        EVMPM_EOS => "operating system call failed (see errno)\0",
+        EVMPM_EEXIST => "listener already registered\0",
+        EVMPM_EVERSION => "unknown evmpm_config version\0",
+        EVMPM_EINTERNAL => "internal error in evmpm\0",
+        _ => "unknown evmpm error code\0",
+    }
+}

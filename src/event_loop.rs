@@ -1,0 +1,501 @@
+//! The event thread: accepts connections, watches idle and write-completion
+//! connections with epoll, expires timeouts, applies admission control and
+//! shedding, and runs the graceful stop.
+//!
+//! It never blocks on a worker: ready connections go into the run queue and
+//! the loop moves on. It never reads the host's bytes: readiness is all it
+//! needs (a peek tells a closed peer from a request).
+
+use crate::conn::{Handle, State};
+use crate::ffi::types::{EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
+use crate::handoff::{CloseHow, Drained, Handoff};
+use crate::runtime::{mark_current_thread, Runtime};
+use crate::stats::Counters;
+use crate::sys::{self, epoll, socket};
+use crate::timeouts::{Kind, TimeoutQueues, KINDS};
+use crate::workers::Job;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+/// Messages to the event thread.
+#[derive(Clone, Copy, Debug)]
+pub enum Msg {
+    /// The connection is armed in epoll and waits in the state that matches
+    /// this timeout kind: link it into that queue.
+    Watch(Handle, Kind),
+    /// `evmpm_register_listener` added a listener after start.
+    ListenersChanged,
+    /// `evmpm_stop`: stop accepting, close idle connections, finish the rest
+    /// by this deadline (ns since the runtime's epoch).
+    Stop { deadline_ns: u64 },
+}
+
+/// epoll token of the waker. Listener tokens are 1..=listeners; connection
+/// handles are all >= 2^32 (see `conn::handle`).
+pub(crate) const WAKER_TOKEN: u64 = 0;
+
+const ACCEPT_BATCH: usize = 64;
+const EVENTS_PER_WAIT: usize = 256;
+const BACKOFF_FIRST_NS: u64 = 10_000_000;
+const BACKOFF_MAX_NS: u64 = 500_000_000;
+/// Shedding closes at most this many connections per turn of the loop.
+const SHED_BATCH: usize = 64;
+
+struct EventLoop {
+    rt: Arc<Runtime>,
+    timeouts: TimeoutQueues,
+    events: Vec<epoll::Event>,
+    /// Listener descriptors currently registered with epoll.
+    armed_listeners: Vec<i32>,
+    /// Descriptor exhaustion: accepting resumes at `until`; the next back-off
+    /// lasts `next_ns`.
+    backoff_until: Option<u64>,
+    backoff_next_ns: u64,
+    stop_deadline: Option<u64>,
+    /// (jobs taken, since when) while every worker is busy with work waiting.
+    stall: Option<(usize, u64)>,
+    now: u64,
+}
+
+/// The event thread's body. Returns true when the stop deadline forced
+/// connections closed.
+pub fn run(rt: Arc<Runtime>) -> bool {
+    mark_current_thread(&rt);
+    let timeouts = TimeoutQueues::new(rt.table.capacity(), KINDS.map(|k| rt.timeout_ns(k)));
+    let mut ev = EventLoop {
+        now: rt.now_ns(),
+        rt,
+        timeouts,
+        events: Vec::with_capacity(EVENTS_PER_WAIT),
+        armed_listeners: Vec::new(),
+        backoff_until: None,
+        backoff_next_ns: BACKOFF_FIRST_NS,
+        stop_deadline: None,
+        stall: None,
+    };
+    ev.sync_listeners();
+    let forced = loop {
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ev.turn()));
+        match turn {
+            Ok(Some(forced)) => break forced,
+            Ok(None) => {}
+            Err(_) => eprintln!("evmpm: internal panic in the event thread; it continues"),
+        }
+    };
+    ev.rt.event_thread_alive.store(false, Ordering::Release);
+    // Anything handed over while we were exiting: close it here.
+    abort_leftovers(&ev.rt);
+    forced
+}
+
+impl EventLoop {
+    /// One turn: wait, handle events and messages, expire, accept.
+    /// Some(forced) when the stop has completed.
+    fn turn(&mut self) -> Option<bool> {
+        let timeout_ms = self.timeout_ms();
+        let wake_at = if timeout_ms < 0 {
+            u64::MAX
+        } else {
+            self.now + timeout_ms as u64 * 1_000_000
+        };
+        self.rt
+            .event_wake_at
+            .store(wake_at.max(1), Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let timeout_ms = if self.rt.inbox.is_empty() {
+            timeout_ms
+        } else {
+            0
+        };
+        if let Err(e) = self.rt.epoll.wait(&mut self.events, timeout_ms) {
+            eprintln!("evmpm: epoll_wait failed: {e}");
+        }
+        self.rt.event_wake_at.store(0, Ordering::SeqCst);
+        self.now = self.rt.now_ns();
+
+        let mut listener_ready = false;
+        for i in 0..self.events.len() {
+            let ev = self.events[i];
+            let (token, flags) = (ev.u64, ev.events);
+            if token == WAKER_TOKEN {
+                self.rt.waker.reset();
+            } else if !Handle(token).is_connection() {
+                listener_ready = true;
+            } else {
+                self.on_connection_event(Handle(token), flags);
+            }
+        }
+        self.drain_inbox();
+        self.expire();
+        if listener_ready {
+            self.accept_some();
+        }
+        self.sync_listeners();
+        self.shed();
+        self.stop_progress()
+    }
+
+    fn timeout_ms(&self) -> i32 {
+        let deadlines = [
+            self.timeouts.next_deadline(),
+            self.backoff_until,
+            self.stop_deadline,
+            self.stall.map(|(_, since)| since + self.rt.config.shed_ns),
+            // While stopping, look at the open count now and then.
+            self.stop_deadline.map(|_| self.now + 10_000_000),
+        ];
+        match deadlines.iter().flatten().min() {
+            None => -1,
+            Some(&d) if d <= self.now => 0,
+            Some(&d) => ((d - self.now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32,
+        }
+    }
+
+    fn on_connection_event(&mut self, h: Handle, flags: u32) {
+        let Some(slot) = self.rt.table.slot(h) else {
+            return;
+        };
+        let Ok(state) = slot.state_of(h) else { return }; // closed meanwhile
+        match state {
+            State::Reading | State::Keepalive => {
+                self.timeouts.remove(h.index());
+                if flags & epoll::ERROR != 0
+                    || (flags & (epoll::HANGUP | epoll::PEER_CLOSED) != 0 && peer_gone(slot.fd()))
+                {
+                    // Nothing to serve: close here instead of waking a worker.
+                    self.close(h, state, CloseHow::Abort);
+                    return;
+                }
+                if slot.transition(h, state, State::Queued).is_ok() {
+                    let reason = if state == State::Reading {
+                        EVMPM_WAKE_NEW
+                    } else {
+                        EVMPM_WAKE_READABLE
+                    };
+                    self.rt.workers.push(Job { conn: h, reason });
+                }
+            }
+            State::Writing => {
+                self.timeouts.remove(h.index());
+                let next = self.rt.write_owned(h, slot, State::Writing);
+                self.adopt(h, next);
+            }
+            State::Lingering => match self.rt.drain(slot.fd()) {
+                Drained::PeerDone => {
+                    self.timeouts.remove(h.index());
+                    if slot.transition(h, State::Lingering, State::Closing).is_ok() {
+                        self.rt.final_close(h, slot, true);
+                    }
+                }
+                _ => {
+                    // Keep the linger deadline; just re-arm.
+                    let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+                    if self.rt.epoll.modify(slot.fd(), interest, h.0).is_err() {
+                        self.timeouts.remove(h.index());
+                        if slot.transition(h, State::Lingering, State::Closing).is_ok() {
+                            self.rt.final_close(h, slot, true);
+                        }
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// Links a connection another thread armed into its timeout queue.
+    fn adopt(&mut self, h: Handle, handoff: Handoff) {
+        let Handoff::Watch(kind) = handoff else {
+            return;
+        };
+        let Some(slot) = self.rt.table.slot(h) else {
+            return;
+        };
+        let expected = match kind {
+            Kind::Reading => State::Reading,
+            Kind::Keepalive => State::Keepalive,
+            Kind::Write => State::Writing,
+            Kind::Linger => State::Lingering,
+        };
+        if slot.state_of(h) != Ok(expected) {
+            return; // stale message: the connection moved on already
+        }
+        if self.stop_deadline.is_some() && matches!(kind, Kind::Reading | Kind::Keepalive) {
+            self.close(h, expected, CloseHow::Quick);
+            return;
+        }
+        if self.timeouts.kind_of(h.index()) != Some(kind) {
+            self.timeouts.insert(kind, h.index(), self.now);
+        }
+    }
+
+    /// Closes a connection the event thread owns (in `state`).
+    fn close(&mut self, h: Handle, state: State, how: CloseHow) {
+        let Some(slot) = self.rt.table.slot(h) else {
+            return;
+        };
+        self.timeouts.remove(h.index());
+        if slot.transition(h, state, State::Closing).is_err() {
+            return;
+        }
+        if state == State::Lingering {
+            self.rt.final_close(h, slot, true);
+            return;
+        }
+        let next = self.rt.close_owned(h, slot, how);
+        self.adopt(h, next);
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Some(msg) = self.rt.inbox.pop() {
+            match msg {
+                Msg::Watch(h, kind) => self.adopt(h, Handoff::Watch(kind)),
+                Msg::ListenersChanged => {
+                    // Re-register from scratch on the next sync.
+                    self.pause_listeners(false);
+                }
+                Msg::Stop { deadline_ns } => self.begin_stop(deadline_ns),
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        for kind in KINDS {
+            while let Some(index) = self.timeouts.pop_expired(kind, self.now) {
+                let slot = self.rt.table.slot_at(index);
+                let Some(h) = slot.current_handle(index) else {
+                    continue;
+                };
+                let c = &self.rt.counters;
+                match kind {
+                    Kind::Reading => {
+                        Counters::bump(&c.timed_out);
+                        self.close(h, State::Reading, CloseHow::Quick);
+                    }
+                    Kind::Keepalive => {
+                        Counters::bump(&c.timed_out);
+                        Counters::bump(&c.keepalive_expired);
+                        self.close(h, State::Keepalive, CloseHow::Quick);
+                    }
+                    Kind::Write => {
+                        Counters::bump(&c.timed_out);
+                        self.close(h, State::Writing, CloseHow::Abort);
+                    }
+                    Kind::Linger => self.close(h, State::Lingering, CloseHow::Abort),
+                }
+            }
+        }
+    }
+
+    fn accept_some(&mut self) {
+        let listeners = self.armed_listeners.clone();
+        for lfd in listeners {
+            for _ in 0..ACCEPT_BATCH {
+                if self.rt.is_stopping() || !self.rt.admits() {
+                    return;
+                }
+                match socket::accept(lfd) {
+                    Ok(fd) => {
+                        self.backoff_next_ns = BACKOFF_FIRST_NS;
+                        self.admit(fd);
+                    }
+                    Err(e) if sys::would_block(&e) => break,
+                    Err(e) if socket::is_resource_exhaustion(&e) => {
+                        // Out of descriptors: stop polling the listeners for a
+                        // while instead of spinning on their readiness.
+                        Counters::bump(&self.rt.counters.accept_backoffs);
+                        self.backoff_until = Some(self.now + self.backoff_next_ns);
+                        self.backoff_next_ns = (self.backoff_next_ns * 2).min(BACKOFF_MAX_NS);
+                        return;
+                    }
+                    // ECONNABORTED, EPROTO, EPERM (firewall): that client only.
+                    Err(_) => continue,
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, fd: i32) {
+        let Some(h) = self.rt.table.allocate(fd, State::Reading) else {
+            sys::close(fd);
+            Counters::bump(&self.rt.counters.refused);
+            return;
+        };
+        self.rt.open.fetch_add(1, Ordering::AcqRel);
+        Counters::bump(&self.rt.counters.accepted);
+        let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+        if self.rt.epoll.add(fd, interest, h.0).is_err() {
+            Counters::bump(&self.rt.counters.refused);
+            self.close(h, State::Reading, CloseHow::Abort);
+            return;
+        }
+        self.timeouts.insert(Kind::Reading, h.index(), self.now);
+    }
+
+    /// Registers or removes the listeners as admission, back-off and stop say.
+    fn sync_listeners(&mut self) {
+        if let Some(until) = self.backoff_until {
+            if self.now >= until {
+                self.backoff_until = None;
+            }
+        }
+        let want = !self.rt.is_stopping() && self.backoff_until.is_none() && self.rt.admits();
+        let armed = !self.rt.accept_paused();
+        if want && !armed {
+            self.resume_listeners();
+        } else if !want && armed {
+            self.pause_listeners(true);
+        }
+    }
+
+    fn resume_listeners(&mut self) {
+        let listeners = self
+            .rt
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (i, &fd) in listeners.iter().enumerate() {
+            let interest = epoll::READABLE | epoll::EXCLUSIVE;
+            if self.rt.epoll.add(fd, interest, i as u64 + 1).is_ok() {
+                self.armed_listeners.push(fd);
+            }
+        }
+        self.rt.set_accept_paused(false);
+    }
+
+    fn pause_listeners(&mut self, count_it: bool) {
+        for fd in self.armed_listeners.drain(..) {
+            let _ = self.rt.epoll.delete(fd);
+        }
+        if count_it && !self.rt.is_stopping() && !self.rt.accept_paused() {
+            Counters::bump(&self.rt.counters.accept_pauses);
+        }
+        self.rt.set_accept_paused(true);
+    }
+
+    /// Sheds idle keep-alive connections, oldest first, when the workers are
+    /// stalled: all busy, work waiting, and none taken for `shed_ns`.
+    /// A pool that is merely saturated keeps taking work and sheds nothing.
+    fn shed(&mut self) {
+        let shed_ns = self.rt.config.shed_ns;
+        let workers = &self.rt.workers;
+        let waiting = workers.queued();
+        let stalled_candidate = shed_ns != 0
+            && self.stop_deadline.is_none()
+            && waiting > 0
+            && workers.busy() >= self.rt.config.workers;
+        if !stalled_candidate {
+            self.stall = None;
+            return;
+        }
+        let taken = workers.taken();
+        match self.stall {
+            Some((seen, since)) if seen == taken => {
+                if self.now.saturating_sub(since) < shed_ns {
+                    return;
+                }
+                for _ in 0..waiting.min(SHED_BATCH) {
+                    let Some(index) = self.timeouts.pop_oldest(Kind::Keepalive) else {
+                        break;
+                    };
+                    let slot = self.rt.table.slot_at(index);
+                    let Some(h) = slot.current_handle(index) else {
+                        continue;
+                    };
+                    Counters::bump(&self.rt.counters.shed);
+                    self.close(h, State::Keepalive, CloseHow::Quick);
+                }
+                self.stall = Some((taken, self.now));
+            }
+            _ => self.stall = Some((taken, self.now)),
+        }
+    }
+
+    fn begin_stop(&mut self, deadline_ns: u64) {
+        self.stop_deadline = Some(deadline_ns);
+        self.pause_listeners(false);
+        for (kind, state) in [
+            (Kind::Reading, State::Reading),
+            (Kind::Keepalive, State::Keepalive),
+        ] {
+            while let Some(index) = self.timeouts.pop_oldest(kind) {
+                let slot = self.rt.table.slot_at(index);
+                if let Some(h) = slot.current_handle(index) {
+                    self.close(h, state, CloseHow::Quick);
+                }
+            }
+        }
+    }
+
+    fn stop_progress(&mut self) -> Option<bool> {
+        let deadline = self.stop_deadline?;
+        if self.rt.open.load(Ordering::Acquire) == 0 {
+            return Some(false);
+        }
+        if self.now < deadline {
+            return None;
+        }
+        // Deadline: nothing new may be handed to us from here on.
+        self.rt.event_thread_alive.store(false, Ordering::Release);
+        self.drain_inbox();
+        for index in 0..self.rt.table.capacity() as u32 {
+            let slot = self.rt.table.slot_at(index);
+            let Some(h) = slot.current_handle(index) else {
+                continue;
+            };
+            let Ok(state) = slot.state_of(h) else {
+                continue;
+            };
+            match state {
+                State::Reading
+                | State::Keepalive
+                | State::Writing
+                | State::Queued
+                | State::Suspended
+                | State::Lingering => self.close(h, state, CloseHow::Abort),
+                s if s.in_handler() => {
+                    slot.shutdown_if_in_handler(h);
+                }
+                _ => {}
+            }
+        }
+        Some(true)
+    }
+}
+
+/// True when a peek shows the peer closed with nothing left to read.
+fn peer_gone(fd: i32) -> bool {
+    let mut byte = [0u8; 1];
+    match socket::peek(fd, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !sys::would_block(&e),
+    }
+}
+
+/// After the event thread has gone: connections handed to it late (a
+/// worker that raced the forced stop) are closed by whoever calls this.
+pub fn abort_leftovers(rt: &Runtime) {
+    while let Some(msg) = rt.inbox.pop() {
+        let Msg::Watch(h, _) = msg else { continue };
+        let Some(slot) = rt.table.slot(h) else {
+            continue;
+        };
+        let Ok(state) = slot.state_of(h) else {
+            continue;
+        };
+        if !matches!(
+            state,
+            State::Keepalive | State::Writing | State::Lingering | State::Reading
+        ) {
+            continue;
+        }
+        if slot.transition(h, state, State::Closing).is_ok() {
+            if state == State::Lingering {
+                rt.final_close(h, slot, true);
+            } else {
+                let _ = rt.close_owned(h, slot, CloseHow::Abort);
+            }
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! The exported C functions. Each one: checks its pointers, runs inside
+//! `ffi_guard!` so no panic reaches C, and returns 0 or a negative
+//! `EVMPM_E*` code. Their doc comments are the header's documentation.
+
+// Each function states its contract in C terms (Threads, Ownership, Errors)
+// in the header; a Rust `# Safety` heading would only repeat it there.
+#![allow(clippy::missing_safety_doc)]
+
+use super::ffi_guard;
+use super::types::*;
+use crate::config::{self, Config};
+use crate::conn::{Handle, PendingWrite};
+use crate::error::{self, Error};
+use crate::runtime::Runtime;
+use crate::stats;
+use libc::{c_char, c_int, c_void};
+use std::sync::Arc;
+
+fn result_code(r: Result<(), Error>) -> c_int {
+    match r {
+        Ok(()) => EVMPM_OK,
+        Err(e) => {
+            if let Error::Os(errno) = e {
+                crate::sys::set_errno(errno);
+            }
+            e.code()
+        }
+    }
+}
+
+/// # Safety
+/// `rt` is NULL or a pointer from `evmpm_create` not yet destroyed.
+unsafe fn runtime<'a>(rt: *mut Runtime) -> Result<&'a Runtime, Error> {
+    // SAFETY: per this function's contract.
+    unsafe { rt.as_ref() }.ok_or(Error::Invalid)
+}
+
+/// Fills `*cfg` with the defaults (see `evmpm_config`). Call it before
+/// setting any field, so fields added in later versions get their defaults.
+///
+/// Threads: any. Ownership: `cfg` is the caller's.
+/// Errors: `EVMPM_EINVAL` if `cfg` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_config_init(cfg: *mut evmpm_config) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if cfg.is_null() {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: non-NULL, and the caller provides a writable evmpm_config.
+        unsafe { cfg.write(config::defaults()) };
+        EVMPM_OK
+    })
+}
+
+/// Creates a runtime from `*cfg` and stores it in `*out`. No thread runs
+/// until `evmpm_start`.
+///
+/// Threads: any. Ownership: `cfg` stays the caller's (it is copied); the
+/// runtime in `*out` is the caller's, to free with `evmpm_destroy`.
+/// Errors: `EVMPM_EINVAL` (NULL `cfg`/`out`, no handler, a value out of
+/// range), `EVMPM_EVERSION` (`cfg` not filled by `evmpm_config_init`),
+/// `EVMPM_EOS` (epoll or eventfd creation failed; see errno). On error
+/// `*out` is set to NULL when `out` is not NULL.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_create(cfg: *const evmpm_config, out: *mut *mut Runtime) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if out.is_null() {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: non-NULL; the caller provides a writable pointer slot.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: NULL or a readable evmpm_config, per the contract.
+        let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+            return EVMPM_EINVAL;
+        };
+        let created = Config::from_c(cfg).and_then(Runtime::new);
+        match created {
+            Ok(rt) => {
+                // SAFETY: as above.
+                unsafe { out.write(Arc::into_raw(rt) as *mut Runtime) };
+                EVMPM_OK
+            }
+            Err(e) => result_code(Err(e)),
+        }
+    })
+}
+
+/// Hands the runtime a listening socket the host created, bound and
+/// `listen()`ed. The event thread accepts on it (accept4, close-on-exec) and
+/// polls each new connection until it is readable before running the
+/// handler, so a client that connects and sends nothing never holds a
+/// worker. The runtime sets O_NONBLOCK on `fd`. Several runtimes, or
+/// several processes, may share one listener (EPOLLEXCLUSIVE).
+///
+/// Threads: any but the runtime's own, before or after `evmpm_start`.
+/// Ownership: `fd` stays the host's; the runtime never closes it, and the
+/// host must not close it before `evmpm_stop` returns.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ENOTSOCK` (`fd` is not an
+/// open stream socket), `EVMPM_ENOTLISTENER` (not listening), `EVMPM_EEXIST`
+/// (already registered), `EVMPM_ESTOPPED` (stop was called), `EVMPM_EOS`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_register_listener(rt: *mut Runtime, fd: c_int) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        // SAFETY: `rt` per this function's contract.
+        result_code(unsafe { runtime(rt) }.and_then(|rt| rt.register_listener(fd)))
+    })
+}
+
+/// Starts the event thread and the worker threads. The threads inherit the
+/// calling thread's signal mask: block the signals the host handles itself
+/// before calling this.
+///
+/// Threads: any but the runtime's own. Once per runtime.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTATE` (already started),
+/// `EVMPM_ESTOPPED` (stopped), `EVMPM_EOS` (a thread could not be created;
+/// the runtime is then stopped).
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_start(rt: *mut Runtime) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if rt.is_null() {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: a live pointer from evmpm_create (contract): the host
+        // holds one strong count, so borrowing it as an Arc is sound while
+        // we do not drop that count.
+        let rt = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(rt as *const Runtime) });
+        result_code(rt.start())
+    })
+}
+
+/// Graceful stop. Stops accepting at once and closes idle connections
+/// (waiting for a first request, or parked in keep-alive). Handlers running
+/// now finish, requests already readable are still served, write
+/// completions finish; connections the handler then parks are closed.
+/// Returns when every connection is closed, or at the deadline
+/// `timeout_ms` from now: then every remaining connection is closed by
+/// force (sockets of handlers still running are shut down so blocked reads
+/// return), and the call returns after at most ~100 ms more.
+///
+/// Threads: any but the runtime's own (handlers, callbacks).
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ETHREAD` (called from a
+/// handler or callback of this runtime), `EVMPM_ESTOPPED` (already stopped),
+/// `EVMPM_ETIMEDOUT` (the deadline forced connections closed, or a handler
+/// had not returned; the runtime is stopped all the same, and such a
+/// handler's connection is closed when it returns).
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_stop(rt: *mut Runtime, timeout_ms: u32) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        // SAFETY: `rt` per this function's contract.
+        result_code(unsafe { runtime(rt) }.and_then(|rt| rt.stop(timeout_ms)))
+    })
+}
+
+/// Frees the runtime. If it is still running it is first stopped with a
+/// deadline of 0 (every connection closed at once, close callbacks run).
+/// NULL is accepted and ignored.
+///
+/// Threads: any but the runtime's own; a call from a handler or callback of
+/// this runtime does nothing and returns `EVMPM_ETHREAD`.
+/// Ownership: `rt` is invalid afterwards. A handler that was stuck past
+/// `evmpm_stop`'s deadline keeps the runtime's memory alive until it returns.
+/// Errors: `EVMPM_ETHREAD`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_destroy(rt: *mut Runtime) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if rt.is_null() {
+            return EVMPM_OK;
+        }
+        // SAFETY: a live pointer from evmpm_create (contract).
+        let borrowed = unsafe { &*rt };
+        if borrowed.is_own_thread() {
+            return EVMPM_ETHREAD;
+        }
+        let _ = borrowed.stop(0);
+        // SAFETY: takes back the strong count Arc::into_raw gave the host.
+        drop(unsafe { Arc::from_raw(rt as *const Runtime) });
+        EVMPM_OK
+    })
+}
+
+/// Runs `f` on the runtime and the handle, and turns the result into a code.
+fn with_conn(
+    rt: Result<&Runtime, Error>,
+    conn: evmpm_conn,
+    f: impl FnOnce(&Runtime, Handle) -> Result<(), Error>,
+) -> c_int {
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => return e.code(),
+    };
+    let h = Handle(conn);
+    if !h.is_connection() {
+        return EVMPM_ESTALE;
+    }
+    result_code(f(rt, h))
+}
+
+/// The handler's request is done and the connection stays open. The worker
+/// is free as soon as the handler returns; the event thread then waits for
+/// the next request (handler runs again with `EVMPM_WAKE_READABLE`) or the
+/// keep-alive timeout (connection closed). With `EVMPM_PARK_BUFFERED` in
+/// `flags` the host already holds input for this connection: the handler
+/// runs again at once, without polling (`EVMPM_WAKE_BUFFERED`).
+///
+/// Threads: the connection's handler, or any thread while the host holds
+/// the connection suspended (`evmpm_suspend`).
+/// Errors: `EVMPM_EINVAL` (NULL `rt`, unknown flag), `EVMPM_ESTALE`
+/// (connection closed), `EVMPM_ESTATE` (not held by the host: already
+/// parked, written, closed, or its handler already returned),
+/// `EVMPM_ESTOPPED` (runtime stopped).
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_park_keepalive(
+    rt: *mut Runtime,
+    conn: evmpm_conn,
+    flags: u32,
+) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if flags & !EVMPM_PARK_BUFFERED != 0 {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
+            rt.host_park(h, flags & EVMPM_PARK_BUFFERED != 0)
+        })
+    })
+}
+
+/// Runs the handler for a suspended connection on a worker again
+/// (`EVMPM_WAKE_RESUMED`), for example once a backend answered. If the
+/// handler that suspended it has not returned yet, it runs again on the
+/// same worker right after it does; it never runs twice at once.
+///
+/// Threads: any.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (the
+/// connection is not suspended), `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_hand_back_to_worker(rt: *mut Runtime, conn: evmpm_conn) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| rt.host_hand_back(h))
+    })
+}
+
+/// Gives the runtime the rest of the response: `len` bytes at `data`. The
+/// worker is free as soon as the handler returns; the bytes are sent without
+/// blocking, first on the worker, then by the event thread as the client
+/// reads. Then, with `EVMPM_WRITE_KEEPALIVE` in `flags`, the connection is
+/// parked in keep-alive; without it, closed (lingering close). A write that
+/// sends nothing for `write_timeout_ms` closes the connection.
+///
+/// Ownership: on success the runtime borrows `data` until it calls
+/// `release(release_arg)`, exactly once, when the write ends (sent, failed,
+/// timed out, or the runtime stopped). `release` may be NULL for static
+/// data. On error nothing is kept and `release` is not called.
+///
+/// Threads: the connection's handler, or any thread while the host holds the
+/// connection suspended.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`, NULL `data` with `len` > 0, unknown
+/// flag), `EVMPM_ESTALE`, `EVMPM_ESTATE` (not held by the host, or already
+/// parked/written/closed), `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_complete_write(
+    rt: *mut Runtime,
+    conn: evmpm_conn,
+    data: *const c_void,
+    len: usize,
+    release: evmpm_release_fn,
+    release_arg: *mut c_void,
+    flags: u32,
+) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if flags & !EVMPM_WRITE_KEEPALIVE != 0 || (data.is_null() && len > 0) {
+            return EVMPM_EINVAL;
+        }
+        let keepalive = flags & EVMPM_WRITE_KEEPALIVE != 0;
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
+            rt.host_complete_write(h, || {
+                // SAFETY: the host lends `data` (readable for `len`) until
+                // release, per this function's contract.
+                unsafe { PendingWrite::new(data.cast(), len, release, release_arg, keepalive) }
+            })
+        })
+    })
+}
+
+/// The host keeps the connection for now: when the handler returns the
+/// worker is free and the runtime does not poll the connection until
+/// `evmpm_hand_back_to_worker`, `evmpm_park_keepalive`,
+/// `evmpm_complete_write` or `evmpm_close` is called for it. No timeout
+/// applies while suspended.
+///
+/// Threads: the connection's handler.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (no
+/// handler is running for it, or it already decided), `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_suspend(rt: *mut Runtime, conn: evmpm_conn) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| rt.host_suspend(h))
+    })
+}
+
+/// Closes the connection, off the worker: the close callback runs, then the
+/// write side is shut down and the client's remaining input is drained
+/// (lingering close, up to `linger_timeout_ms`) before the descriptor is
+/// closed. Do not close the descriptor yourself.
+///
+/// Threads: the connection's handler, or any thread while the host holds the
+/// connection suspended (the close callback then runs on the calling
+/// thread).
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (not
+/// held by the host, or already decided), `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_close(rt: *mut Runtime, conn: evmpm_conn) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| rt.host_close(h))
+    })
+}
+
+/// Attaches the host's pointer to the connection. The runtime never
+/// dereferences it; the close callback receives it last.
+///
+/// Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`,
+/// `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_conn_set_user(
+    rt: *mut Runtime,
+    conn: evmpm_conn,
+    user: *mut c_void,
+) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
+            let slot = rt.table.slot(h).ok_or(Error::Stale)?;
+            slot.state_of(h).map_err(|_| Error::Stale)?;
+            slot.set_user(user);
+            Ok(())
+        })
+    })
+}
+
+/// Reads the pointer set with `evmpm_conn_set_user` (NULL if none) into
+/// `*out`.
+///
+/// Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt` or `out`),
+/// `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_conn_get_user(
+    rt: *mut Runtime,
+    conn: evmpm_conn,
+    out: *mut *mut c_void,
+) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if out.is_null() {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
+            let slot = rt.table.slot(h).ok_or(Error::Stale)?;
+            slot.state_of(h).map_err(|_| Error::Stale)?;
+            // SAFETY: non-NULL, writable per the contract.
+            unsafe { out.write(slot.user()) };
+            Ok(())
+        })
+    })
+}
+
+/// Reads the connection's descriptor into `*out`.
+///
+/// Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt` or `out`),
+/// `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_conn_fd(
+    rt: *mut Runtime,
+    conn: evmpm_conn,
+    out: *mut c_int,
+) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if out.is_null() {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: `rt` per this function's contract.
+        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
+            let slot = rt.table.slot(h).ok_or(Error::Stale)?;
+            slot.state_of(h).map_err(|_| Error::Stale)?;
+            // SAFETY: non-NULL, writable per the contract.
+            unsafe { out.write(slot.fd()) };
+            Ok(())
+        })
+    })
+}
+
+/// Writes a snapshot of the runtime's counters to `*out`.
+///
+/// Threads: any, at any time until `evmpm_destroy` (also after stop).
+/// Errors: `EVMPM_EINVAL` (NULL `rt` or `out`).
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_get_stats(rt: *mut Runtime, out: *mut evmpm_stats) -> c_int {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        if out.is_null() {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: `rt` per this function's contract.
+        match unsafe { runtime(rt) } {
+            Ok(rt) => {
+                // SAFETY: non-NULL, writable per the contract.
+                unsafe { out.write(stats::snapshot(rt)) };
+                EVMPM_OK
+            }
+            Err(e) => e.code(),
+        }
+    })
+}
+
+/// A static, NUL-terminated English description of an `EVMPM_E*` code (or
+/// "unknown evmpm error code"). Never NULL; never free it.
+///
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn evmpm_strerror(code: c_int) -> *const c_char {
+    ffi_guard!(c"internal error in evmpm".as_ptr(), {
+        error::describe(code).as_ptr().cast()
+    })
+}
+
+/// The library's version as a static string, "MAJOR.MINOR.PATCH". Compare
+/// with `EVMPM_VERSION_*` to check the header matches the library.
+///
+/// Threads: any.
+#[no_mangle]
+pub extern "C" fn evmpm_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}

@@ -1,0 +1,34 @@
+//! The C boundary: exported functions, their types, and the guard that keeps
+//! Rust panics from crossing into C.
+
+pub mod api;
+pub mod types;
+
+/// Runs an exported function's body, turning a panic into `$on_panic`.
+///
+/// Every `extern "C"` function in `api.rs` goes through this, so no unwind
+/// ever reaches C (which would be undefined behaviour).
+macro_rules! ffi_guard {
+    ($on_panic:expr, $body:block) => {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $body)) {
+            Ok(v) => v,
+            Err(_) => $on_panic,
+        }
+    };
+}
+pub(crate) use ffi_guard;
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in header must be exactly what cbindgen generates from
+    /// these sources; `EVMPM_UPDATE_HEADER=1 cargo build` refreshes it.
+    #[test]
+    fn checked_in_header_matches_the_generated_one() {
+        let generated = include_str!(concat!(env!("OUT_DIR"), "/evmpm.h"));
+        let checked_in = include_str!("../../include/evmpm.h");
+        assert!(
+            generated == checked_in,
+            "include/evmpm.h is out of date: run `EVMPM_UPDATE_HEADER=1 cargo build` and commit it"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! evmpm: Apache httpd's event-MPM connection model for blocking C servers.
+//!
+//! A C server keeps its blocking request handlers; evmpm takes over
+//! connection management. One event thread owns the listening sockets, the
+//! idle keep-alive connections and the connections whose remaining output
+//! only has to be written; a fixed pool of worker threads runs the handler
+//! only while a connection has work.
+//!
+//! Where things are:
+//! - `ffi/`: the C boundary (`api.rs` exported functions, `types.rs` what
+//!   the header declares);
+//! - `runtime.rs`: shared state and lifecycle;
+//! - `event_loop.rs`: the event thread;
+//! - `workers.rs`: the worker pool and its run queue;
+//! - `handoff.rs`: passing connections between host, workers and event thread;
+//! - `conn/`: the connection table, handles and state machine;
+//! - `timeouts.rs`: the timeout queues;
+//! - `admission.rs`: the AsyncRequestWorkerFactor rule;
+//! - `sys/`: every system call.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub(crate) mod admission;
+pub(crate) mod config;
+pub(crate) mod conn;
+pub(crate) mod error;
+pub(crate) mod event_loop;
+pub mod ffi;
+pub(crate) mod handoff;
+pub(crate) mod runtime;
+pub(crate) mod stats;
+pub(crate) mod sys;
+pub(crate) mod timeouts;
+pub(crate) mod workers;
+
+pub use ffi::api::*;
+pub use ffi::types::*;

@@ -1,0 +1,192 @@
+//! The worker pool: a fixed set of threads that run the host's handler, fed
+//! by a lock-free run queue.
+//!
+//! Hand-off protocol (a Dekker-style pairing, both sides SeqCst):
+//! - a producer pushes a job, then looks for a worker marked asleep and
+//!   unparks it;
+//! - a worker with nothing to do marks itself asleep, then looks at the queue
+//!   once more before parking.
+//!
+//! One of the two always sees the other, so a job never waits while a worker
+//! sleeps. A stale unpark only makes one `park` return early.
+
+use crate::conn::{Handle, State};
+use crate::runtime::{mark_current_thread, Runtime};
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::sync::{Parker, Unparker};
+use crossbeam_utils::CachePadded;
+use libc::c_int;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One unit of work: run the handler for this connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Job {
+    pub conn: Handle,
+    pub reason: c_int,
+}
+
+/// A connection that keeps bringing buffered input runs at most this many
+/// handler calls in a row before it goes to the back of the queue.
+const MAX_CONSECUTIVE_RUNS: u32 = 16;
+
+struct Sleeper {
+    asleep: CachePadded<AtomicBool>,
+    unparker: Mutex<Option<Unparker>>,
+}
+
+pub struct Workers {
+    /// Readable connections waiting for a worker, FIFO. Capacity = the
+    /// connection limit; a connection is in the queue at most once (only in
+    /// state Queued), so a push never fails.
+    queue: ArrayQueue<Job>,
+    sleepers: Box<[Sleeper]>,
+    /// Workers inside a job. Read by admission and stats.
+    busy: CachePadded<AtomicUsize>,
+    /// Jobs taken from the queue since start; the event thread watches it to
+    /// tell a stalled pool from a merely saturated one.
+    taken: CachePadded<AtomicUsize>,
+    exit: AtomicBool,
+}
+
+impl Workers {
+    pub fn new(count: usize, connection_limit: usize) -> Workers {
+        Workers {
+            queue: ArrayQueue::new(connection_limit.max(1)),
+            sleepers: (0..count)
+                .map(|_| Sleeper {
+                    asleep: CachePadded::new(AtomicBool::new(false)),
+                    unparker: Mutex::new(None),
+                })
+                .collect(),
+            busy: CachePadded::new(AtomicUsize::new(0)),
+            taken: CachePadded::new(AtomicUsize::new(0)),
+            exit: AtomicBool::new(false),
+        }
+    }
+
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues a job and wakes a sleeping worker if there is one.
+    pub fn push(&self, job: Job) {
+        let pushed = self.queue.push(job);
+        debug_assert!(
+            pushed.is_ok(),
+            "run queue overflow: a connection was queued twice"
+        );
+        fence(Ordering::SeqCst);
+        self.wake_one();
+    }
+
+    fn wake_one(&self) {
+        for s in self.sleepers.iter() {
+            if s.asleep.load(Ordering::SeqCst)
+                && s.asleep
+                    .compare_exchange(true, false, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                if let Some(u) = s
+                    .unparker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    u.unpark();
+                }
+                return;
+            }
+        }
+    }
+
+    pub fn request_exit(&self) {
+        self.exit.store(true, Ordering::SeqCst);
+        for s in self.sleepers.iter() {
+            s.asleep.store(false, Ordering::SeqCst);
+            if let Some(u) = s
+                .unparker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                u.unpark();
+            }
+        }
+    }
+
+    /// Takes the next job, sleeping while there is none. None: exit.
+    fn next_job(&self, id: usize, parker: &Parker) -> Option<Job> {
+        let me = &self.sleepers[id];
+        loop {
+            if let Some(job) = self.queue.pop() {
+                self.taken.fetch_add(1, Ordering::Release);
+                return Some(job);
+            }
+            if self.exit.load(Ordering::SeqCst) {
+                return None;
+            }
+            me.asleep.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if !self.queue.is_empty() || self.exit.load(Ordering::SeqCst) {
+                me.asleep.store(false, Ordering::SeqCst);
+                continue;
+            }
+            parker.park();
+            me.asleep.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+pub fn worker_main(rt: Arc<Runtime>, id: usize) {
+    mark_current_thread(&rt);
+    let parker = Parker::new();
+    *rt.workers.sleepers[id]
+        .unparker
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(parker.unparker().clone());
+    while let Some(job) = rt.workers.next_job(id, &parker) {
+        rt.workers.busy.fetch_add(1, Ordering::AcqRel);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&rt, job)));
+        if outcome.is_err() {
+            eprintln!("evmpm: internal panic while running a connection; worker continues");
+        }
+        rt.workers.busy.fetch_sub(1, Ordering::AcqRel);
+        rt.capacity_freed();
+    }
+    let (lock, cv) = &rt.workers_running;
+    *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    cv.notify_all();
+}
+
+/// Runs the handler for `job.conn` until the host disposes of it.
+fn run_job(rt: &Runtime, job: Job) {
+    let h = job.conn;
+    let Some(slot) = rt.table.slot(h) else { return };
+    if slot.transition(h, State::Queued, State::Handler).is_err() {
+        return; // closed by a forced stop while it waited
+    }
+    let fd = slot.fd();
+    let mut reason = job.reason;
+    for _ in 0..MAX_CONSECUTIVE_RUNS {
+        // SAFETY: the handler is the host's, called with the arguments the
+        // header documents; `rt` outlives the call (we hold an Arc).
+        unsafe { (rt.config.handler)(rt.config.user_data.0, rt.as_c_ptr(), h.0, fd, reason) };
+        match rt.finish_handler(h, slot) {
+            Some(again) => reason = again,
+            None => return,
+        }
+    }
+    // Fairness: the handler state is Handler again; queue it behind others.
+    if slot.transition(h, State::Handler, State::Queued).is_ok() {
+        rt.workers.push(Job { conn: h, reason });
+    }
+}
