@@ -13,6 +13,11 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=EVMPM_UPDATE_HEADER");
+    // The tests compile C programs with the cc crate, which needs to know
+    // the target and host outside a build script.
+    for var in ["TARGET", "HOST"] {
+        println!("cargo:rustc-env=EVMPM_{var}={}", env::var(var).unwrap());
+    }
 
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is readable and valid");

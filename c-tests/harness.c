@@ -1,0 +1,449 @@
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- checks and cases ----------------------------------------------------- */
+
+void harness_fail(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s:%d: ", file, line);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    fflush(stderr);
+    _exit(1);
+}
+
+int run_cases(int argc, char **argv, const struct test_case *cases, size_t n) {
+    size_t i;
+    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+        for (i = 0; i < n; i++)
+            printf("%s\n", cases[i].name);
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (argc < 2 || strcmp(argv[1], cases[i].name) == 0) {
+            printf("case %s\n", cases[i].name);
+            fflush(stdout);
+            cases[i].run();
+            printf("ok %s\n", cases[i].name);
+            fflush(stdout);
+            if (argc >= 2)
+                return 0;
+        }
+    }
+    if (argc >= 2) {
+        fprintf(stderr, "no case named %s\n", argv[1]);
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- time ----------------------------------------------------------------- */
+
+int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void sleep_ms(int ms) {
+    struct timespec ts;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+int harness_slowdown(void) {
+    const char *s = getenv("EVMPM_TEST_SLOWDOWN");
+    int v = s ? atoi(s) : 1;
+    return v > 0 ? v : 1;
+}
+
+/* ---- sockets -------------------------------------------------------------- */
+
+int listen_loopback(int backlog, int *port) {
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int one = 1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    CHECK(listen(fd, backlog) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+int connect_loopback(int port) {
+    struct sockaddr_in a;
+    int one = 1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        harness_fail(__FILE__, __LINE__, "connect: %s", strerror(errno));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+void send_all(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            harness_fail(__FILE__, __LINE__, "send: %s", strerror(errno));
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+void send_str(int fd, const char *s) { send_all(fd, s, strlen(s)); }
+
+/* Waits until fd is readable; fails at the deadline. */
+static void wait_readable(int fd, int64_t deadline, const char *what) {
+    for (;;) {
+        struct pollfd p;
+        int64_t left = deadline - now_ms();
+        int r;
+        if (left <= 0)
+            harness_fail(__FILE__, __LINE__, "%s: timed out", what);
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        r = poll(&p, 1, (int)left);
+        if (r > 0)
+            return;
+        if (r < 0 && errno != EINTR)
+            harness_fail(__FILE__, __LINE__, "poll: %s", strerror(errno));
+    }
+}
+
+void recv_exact(int fd, void *buf, size_t len, int ms) {
+    char *p = buf;
+    int64_t deadline = now_ms() + (int64_t)ms * harness_slowdown();
+    while (len > 0) {
+        ssize_t n;
+        wait_readable(fd, deadline, "recv_exact");
+        n = recv(fd, p, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0)
+            harness_fail(__FILE__, __LINE__, "recv_exact: peer closed, %zu bytes missing", len);
+        if (n < 0)
+            harness_fail(__FILE__, __LINE__, "recv_exact: %s", strerror(errno));
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+void recv_line(int fd, char *buf, size_t cap, int ms) {
+    size_t used = 0;
+    int64_t deadline = now_ms() + (int64_t)ms * harness_slowdown();
+    for (;;) {
+        char c;
+        ssize_t n;
+        wait_readable(fd, deadline, "recv_line");
+        n = recv(fd, &c, 1, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            harness_fail(__FILE__, __LINE__, "recv_line: connection ended (%s) after \"%.*s\"",
+                         n == 0 ? "EOF" : strerror(errno), (int)used, buf);
+        if (c == '\n')
+            break;
+        if (used + 1 < cap)
+            buf[used++] = c;
+    }
+    buf[used] = '\0';
+}
+
+int wait_closed(int fd, int ms) {
+    int64_t deadline = now_ms() + (int64_t)ms * harness_slowdown();
+    for (;;) {
+        struct pollfd p;
+        int64_t left = deadline - now_ms();
+        char c;
+        ssize_t n;
+        if (left <= 0)
+            return 0;
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        if (poll(&p, 1, (int)left) <= 0)
+            continue;
+        n = recv(fd, &c, 1, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE)))
+            return 1;
+        if (n > 0)
+            harness_fail(__FILE__, __LINE__, "wait_closed: unexpected byte 0x%02x", (unsigned char)c);
+    }
+}
+
+void shrink_rcvbuf(int fd, int bytes) {
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes) == 0);
+}
+
+int open_fd_count(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    CHECK(d != NULL);
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+/* ---- closed-handle set, to catch a second close callback ------------------ */
+
+#define CLOSED_SET_BITS 17
+static pthread_mutex_t closed_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t closed_set[1u << CLOSED_SET_BITS];
+
+/* Returns 1 if `c` was already recorded. */
+static int record_closed(evmpm_conn c) {
+    size_t mask = (1u << CLOSED_SET_BITS) - 1;
+    size_t i = (size_t)((c * 0x9E3779B97F4A7C15ull) >> 40) & mask;
+    int seen = 0;
+    pthread_mutex_lock(&closed_lock);
+    for (;;) {
+        if (closed_set[i] == c) {
+            seen = 1;
+            break;
+        }
+        if (closed_set[i] == 0) {
+            closed_set[i] = c;
+            break;
+        }
+        i = (i + 1) & mask;
+    }
+    pthread_mutex_unlock(&closed_lock);
+    return seen;
+}
+
+/* ---- the line server ------------------------------------------------------ */
+
+struct conn_state {
+    size_t len;
+    char buf[4096];
+};
+
+struct big_write {
+    struct line_server *server;
+    char data[];
+};
+
+static void release_big(void *arg) {
+    struct big_write *b = arg;
+    atomic_fetch_add(&b->server->releases, 1);
+    free(b);
+}
+
+/* Takes one complete line out of st->buf into line; 1 if there was one. */
+static int take_line(struct conn_state *st, char *line, size_t cap) {
+    char *nl = memchr(st->buf, '\n', st->len);
+    size_t n;
+    if (nl == NULL)
+        return 0;
+    n = (size_t)(nl - st->buf);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(line, st->buf, n);
+    line[n] = '\0';
+    st->len -= (size_t)(nl - st->buf) + 1;
+    memmove(st->buf, nl + 1, st->len);
+    return 1;
+}
+
+static void reply(int fd, const char *s) {
+    size_t len = strlen(s);
+    while (len > 0) {
+        ssize_t n = write(fd, s, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return; /* the peer went away; the next read sees it */
+        s += n;
+        len -= (size_t)n;
+    }
+}
+
+static void park(struct line_server *s, evmpm_conn c, struct conn_state *st) {
+    uint32_t flags = memchr(st->buf, '\n', st->len) ? EVMPM_PARK_BUFFERED : 0;
+    CHECK_OK(evmpm_park_keepalive(s->rt, c, flags));
+}
+
+static void big(struct line_server *s, evmpm_conn c, struct conn_state *st, long n, int keep) {
+    struct big_write *b = malloc(sizeof *b + (size_t)n);
+    long i;
+    CHECK(b != NULL);
+    b->server = s;
+    for (i = 0; i < n; i++)
+        b->data[i] = (char)('a' + i % 26);
+    CHECK_OK(evmpm_complete_write(s->rt, c, b->data, (size_t)n, release_big, b,
+                                  keep ? EVMPM_WRITE_KEEPALIVE : 0));
+    (void)st;
+}
+
+static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, int reason) {
+    struct line_server *s = user_data;
+    struct conn_state *st = NULL;
+    char line[256];
+    CHECK(rt == s->rt);
+    atomic_fetch_add(&s->in_handler, 1);
+    atomic_fetch_add(&s->handler_calls, 1);
+    switch (reason) {
+    case EVMPM_WAKE_NEW: atomic_fetch_add(&s->wake_new, 1); break;
+    case EVMPM_WAKE_READABLE: atomic_fetch_add(&s->wake_readable, 1); break;
+    case EVMPM_WAKE_BUFFERED: atomic_fetch_add(&s->wake_buffered, 1); break;
+    case EVMPM_WAKE_RESUMED: atomic_fetch_add(&s->wake_resumed, 1); break;
+    default: harness_fail(__FILE__, __LINE__, "unknown wake reason %d", reason);
+    }
+    CHECK_OK(evmpm_conn_get_user(rt, c, (void **)&st));
+    if (st == NULL) {
+        st = calloc(1, sizeof *st);
+        CHECK(st != NULL);
+        CHECK_OK(evmpm_conn_set_user(rt, c, st));
+    }
+    if (reason == EVMPM_WAKE_RESUMED) {
+        reply(fd, "RESUMED\n");
+        park(s, c, st);
+        goto out;
+    }
+    while (!take_line(st, line, sizeof line)) {
+        ssize_t n;
+        if (st->len == sizeof st->buf) {
+            CHECK_OK(evmpm_close(rt, c));
+            goto out;
+        }
+        n = read(fd, st->buf + st->len, sizeof st->buf - st->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            CHECK_OK(evmpm_close(rt, c));
+            goto out;
+        }
+        st->len += (size_t)n;
+    }
+    if (strcmp(line, "PING") == 0) {
+        reply(fd, "PONG\n");
+        park(s, c, st);
+    } else if (strncmp(line, "ECHO ", 5) == 0) {
+        reply(fd, line + 5);
+        reply(fd, "\n");
+        park(s, c, st);
+    } else if (strncmp(line, "BIG ", 4) == 0) {
+        big(s, c, st, atol(line + 4), 1);
+    } else if (strncmp(line, "BIGCLOSE ", 9) == 0) {
+        big(s, c, st, atol(line + 9), 0);
+    } else if (strcmp(line, "QUIT") == 0) {
+        reply(fd, "BYE\n");
+        CHECK_OK(evmpm_close(rt, c));
+    } else if (strncmp(line, "SLEEP ", 6) == 0) {
+        sleep_ms(atoi(line + 6));
+        reply(fd, "SLEPT\n");
+        park(s, c, st);
+    } else if (strcmp(line, "SUSPEND") == 0) {
+        CHECK_OK(evmpm_suspend(rt, c));
+        atomic_store(&s->suspended_conn, c);
+        atomic_fetch_add(&s->suspended_count, 1);
+    } else if (strcmp(line, "HOLD") == 0) {
+        while (!atomic_load(&s->holds_released))
+            sleep_ms(1);
+        reply(fd, "HELD\n");
+        park(s, c, st);
+    } else if (strcmp(line, "RETURN") == 0) {
+        /* no decision: the runtime closes the connection */
+    } else {
+        reply(fd, "ERR\n");
+        park(s, c, st);
+    }
+out:
+    atomic_fetch_sub(&s->in_handler, 1);
+}
+
+static void line_close(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, void *conn_user) {
+    struct line_server *s = user_data;
+    (void)rt;
+    CHECK(fd >= 0);
+    if (record_closed(c))
+        atomic_fetch_add(&s->double_closes, 1);
+    free(conn_user);
+    atomic_fetch_add(&s->closes, 1);
+}
+
+void line_server_config(struct line_server *s, evmpm_config *cfg) {
+    memset(s, 0, sizeof *s);
+    s->listen_fd = -1;
+    CHECK_OK(evmpm_config_init(cfg));
+    cfg->worker_threads = 4;
+    cfg->handler = line_handler;
+    cfg->on_close = line_close;
+    cfg->user_data = s;
+}
+
+void line_server_start(struct line_server *s, const evmpm_config *cfg) {
+    s->listen_fd = listen_loopback(1024, &s->port);
+    CHECK_OK(evmpm_create(cfg, &s->rt));
+    CHECK_OK(evmpm_register_listener(s->rt, s->listen_fd));
+    CHECK_OK(evmpm_start(s->rt));
+}
+
+int line_server_stop(struct line_server *s, uint32_t timeout_ms) {
+    int rc = evmpm_stop(s->rt, timeout_ms);
+    CHECK_OK(evmpm_destroy(s->rt));
+    s->rt = NULL;
+    close(s->listen_fd);
+    s->listen_fd = -1;
+    return rc;
+}
+
+void line_server_release_holds(struct line_server *s) { atomic_store(&s->holds_released, 1); }
+
+evmpm_stats line_server_stats(struct line_server *s) {
+    evmpm_stats st;
+    CHECK_OK(evmpm_get_stats(s->rt, &st));
+    return st;
+}
+
+void ping(int fd) {
+    char line[64];
+    send_str(fd, "PING\n");
+    recv_line(fd, line, sizeof line, 5000);
+    if (strcmp(line, "PONG") != 0)
+        harness_fail(__FILE__, __LINE__, "expected PONG, got \"%s\"", line);
+}
+
+int line_client(struct line_server *s) {
+    int fd = connect_loopback(s->port);
+    ping(fd);
+    return fd;
+}

@@ -1,0 +1,143 @@
+/*
+ * Test harness for evmpm's C tests: checks that stop the process with the
+ * failing expression, loopback socket helpers with deadlines, and a small
+ * line-protocol server every test can configure.
+ *
+ * Each test program lists its cases with --list and runs one case per
+ * process (the Rust side starts them), so a failing case cannot leave
+ * descriptors or threads behind for the next one.
+ */
+#ifndef EVMPM_TEST_HARNESS_H
+#define EVMPM_TEST_HARNESS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "evmpm.h"
+
+/* ---- checks ------------------------------------------------------------ */
+
+void harness_fail(const char *file, int line, const char *fmt, ...);
+
+#define CHECK(cond)                                                          \
+    do {                                                                     \
+        if (!(cond))                                                         \
+            harness_fail(__FILE__, __LINE__, "CHECK(%s)", #cond);            \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                       \
+    do {                                                                     \
+        long long check_a_ = (long long)(a), check_b_ = (long long)(b);      \
+        if (check_a_ != check_b_)                                            \
+            harness_fail(__FILE__, __LINE__, "CHECK_EQ(%s, %s): %lld != %lld", \
+                         #a, #b, check_a_, check_b_);                        \
+    } while (0)
+
+/* An evmpm call that must succeed. */
+#define CHECK_OK(call)                                                       \
+    do {                                                                     \
+        int check_rc_ = (call);                                              \
+        if (check_rc_ != EVMPM_OK)                                           \
+            harness_fail(__FILE__, __LINE__, "%s returned %d (%s)", #call,   \
+                         check_rc_, evmpm_strerror(check_rc_));              \
+    } while (0)
+
+/* Polls `cond` every millisecond until it holds; fails after `ms`. */
+#define WAIT_UNTIL(cond, ms)                                                 \
+    do {                                                                     \
+        int64_t wait_deadline_ = now_ms() + (ms) * harness_slowdown();        \
+        while (!(cond)) {                                                    \
+            if (now_ms() > wait_deadline_)                                   \
+                harness_fail(__FILE__, __LINE__,                             \
+                             "WAIT_UNTIL(%s) still false after %d ms", #cond, \
+                             (int)(ms));                                     \
+            sleep_ms(1);                                                     \
+        }                                                                    \
+    } while (0)
+
+/* ---- cases -------------------------------------------------------------- */
+
+struct test_case {
+    const char *name;
+    void (*run)(void);
+};
+
+/* main() of every test program: `--list`, or run the case named argv[1]. */
+int run_cases(int argc, char **argv, const struct test_case *cases, size_t n);
+
+/* ---- time ---------------------------------------------------------------- */
+
+int64_t now_ms(void);
+void sleep_ms(int ms);
+/* 1 normally, larger under valgrind (EVMPM_TEST_SLOWDOWN), for deadlines. */
+int harness_slowdown(void);
+
+/* ---- sockets (127.0.0.1 only) ------------------------------------------- */
+
+/* A listening socket on 127.0.0.1 with a kernel-chosen port. */
+int listen_loopback(int backlog, int *port);
+/* A blocking connection to 127.0.0.1:port. */
+int connect_loopback(int port);
+void send_all(int fd, const void *buf, size_t len);
+void send_str(int fd, const char *s);
+/* Reads until `len` bytes arrived; fails after `ms`. */
+void recv_exact(int fd, void *buf, size_t len, int ms);
+/* Reads one '\n'-terminated line (without it) into buf; fails after `ms`. */
+void recv_line(int fd, char *buf, size_t cap, int ms);
+/* 1 if the peer closed (EOF or reset) within `ms`, 0 if still open. Any
+ * data that arrives meanwhile is a failure. */
+int wait_closed(int fd, int ms);
+/* Sets a small receive buffer so a large response backs up. */
+void shrink_rcvbuf(int fd, int bytes);
+/* Counts this process's open descriptors. */
+int open_fd_count(void);
+
+/* ---- the line server ------------------------------------------------------ */
+
+/*
+ * A runtime with a handler that speaks a line protocol, one command per line:
+ *   PING           -> "PONG\n", park (EVMPM_PARK_BUFFERED if more lines wait)
+ *   ECHO text      -> "text\n", park
+ *   BIG n          -> n bytes of a repeating pattern via evmpm_complete_write,
+ *                     then keep-alive
+ *   BIGCLOSE n     -> the same, then close
+ *   QUIT           -> "BYE\n", evmpm_close
+ *   SLEEP ms       -> sleeps in the handler, then "SLEPT\n", park
+ *   SUSPEND        -> evmpm_suspend; the test resumes it with
+ *                     line_server_resume_suspended()
+ *   HOLD           -> blocks in the handler until line_server_release_holds()
+ *   RETURN         -> returns without deciding (the runtime closes)
+ * The handler reads with blocking read(2) as a thread-per-connection server
+ * would, keeps unread bytes in per-connection state (evmpm_conn_set_user)
+ * and frees that state in the close callback.
+ */
+struct line_server {
+    evmpm_runtime *rt;
+    int listen_fd;
+    int port;
+    atomic_long handler_calls;
+    atomic_long wake_new, wake_readable, wake_buffered, wake_resumed;
+    atomic_long closes;          /* close callbacks */
+    atomic_long double_closes;   /* close callbacks for an already-closed conn */
+    atomic_long in_handler;      /* handlers running now */
+    atomic_long releases;        /* complete-write buffers released */
+    atomic_int holds_released;
+    atomic_ullong suspended_conn; /* last SUSPENDed connection, 0 if none */
+    atomic_long suspended_count;
+};
+
+/* Fills `cfg` with defaults plus the line handler (call, then adjust). */
+void line_server_config(struct line_server *s, evmpm_config *cfg);
+/* Creates, registers a fresh loopback listener and starts. */
+void line_server_start(struct line_server *s, const evmpm_config *cfg);
+/* Stops with `timeout_ms`, destroys, closes the listener; returns stop's
+ * code. */
+int line_server_stop(struct line_server *s, uint32_t timeout_ms);
+void line_server_release_holds(struct line_server *s);
+evmpm_stats line_server_stats(struct line_server *s);
+/* Connects and does one PING round trip. */
+int line_client(struct line_server *s);
+void ping(int fd);
+
+#endif

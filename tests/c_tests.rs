@@ -1,0 +1,14 @@
+//! The C test suite (c-tests/), built against libevmpm.a and the checked-in
+//! header, each case in its own process over real loopback sockets.
+
+mod support;
+
+fn c_test(name: &str) {
+    let source = format!("c-tests/{name}.c");
+    support::run_c_test_program(name, &[source.as_str(), "c-tests/harness.c"]);
+}
+
+#[test]
+fn core() {
+    c_test("test_core");
+}
