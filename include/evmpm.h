@@ -56,6 +56,22 @@ typedef struct evmpm_runtime evmpm_runtime;
 #define EVMPM_WAKE_RESUMED 4
 
 /*
+ `request_ready` verdict: a whole request is waiting; run the handler.
+ */
+#define EVMPM_REQUEST_COMPLETE 1
+
+/*
+ `request_ready` verdict: not yet; wait for more bytes without a worker.
+ */
+#define EVMPM_REQUEST_INCOMPLETE 0
+
+/*
+ `request_ready` verdict: close the connection without running the
+ handler.
+ */
+#define EVMPM_REQUEST_REJECT -1
+
+/*
  `evmpm_park_keepalive` flag: the host already holds buffered input for
  this connection (a pipelined request, bytes a TLS layer decrypted), so run
  the handler again without waiting for the socket.
@@ -182,6 +198,35 @@ typedef void (*evmpm_close_fn)(void *user_data,
                                void *conn_user);
 
 /*
+ Request-readiness check (optional, `evmpm_config.request_ready`).
+
+ Before a waiting connection (new, or parked in keep-alive) goes to a
+ worker, the event thread peeks at its pending bytes (MSG_PEEK: nothing is
+ consumed, the handler still reads them all) and asks this callback
+ whether a whole request is there. `data`/`len` are the first bytes
+ waiting, at most `request_peek_bytes`. Return:
+ - `EVMPM_REQUEST_COMPLETE`: run the handler;
+ - `EVMPM_REQUEST_INCOMPLETE`: keep waiting on the event thread, holding no
+   worker, for more bytes, at most `header_timeout_ms` from the first
+   byte; a client that takes longer is closed (counted in `timed_out`);
+ - `EVMPM_REQUEST_REJECT`: close without running the handler (counted in
+   `rejected`).
+
+ When the peek window is full the handler runs whatever the callback says
+ (so it can answer "header too large"). A client that closes its side
+ with an incomplete request is closed.
+
+ Runs on the event thread: it must be fast and must not block or call
+ evmpm functions other than `evmpm_conn_get_user`. `user_data` is
+ `evmpm_config.user_data`. Not useful for protocols the event thread
+ cannot read (TLS): leave it NULL there.
+ */
+typedef int (*evmpm_request_ready_fn)(void *user_data,
+                                      evmpm_conn conn,
+                                      const uint8_t *data,
+                                      size_t len);
+
+/*
  Runtime settings. Always fill with `evmpm_config_init` first, then change
  what you need: new fields get defaults there.
 
@@ -196,6 +241,9 @@ typedef void (*evmpm_close_fn)(void *user_data,
  | connection_limit | 16384 | MaxRequestWorkers × (factor + 1) per process |
  | keepalive_shed_ms | 100 | (closes keep-alive when all workers busy) |
  | worker_stack_size | 8 MiB | ThreadStackSize |
+ | request_ready | NULL (off) | mod_reqtimeout's purpose, without a worker |
+ | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
+ | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
  */
 typedef struct evmpm_config {
   /*
@@ -253,9 +301,26 @@ typedef struct evmpm_config {
    */
   evmpm_close_fn on_close;
   /*
-   Passed unchanged to `handler` and `on_close`. Owned by the host.
+   Passed unchanged to `handler`, `on_close` and `request_ready`. Owned
+   by the host.
    */
   void *user_data;
+  /*
+   The request-readiness check. Optional (NULL: a connection goes to a
+   worker as soon as it is readable).
+   */
+  evmpm_request_ready_fn request_ready;
+  /*
+   With `request_ready`: how long a client may take from the first byte
+   of a request to its last before it is closed. 1 ms or more.
+   */
+  uint32_t header_timeout_ms;
+  /*
+   With `request_ready`: the most bytes peeked and shown to it. 1 to
+   32768 (the kernel's receive low-water mark, which keeps a waiting
+   connection quiet until more bytes come, is capped near there).
+   */
+  uint32_t request_peek_bytes;
 } evmpm_config;
 
 /*
@@ -336,6 +401,10 @@ typedef struct evmpm_stats {
    was stopping, or the OS refused to watch them).
    */
   uint64_t refused;
+  /*
+   Requests `request_ready` rejected (their connections were closed).
+   */
+  uint64_t rejected;
   /*
    Times accepting was paused by the admission rule or connection limit.
    */

@@ -2,7 +2,9 @@
 //! validated copy a runtime keeps.
 
 use crate::error::Error;
-use crate::ffi::types::{evmpm_close_fn, evmpm_config, EVMPM_CONFIG_VERSION};
+use crate::ffi::types::{
+    evmpm_close_fn, evmpm_config, evmpm_request_ready_fn, EVMPM_CONFIG_VERSION,
+};
 use libc::{c_int, c_void};
 
 /// The host's `user_data`, handed back to its callbacks on any thread.
@@ -33,6 +35,9 @@ pub fn defaults() -> evmpm_config {
         handler: None,
         on_close: None,
         user_data: std::ptr::null_mut(),
+        request_ready: None,
+        header_timeout_ms: 20_000,
+        request_peek_bytes: 8192,
     }
 }
 
@@ -52,11 +57,17 @@ pub struct Config {
     pub handler: Handler,
     pub on_close: evmpm_close_fn,
     pub user_data: HostPtr,
+    pub request_ready: evmpm_request_ready_fn,
+    pub header_ns: u64,
+    pub peek_bytes: usize,
 }
 
 const MS: u64 = 1_000_000;
 pub(crate) const MAX_WORKERS: u32 = 4096;
 pub(crate) const MAX_CONNECTIONS: u32 = (1 << 24) - 1;
+/// SO_RCVLOWAT is capped at half the receive buffer; past that a waiting
+/// connection would poll readable at once, again and again.
+pub(crate) const MAX_PEEK_BYTES: u32 = 32 << 10;
 
 impl Config {
     pub fn from_c(c: &evmpm_config) -> Result<Config, Error> {
@@ -71,7 +82,9 @@ impl Config {
             && c.async_request_worker_factor.is_finite()
             && c.async_request_worker_factor >= 0.0
             && (1..=MAX_CONNECTIONS).contains(&c.connection_limit)
-            && c.worker_stack_size >= 64 << 10;
+            && c.worker_stack_size >= 64 << 10
+            && c.header_timeout_ms >= 1
+            && (1..=MAX_PEEK_BYTES).contains(&c.request_peek_bytes);
         if !valid {
             return Err(Error::Invalid);
         }
@@ -88,6 +101,9 @@ impl Config {
             handler,
             on_close: c.on_close,
             user_data: HostPtr(c.user_data),
+            request_ready: c.request_ready,
+            header_ns: u64::from(c.header_timeout_ms) * MS,
+            peek_bytes: c.request_peek_bytes as usize,
         })
     }
 }
@@ -134,6 +150,9 @@ mod tests {
             |c| c.connection_limit = 0,
             |c| c.connection_limit = MAX_CONNECTIONS + 1,
             |c| c.worker_stack_size = 1024,
+            |c| c.header_timeout_ms = 0,
+            |c| c.request_peek_bytes = 0,
+            |c| c.request_peek_bytes = MAX_PEEK_BYTES + 1,
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut c = valid();

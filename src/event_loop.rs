@@ -9,6 +9,7 @@
 use crate::conn::{Handle, State};
 use crate::ffi::types::{EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
 use crate::handoff::{CloseHow, Drained, Handoff};
+use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
 use crate::sys::{self, epoll, socket};
@@ -44,6 +45,7 @@ const SHED_BATCH: usize = 64;
 struct EventLoop {
     rt: Arc<Runtime>,
     timeouts: TimeoutQueues,
+    readiness: Readiness,
     events: Vec<epoll::Event>,
     /// Listener descriptors currently registered with epoll.
     armed_listeners: Vec<i32>,
@@ -64,6 +66,7 @@ pub fn run(rt: Arc<Runtime>) -> bool {
     let timeouts = TimeoutQueues::new(rt.table.capacity(), KINDS.map(|k| rt.timeout_ns(k)));
     let mut ev = EventLoop {
         now: rt.now_ns(),
+        readiness: Readiness::new(&rt),
         rt,
         timeouts,
         events: Vec::with_capacity(EVENTS_PER_WAIT),
@@ -158,14 +161,33 @@ impl EventLoop {
         let Ok(state) = slot.state_of(h) else { return }; // closed meanwhile
         match state {
             State::Reading | State::Keepalive => {
-                self.timeouts.remove(h.index());
-                if flags & epoll::ERROR != 0
-                    || (flags & (epoll::HANGUP | epoll::PEER_CLOSED) != 0 && peer_gone(slot.fd()))
-                {
+                let fd = slot.fd();
+                let peer_closed = flags & (epoll::HANGUP | epoll::PEER_CLOSED) != 0;
+                if flags & epoll::ERROR != 0 || (peer_closed && peer_gone(fd)) {
                     // Nothing to serve: close here instead of waking a worker.
                     self.close(h, state, CloseHow::Abort);
                     return;
                 }
+                match self.readiness.check(&self.rt, h, fd, peer_closed) {
+                    Verdict::Run => {}
+                    Verdict::Close(how) => return self.close(h, state, how),
+                    verdict => {
+                        // The header clock starts at the first partial
+                        // request and is never restarted by later bytes.
+                        let index = h.index();
+                        if verdict == Verdict::Wait
+                            && self.timeouts.kind_of(index) != Some(Kind::Header)
+                        {
+                            self.timeouts.insert(Kind::Header, index, self.now);
+                        }
+                        let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+                        if self.rt.epoll.modify(fd, interest, h.0).is_err() {
+                            self.close(h, state, CloseHow::Abort);
+                        }
+                        return;
+                    }
+                }
+                self.timeouts.remove(h.index());
                 if slot.transition(h, state, State::Queued).is_ok() {
                     let reason = if state == State::Reading {
                         EVMPM_WAKE_NEW
@@ -215,6 +237,8 @@ impl EventLoop {
             Kind::Keepalive => State::Keepalive,
             Kind::Write => State::Writing,
             Kind::Linger => State::Lingering,
+            // Started by the event thread itself, never handed over.
+            Kind::Header => return,
         };
         if slot.state_of(h) != Ok(expected) {
             return; // stale message: the connection moved on already
@@ -237,6 +261,7 @@ impl EventLoop {
         if slot.transition(h, state, State::Closing).is_err() {
             return;
         }
+        self.readiness.forget(h.index() as usize);
         if state == State::Lingering {
             self.rt.final_close(h, slot, true);
             return;
@@ -281,6 +306,14 @@ impl EventLoop {
                         self.close(h, State::Writing, CloseHow::Abort);
                     }
                     Kind::Linger => self.close(h, State::Lingering, CloseHow::Abort),
+                    Kind::Header => {
+                        // Waiting in Reading or Keepalive, with part of a request.
+                        let Ok(state) = slot.state_of(h) else {
+                            continue;
+                        };
+                        Counters::bump(&c.timed_out);
+                        self.close(h, state, CloseHow::Quick);
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@
 //! - `conn/`: the connection table, handles and state machine;
 //! - `timeouts.rs`: the timeout queues;
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
+//! - `readiness.rs`: the optional check that a whole request has arrived;
 //! - `sys/`: every system call.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -27,6 +28,7 @@ pub(crate) mod error;
 pub(crate) mod event_loop;
 pub mod ffi;
 pub(crate) mod handoff;
+pub(crate) mod readiness;
 pub(crate) mod runtime;
 pub(crate) mod stats;
 pub(crate) mod sys;

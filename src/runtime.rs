@@ -189,6 +189,7 @@ impl Runtime {
             Kind::Keepalive => self.config.keepalive_ns,
             Kind::Write => self.config.write_ns,
             Kind::Linger => self.config.linger_ns,
+            Kind::Header => self.config.header_ns,
         }
     }
 

@@ -18,6 +18,7 @@ pub struct Counters {
     pub keepalive_expired: AtomicU64,
     pub shed: AtomicU64,
     pub refused: AtomicU64,
+    pub rejected: AtomicU64,
     pub accept_pauses: AtomicU64,
     pub accept_backoffs: AtomicU64,
 }
@@ -55,6 +56,7 @@ pub fn snapshot(rt: &Runtime) -> evmpm_stats {
     s.keepalive_expired = c.keepalive_expired.load(Relaxed);
     s.shed = c.shed.load(Relaxed);
     s.refused = c.refused.load(Relaxed);
+    s.rejected = c.rejected.load(Relaxed);
     s.accept_pauses = c.accept_pauses.load(Relaxed);
     s.accept_backoffs = c.accept_backoffs.load(Relaxed);
     s.accepting_paused = u64::from(rt.accept_paused());

@@ -3,7 +3,7 @@
 //!
 //! Every connection in a kind waits the same duration, so inserting at the
 //! tail keeps each list sorted by deadline: insert, removal and expiry are all
-//! O(1), and the event thread's next wake-up is the earliest of four heads.
+//! O(1), and the event thread's next wake-up is the earliest of the heads.
 //! (Apache's event MPM keeps its timeout queues the same way.)
 //!
 //! Owned by the event thread alone; nothing here is shared or atomic.
@@ -19,9 +19,18 @@ pub enum Kind {
     Write = 2,
     /// Lingering close (`linger_timeout_ms`).
     Linger = 3,
+    /// Part of a request arrived, the readiness check waits for the rest
+    /// (`header_timeout_ms`, from the first byte).
+    Header = 4,
 }
 
-pub(crate) const KINDS: [Kind; 4] = [Kind::Reading, Kind::Keepalive, Kind::Write, Kind::Linger];
+pub(crate) const KINDS: [Kind; 5] = [
+    Kind::Reading,
+    Kind::Keepalive,
+    Kind::Write,
+    Kind::Linger,
+    Kind::Header,
+];
 
 const NIL: u32 = u32::MAX;
 const UNLINKED: u8 = u8::MAX;
@@ -47,12 +56,12 @@ pub struct TimeoutQueues {
     /// Indexed by slot index. Invariant: `links[i].kind != UNLINKED` iff `i`
     /// is in exactly that list, between its `prev` and `next`.
     links: Vec<Link>,
-    lists: [List; 4],
+    lists: [List; 5],
 }
 
 impl TimeoutQueues {
     /// `timeouts_ns[k]` is the duration for `KINDS[k]`.
-    pub fn new(slots: usize, timeouts_ns: [u64; 4]) -> TimeoutQueues {
+    pub fn new(slots: usize, timeouts_ns: [u64; 5]) -> TimeoutQueues {
         let unlinked = Link {
             prev: NIL,
             next: NIL,
@@ -165,7 +174,7 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn queues() -> TimeoutQueues {
-        TimeoutQueues::new(16, [10 * MS, 20 * MS, 30 * MS, 40 * MS])
+        TimeoutQueues::new(16, [10 * MS, 20 * MS, 30 * MS, 40 * MS, 50 * MS])
     }
 
     #[test]
@@ -224,7 +233,7 @@ mod tests {
     #[test]
     fn large_lists_stay_consistent() {
         for n in [10u32, 100_000] {
-            let mut q = TimeoutQueues::new(n as usize, [MS; 4]);
+            let mut q = TimeoutQueues::new(n as usize, [MS; 5]);
             for i in 0..n {
                 q.insert(Kind::Keepalive, i, 0);
             }

@@ -60,6 +60,37 @@ pub type evmpm_close_fn = Option<
 /// or the event thread; it must not block.
 pub type evmpm_release_fn = Option<unsafe extern "C" fn(release_arg: *mut c_void)>;
 
+/// Request-readiness check (optional, `evmpm_config.request_ready`).
+///
+/// Before a waiting connection (new, or parked in keep-alive) goes to a
+/// worker, the event thread peeks at its pending bytes (MSG_PEEK: nothing is
+/// consumed, the handler still reads them all) and asks this callback
+/// whether a whole request is there. `data`/`len` are the first bytes
+/// waiting, at most `request_peek_bytes`. Return:
+/// - `EVMPM_REQUEST_COMPLETE`: run the handler;
+/// - `EVMPM_REQUEST_INCOMPLETE`: keep waiting on the event thread, holding no
+///   worker, for more bytes, at most `header_timeout_ms` from the first
+///   byte; a client that takes longer is closed (counted in `timed_out`);
+/// - `EVMPM_REQUEST_REJECT`: close without running the handler (counted in
+///   `rejected`).
+///
+/// When the peek window is full the handler runs whatever the callback says
+/// (so it can answer "header too large"). A client that closes its side
+/// with an incomplete request is closed.
+///
+/// Runs on the event thread: it must be fast and must not block or call
+/// evmpm functions other than `evmpm_conn_get_user`. `user_data` is
+/// `evmpm_config.user_data`. Not useful for protocols the event thread
+/// cannot read (TLS): leave it NULL there.
+pub type evmpm_request_ready_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        conn: evmpm_conn,
+        data: *const u8,
+        len: usize,
+    ) -> c_int,
+>;
+
 /// Runtime settings. Always fill with `evmpm_config_init` first, then change
 /// what you need: new fields get defaults there.
 ///
@@ -74,6 +105,9 @@ pub type evmpm_release_fn = Option<unsafe extern "C" fn(release_arg: *mut c_void
 /// | connection_limit | 16384 | MaxRequestWorkers × (factor + 1) per process |
 /// | keepalive_shed_ms | 100 | (closes keep-alive when all workers busy) |
 /// | worker_stack_size | 8 MiB | ThreadStackSize |
+/// | request_ready | NULL (off) | mod_reqtimeout's purpose, without a worker |
+/// | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
+/// | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct evmpm_config {
@@ -107,8 +141,19 @@ pub struct evmpm_config {
     pub handler: evmpm_handler_fn,
     /// The close callback. Optional (NULL).
     pub on_close: evmpm_close_fn,
-    /// Passed unchanged to `handler` and `on_close`. Owned by the host.
+    /// Passed unchanged to `handler`, `on_close` and `request_ready`. Owned
+    /// by the host.
     pub user_data: *mut c_void,
+    /// The request-readiness check. Optional (NULL: a connection goes to a
+    /// worker as soon as it is readable).
+    pub request_ready: evmpm_request_ready_fn,
+    /// With `request_ready`: how long a client may take from the first byte
+    /// of a request to its last before it is closed. 1 ms or more.
+    pub header_timeout_ms: u32,
+    /// With `request_ready`: the most bytes peeked and shown to it. 1 to
+    /// 32768 (the kernel's receive low-water mark, which keeps a waiting
+    /// connection quiet until more bytes come, is capped near there).
+    pub request_peek_bytes: u32,
 }
 
 /// A snapshot of a runtime's counters, as mod_status shows them and more.
@@ -150,6 +195,8 @@ pub struct evmpm_stats {
     /// Accepted connections closed before any handler saw them (the runtime
     /// was stopping, or the OS refused to watch them).
     pub refused: u64,
+    /// Requests `request_ready` rejected (their connections were closed).
+    pub rejected: u64,
     /// Times accepting was paused by the admission rule or connection limit.
     pub accept_pauses: u64,
     /// Times accept failed for lack of descriptors or memory and backed off.
@@ -175,6 +222,14 @@ pub const EVMPM_WAKE_BUFFERED: c_int = 3;
 /// Handler wake reason: `evmpm_hand_back_to_worker` resumed a suspended
 /// connection.
 pub const EVMPM_WAKE_RESUMED: c_int = 4;
+
+/// `request_ready` verdict: a whole request is waiting; run the handler.
+pub const EVMPM_REQUEST_COMPLETE: c_int = 1;
+/// `request_ready` verdict: not yet; wait for more bytes without a worker.
+pub const EVMPM_REQUEST_INCOMPLETE: c_int = 0;
+/// `request_ready` verdict: close the connection without running the
+/// handler.
+pub const EVMPM_REQUEST_REJECT: c_int = -1;
 
 /// `evmpm_park_keepalive` flag: the host already holds buffered input for
 /// this connection (a pipelined request, bytes a TLS layer decrypted), so run

@@ -63,6 +63,20 @@ pub fn shutdown_both(fd: i32) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_RDWR)).map(|_| ())
 }
 
+/// Sets the receive low-water mark: poll reports the socket readable only
+/// once this many bytes are queued (or the peer closed). 1 is the default.
+pub fn set_rcvlowat(fd: i32, bytes: i32) -> io::Result<()> {
+    // SAFETY: `bytes` is a live int, sized as the option expects.
+    syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVLOWAT,
+        (&bytes as *const i32).cast(),
+        mem::size_of::<i32>() as libc::socklen_t
+    ))
+    .map(|_| ())
+}
+
 /// Why a descriptor cannot be used as a listener.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ListenerCheck {

@@ -1,0 +1,118 @@
+//! The request-readiness check (`evmpm_config.request_ready`): keeps
+//! clients that send a request slowly off the workers.
+//!
+//! When a waiting connection polls readable, the event thread peeks at the
+//! pending bytes (nothing is consumed) and asks the host's callback whether
+//! a whole request is there. While it is not, the connection stays on the
+//! event thread under the header timeout, and the socket's receive
+//! low-water mark (SO_RCVLOWAT) is raised past what is queued, so epoll
+//! stays quiet until more bytes come: a client dribbling one byte a second
+//! costs one wake-up per byte, never a spin, never a worker.
+//!
+//! The low-water mark is put back to 1 before the connection goes to a
+//! worker, so the host's blocking read behaves exactly as without evmpm.
+
+use crate::conn::Handle;
+use crate::ffi::types::{EVMPM_REQUEST_COMPLETE, EVMPM_REQUEST_INCOMPLETE};
+use crate::handoff::CloseHow;
+use crate::runtime::Runtime;
+use crate::stats::Counters;
+use crate::sys::{self, socket};
+
+/// What to do with a connection that polled readable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Verdict {
+    /// Give it to a worker.
+    Run,
+    /// A request has started but is incomplete: wait under the header
+    /// timeout (started now if not running already), re-armed.
+    Wait,
+    /// Nothing changed (a spurious wake-up): re-arm, keep the timeout.
+    Rearm,
+    /// Close it without running the handler.
+    Close(CloseHow),
+}
+
+pub(crate) struct Readiness {
+    /// The peek window, `request_peek_bytes` long.
+    window: Vec<u8>,
+    /// Per slot: bytes queued at the last incomplete peek, 0 if none.
+    /// Invariant: non-zero iff that slot's low-water mark is raised.
+    seen: Vec<u32>,
+}
+
+impl Readiness {
+    pub(crate) fn new(rt: &Runtime) -> Readiness {
+        let enabled = rt.config.request_ready.is_some();
+        Readiness {
+            window: vec![0; if enabled { rt.config.peek_bytes } else { 0 }],
+            seen: vec![0; if enabled { rt.table.capacity() } else { 0 }],
+        }
+    }
+
+    /// Decides for `h`, whose descriptor `fd` polled readable; `peer_closed`
+    /// when the client has shut down its side.
+    pub(crate) fn check(&mut self, rt: &Runtime, h: Handle, fd: i32, peer_closed: bool) -> Verdict {
+        let Some(ready) = rt.config.request_ready else {
+            return Verdict::Run;
+        };
+        let index = h.index() as usize;
+        let queued = match socket::peek(fd, &mut self.window) {
+            Ok(0) => return Verdict::Close(CloseHow::Abort),
+            Ok(n) => n,
+            Err(e) if sys::would_block(&e) => return Verdict::Rearm,
+            Err(_) => return Verdict::Close(CloseHow::Abort),
+        };
+        // A full window goes to the handler, which can answer "too large".
+        let verdict = if queued == self.window.len() {
+            EVMPM_REQUEST_COMPLETE
+        } else {
+            // SAFETY: the host's callback with the documented arguments; the
+            // window is initialised for `queued` bytes and outlives the call.
+            unsafe { ready(rt.config.user_data.0, h.0, self.window.as_ptr(), queued) }
+        };
+        if verdict > EVMPM_REQUEST_INCOMPLETE {
+            self.lower_mark(fd, index);
+            return Verdict::Run;
+        }
+        if verdict < EVMPM_REQUEST_INCOMPLETE {
+            Counters::bump(&rt.counters.rejected);
+            self.forget(index);
+            return Verdict::Close(CloseHow::Quick);
+        }
+        if peer_closed {
+            // The rest can never arrive.
+            self.forget(index);
+            return Verdict::Close(CloseHow::Quick);
+        }
+        let before = self.seen[index];
+        if before != 0 && queued as u32 <= before {
+            // Readable without new bytes: this kernel does not honour the
+            // low-water mark. Hand over rather than spin.
+            self.lower_mark(fd, index);
+            return Verdict::Run;
+        }
+        let mark = queued as i32 + 1;
+        if socket::set_rcvlowat(fd, mark).is_err() {
+            self.lower_mark(fd, index);
+            return Verdict::Run;
+        }
+        self.seen[index] = queued as u32;
+        Verdict::Wait
+    }
+
+    /// Restores the default low-water mark if it was raised.
+    fn lower_mark(&mut self, fd: i32, index: usize) {
+        if self.seen.get(index).is_some_and(|&s| s != 0) {
+            let _ = socket::set_rcvlowat(fd, 1);
+            self.seen[index] = 0;
+        }
+    }
+
+    /// The connection in `index` is closing: its descriptor goes with it.
+    pub(crate) fn forget(&mut self, index: usize) {
+        if let Some(s) = self.seen.get_mut(index) {
+            *s = 0;
+        }
+    }
+}
