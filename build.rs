@@ -13,11 +13,20 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=EVMPM_UPDATE_HEADER");
+    // The shared library's SONAME names the major version, so programs
+    // linked against libevmpm.so load libevmpm.so.<major> at run time.
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,-soname,libevmpm.so.{}",
+        env::var("CARGO_PKG_VERSION_MAJOR").unwrap()
+    );
     // The tests compile C programs with the cc crate, which needs to know
     // the target and host outside a build script.
     for var in ["TARGET", "HOST"] {
         println!("cargo:rustc-env=EVMPM_{var}={}", env::var(var).unwrap());
     }
+
+    #[cfg(feature = "abi-check")]
+    header_bindings(&crate_dir);
 
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is readable and valid");
@@ -41,4 +50,22 @@ fn main() {
     if env::var_os("EVMPM_UPDATE_HEADER").is_some_and(|v| v == "1") {
         bindings.write_to_file(crate_dir.join("include/evmpm.h"));
     }
+}
+
+/// With the `abi-check` feature: Rust declarations of the checked-in header
+/// as libclang reads it, for `src/ffi/abi_check.rs` to compare with the
+/// Rust definitions.
+#[cfg(feature = "abi-check")]
+fn header_bindings(crate_dir: &std::path::Path) {
+    let header = crate_dir.join("include/evmpm.h");
+    println!("cargo:rerun-if-changed={}", header.display());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("header_bindings.rs");
+    bindgen::Builder::default()
+        .header(header.to_string_lossy())
+        .allowlist_item("evmpm_.*|EVMPM_.*")
+        .layout_tests(false)
+        .generate()
+        .expect("libclang parses include/evmpm.h")
+        .write_to_file(out)
+        .expect("write the header's bindings");
 }

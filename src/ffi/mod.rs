@@ -4,6 +4,9 @@
 pub mod api;
 pub mod types;
 
+#[cfg(all(test, feature = "abi-check"))]
+mod abi_check;
+
 /// Runs an exported function's body, turning a panic into `$on_panic`.
 ///
 /// Every `extern "C"` function in `api.rs` goes through this, so no unwind

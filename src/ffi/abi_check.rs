@@ -1,0 +1,146 @@
+//! Checks the checked-in header against the Rust definitions, as a C
+//! compiler sees it: libclang (through bindgen) parses `include/evmpm.h`,
+//! and these tests compare every struct layout and constant with the Rust
+//! side, then call the library through the header's declarations.
+//!
+//! cbindgen writes the header from the Rust types, so a mismatch here means
+//! a type was mapped wrongly (a size, an alignment, a field order), which no
+//! C test would see until a field read garbage. Needs libclang, so it is
+//! behind the `abi-check` feature: `cargo test --features abi-check --lib`.
+
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code
+)]
+mod c {
+    include!(concat!(env!("OUT_DIR"), "/header_bindings.rs"));
+}
+
+use super::types as rust;
+use std::mem::{align_of, offset_of, size_of};
+
+/// Size, alignment and every listed field's offset agree. List every field:
+/// the size check only catches a missing one when it changes the size.
+macro_rules! same_layout {
+    ($ty:ident { $($field:ident),* $(,)? }) => {{
+        assert_eq!(size_of::<c::$ty>(), size_of::<rust::$ty>(), "size of {}", stringify!($ty));
+        assert_eq!(align_of::<c::$ty>(), align_of::<rust::$ty>(), "alignment of {}", stringify!($ty));
+        $(assert_eq!(
+            offset_of!(c::$ty, $field),
+            offset_of!(rust::$ty, $field),
+            "offset of {}.{}", stringify!($ty), stringify!($field)
+        );)*
+    }};
+}
+
+macro_rules! same_consts {
+    ($($name:ident),* $(,)?) => {
+        $(assert_eq!(i64::from(c::$name), i64::from(rust::$name), "{}", stringify!($name));)*
+    };
+}
+
+#[test]
+fn struct_layouts_match() {
+    same_layout!(evmpm_config {
+        version,
+        worker_threads,
+        keepalive_timeout_ms,
+        read_timeout_ms,
+        write_timeout_ms,
+        linger_timeout_ms,
+        async_request_worker_factor,
+        connection_limit,
+        keepalive_shed_ms,
+        worker_stack_size,
+        handler,
+        on_close,
+        user_data,
+        request_ready,
+        header_timeout_ms,
+        request_peek_bytes,
+    });
+    same_layout!(evmpm_stats {
+        connections,
+        conns_reading,
+        conns_queued,
+        conns_in_handler,
+        conns_writing,
+        conns_keepalive,
+        conns_lingering,
+        conns_suspended,
+        workers_busy,
+        workers_idle,
+        accepted,
+        closed,
+        timed_out,
+        keepalive_expired,
+        shed,
+        refused,
+        rejected,
+        accept_pauses,
+        accept_backoffs,
+        accepting_paused,
+    });
+    assert_eq!(size_of::<c::evmpm_conn>(), size_of::<rust::evmpm_conn>());
+}
+
+#[test]
+fn constants_match() {
+    same_consts!(
+        EVMPM_CONFIG_VERSION,
+        EVMPM_VERSION_MAJOR,
+        EVMPM_VERSION_MINOR,
+        EVMPM_VERSION_PATCH,
+        EVMPM_WAKE_NEW,
+        EVMPM_WAKE_READABLE,
+        EVMPM_WAKE_BUFFERED,
+        EVMPM_WAKE_RESUMED,
+        EVMPM_REQUEST_COMPLETE,
+        EVMPM_REQUEST_INCOMPLETE,
+        EVMPM_REQUEST_REJECT,
+        EVMPM_PARK_BUFFERED,
+        EVMPM_WRITE_KEEPALIVE,
+        EVMPM_OK,
+        EVMPM_EINVAL,
+        EVMPM_ENOTSOCK,
+        EVMPM_ENOTLISTENER,
+        EVMPM_ESTALE,
+        EVMPM_ESTATE,
+        EVMPM_ESTOPPED,
+        EVMPM_ETIMEDOUT,
+        EVMPM_ETHREAD,
+        EVMPM_EOS,
+        EVMPM_EEXIST,
+        EVMPM_EVERSION,
+        EVMPM_EINTERNAL,
+    );
+}
+
+#[test]
+fn calls_through_the_header_declarations_work() {
+    let mut cfg = std::mem::MaybeUninit::<c::evmpm_config>::uninit();
+    // SAFETY: a writable evmpm_config, as the header's declaration asks.
+    let rc = unsafe { c::evmpm_config_init(cfg.as_mut_ptr()) };
+    // bindgen types a non-negative #define as unsigned.
+    assert_eq!(rc, c::EVMPM_OK as i32);
+    // SAFETY: evmpm_config_init filled every field.
+    let cfg = unsafe { cfg.assume_init() };
+    let defaults = crate::config::defaults();
+    assert_eq!(cfg.version, defaults.version);
+    assert_eq!(cfg.worker_threads, defaults.worker_threads);
+    assert_eq!(
+        cfg.async_request_worker_factor,
+        defaults.async_request_worker_factor
+    );
+    assert_eq!(cfg.worker_stack_size, defaults.worker_stack_size);
+    assert_eq!(cfg.request_peek_bytes, defaults.request_peek_bytes);
+    let mut rt = std::ptr::null_mut();
+    // SAFETY: a valid config (no handler) and a writable out-pointer.
+    assert_eq!(unsafe { c::evmpm_create(&cfg, &mut rt) }, c::EVMPM_EINVAL);
+    assert!(rt.is_null());
+    // SAFETY: any code is accepted; the result is a static C string.
+    let text = unsafe { std::ffi::CStr::from_ptr(c::evmpm_strerror(c::EVMPM_ESTALE)) };
+    assert!(text.to_str().unwrap().contains("stale"));
+}
