@@ -1,0 +1,867 @@
+/*
+ * fileserver.c: a small static-file HTTP/1.1 server on evmpm.
+ *
+ * Usage: fileserver PORT DOCROOT [WORKERS]   (listens on 127.0.0.1)
+ *
+ * GET and HEAD of regular files under DOCROOT (a directory serves its
+ * index.html), with Content-Type by extension, keep-alive, pipelining and
+ * "Connection: close". /server-status shows evmpm's counters in plain text,
+ * as Apache's mod_status does; SIGUSR1 prints the same to stderr. SIGINT or
+ * SIGTERM stop gracefully: requests in flight finish, then exit 0.
+ *
+ * Who does what:
+ * - request_ready (event thread) tells evmpm whether a whole request head
+ *   has arrived, so a client that sends its request slowly holds no worker;
+ * - handler (a worker) reads and parses the head, finds the file and builds
+ *   the response;
+ * - evmpm_complete_write sends the response from the event thread as the
+ *   client reads it, so a slow reader holds no worker either. Big files are
+ *   mmap()ed, smaller ones copied into the response buffer.
+ *
+ * Requests cannot reach outside DOCROOT: the target is percent-decoded once
+ * (%00 and control characters refused), ".." segments are refused, and the
+ * realpath() of the result must lie under the realpath() of DOCROOT, so a
+ * symbolic link that leads out is refused too. Names starting with "." are
+ * never served.
+ */
+#define _GNU_SOURCE /* memmem, gmtime_r, realpath */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "evmpm.h"
+
+#define HEAD_MAX 16384        /* a request head must fit in this (431 beyond) */
+#define TARGET_MAX 2048       /* the longest request target (414 beyond) */
+#define HEADERS_MAX 100       /* header lines per request (431 beyond) */
+#define IO_TIMEOUT_S 10       /* a client stalled mid-request is dropped */
+#define MAP_MIN (256 * 1024)  /* files this large are mmap()ed, not copied */
+#define STOP_DEADLINE_MS 5000
+#define STATUS_PATH "/server-status"
+
+struct server {
+    evmpm_runtime *rt;
+    char root[PATH_MAX]; /* realpath() of DOCROOT */
+    size_t root_len;
+    time_t started;
+    atomic_ullong requests;  /* responses sent or handed to the runtime */
+    atomic_ullong offloaded; /* of those, handed to evmpm_complete_write */
+};
+
+/* One client connection: bytes read but not yet parsed (the rest of the
+   request head, or pipelined requests that came with it). */
+struct conn {
+    int fd;
+    size_t len;
+    char buf[HEAD_MAX];
+};
+
+/* A parsed request head; the pointers point into conn.buf. */
+struct request {
+    const char *method, *target;
+    size_t method_len, target_len;
+    int http10;     /* HTTP/1.0: keep-alive only when asked for */
+    int head_only;  /* HEAD: the response has no body */
+    int keep_alive; /* the connection may carry another request */
+};
+
+/* A response ready to send: `len` bytes of head (and, unless the body is
+   mapped, body) in data[]; a mapped body is `map_len` bytes at `map`.
+   Handed to evmpm_complete_write as a whole and freed by release_out. */
+struct out {
+    void *map;
+    size_t map_len;
+    size_t len;
+    char data[];
+};
+
+static void release_out(void *arg) {
+    struct out *o = arg;
+    if (o->map != NULL)
+        munmap(o->map, o->map_len);
+    free(o);
+}
+
+/* ---- small helpers -------------------------------------------------------- */
+
+/* The length of the request head at the start of buf, through its blank
+   line, or 0 while it is incomplete. */
+static size_t head_length(const void *buf, size_t len) {
+    const char *end = memmem(buf, len, "\r\n\r\n", 4);
+    return end ? (size_t)(end - (const char *)buf) + 4 : 0;
+}
+
+/* 1 if buf starts with a whole first line that cannot begin an HTTP/1.x
+   request, so it can be refused without waiting for the rest of a head
+   that may never come. */
+static int first_line_bad(const char *buf, size_t len) {
+    const char *nl = memchr(buf, '\n', len);
+    size_t n;
+    if (nl == NULL)
+        return 0;
+    n = (size_t)(nl - buf);
+    /* shortest: "M / HTTP/1.1\r" */
+    return n < 13 || buf[n - 1] != '\r' || memcmp(buf + n - 10, " HTTP/", 6) != 0;
+}
+
+/* Sends all of buf, blocking. MSG_NOSIGNAL: a client that went away is an
+   error code, not a SIGPIPE that kills the server. Returns 0 on failure. */
+static int send_all(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 1;
+}
+
+/* RFC 9110 token characters (method and header names). */
+static int is_tchar(unsigned char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
+static int hex_value(unsigned char ch) {
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* 1 if the comma-separated header value [v, v+n) lists `token` (any case). */
+static int has_token(const char *v, size_t n, const char *token) {
+    size_t tlen = strlen(token), i = 0;
+    while (i < n) {
+        size_t start, end;
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        start = i;
+        while (i < n && v[i] != ',')
+            i++;
+        end = i;
+        while (end > start && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+            end--;
+        if (end - start == tlen && strncasecmp(v + start, token, tlen) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int name_is(const char *name, size_t len, const char *want) {
+    return len == strlen(want) && strncasecmp(name, want, len) == 0;
+}
+
+static const char *reason_phrase(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 301: return "Moved Permanently";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Internal Server Error";
+    }
+}
+
+static const char *content_type(const char *path) {
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        {"html", "text/html; charset=utf-8"},
+        {"htm", "text/html; charset=utf-8"},
+        {"txt", "text/plain; charset=utf-8"},
+        {"css", "text/css; charset=utf-8"},
+        {"js", "text/javascript; charset=utf-8"},
+        {"json", "application/json"},
+        {"xml", "application/xml"},
+        {"svg", "image/svg+xml"},
+        {"png", "image/png"},
+        {"jpg", "image/jpeg"},
+        {"jpeg", "image/jpeg"},
+        {"gif", "image/gif"},
+        {"webp", "image/webp"},
+        {"ico", "image/vnd.microsoft.icon"},
+        {"pdf", "application/pdf"},
+        {"wasm", "application/wasm"},
+    };
+    const char *slash = strrchr(path, '/');
+    const char *dot = strrchr(slash ? slash : path, '.');
+    size_t i;
+    if (dot != NULL)
+        for (i = 0; i < sizeof types / sizeof types[0]; i++)
+            if (strcasecmp(dot + 1, types[i].ext) == 0)
+                return types[i].type;
+    return "application/octet-stream";
+}
+
+/* ---- parsing -------------------------------------------------------------- */
+
+/* Parses the head [buf, buf+len), which ends with CRLF CRLF. Returns 0 or
+   the error status to answer. Every byte is checked: anything that is not
+   well-formed HTTP/1.x is refused rather than guessed at. */
+static int parse_request(const char *buf, size_t len, struct request *r) {
+    const char *end = buf + len - 2; /* the blank line's CRLF */
+    const char *eol = memmem(buf, len, "\r\n", 2);
+    const char *p = buf, *v;
+    int headers = 0, hosts = 0, conn_close = 0, conn_keep = 0, chunked = 0;
+    long long clen = -1;
+    size_t i;
+
+    /* METHOD SP TARGET SP HTTP/1.x */
+    for (i = 0; p + i < eol && is_tchar((unsigned char)p[i]); i++) {
+    }
+    if (i == 0 || p + i == eol || p[i] != ' ')
+        return 400;
+    r->method = p;
+    r->method_len = i;
+    p += i + 1;
+    for (i = 0; p + i < eol && (unsigned char)p[i] > ' ' && (unsigned char)p[i] < 0x7f; i++) {
+    }
+    if (i == 0 || p + i == eol || p[i] != ' ')
+        return 400;
+    if (i > TARGET_MAX)
+        return 414;
+    r->target = p;
+    r->target_len = i;
+    p += i + 1;
+    if (eol - p != 8 || memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' || p[5] > '9' || p[6] != '.' ||
+        p[7] < '0' || p[7] > '9')
+        return 400;
+    if (p[5] != '1' || p[7] > '1')
+        return 505;
+    r->http10 = p[7] == '0';
+    r->head_only = name_is(r->method, r->method_len, "HEAD");
+
+    /* NAME ":" OWS VALUE OWS, one per line; no obsolete line folding. */
+    for (p = eol + 2; p < end; p = eol + 2) {
+        const char *vend;
+        size_t name_len;
+        eol = memmem(p, (size_t)(end - p) + 2, "\r\n", 2);
+        if (++headers > HEADERS_MAX)
+            return 431;
+        for (i = 0; p + i < eol && is_tchar((unsigned char)p[i]); i++) {
+        }
+        if (i == 0 || p + i == eol || p[i] != ':')
+            return 400; /* no name, a space before the colon, or a folded line */
+        name_len = i;
+        v = p + i + 1;
+        vend = eol;
+        while (v < vend && (*v == ' ' || *v == '\t'))
+            v++;
+        while (vend > v && (vend[-1] == ' ' || vend[-1] == '\t'))
+            vend--;
+        for (i = 0; v + i < vend; i++) {
+            unsigned char ch = (unsigned char)v[i];
+            if ((ch < ' ' && ch != '\t') || ch == 0x7f)
+                return 400; /* a bare CR or LF, NUL, or other control */
+        }
+        if (name_is(p, name_len, "Host")) {
+            hosts++;
+        } else if (name_is(p, name_len, "Connection")) {
+            conn_close |= has_token(v, (size_t)(vend - v), "close");
+            conn_keep |= has_token(v, (size_t)(vend - v), "keep-alive");
+        } else if (name_is(p, name_len, "Transfer-Encoding")) {
+            chunked = 1;
+        } else if (name_is(p, name_len, "Content-Length")) {
+            long long n = 0;
+            if (v == vend || vend - v > 15)
+                return 400;
+            for (i = 0; v + i < vend; i++) {
+                if (v[i] < '0' || v[i] > '9')
+                    return 400;
+                n = n * 10 + (v[i] - '0');
+            }
+            if (clen >= 0 && clen != n)
+                return 400;
+            clen = n;
+        }
+    }
+    /* Both framings at once is how requests are smuggled past proxies. */
+    if (chunked && clen >= 0)
+        return 400;
+    if (hosts > 1 || (!r->http10 && hosts == 0))
+        return 400;
+    /* This server never reads request bodies: it answers a request that has
+       one and then closes, so the body is never taken for a request. */
+    r->keep_alive = !conn_close && (!r->http10 || conn_keep) && !chunked && clen <= 0;
+    return 0;
+}
+
+/* Turns the request target into a percent-decoded path that starts with
+   "/" (in `path`, `cap` bytes) and the raw path it came from (for a
+   redirect). Returns 0 or the error status. */
+static int decode_target(const struct request *r, char *path, size_t cap, const char **raw,
+                         size_t *raw_len) {
+    const char *t = r->target;
+    size_t n = r->target_len, i, j = 0, seg;
+
+    /* absolute-form (http://host/path): one site here, the host is ignored */
+    if (n >= 7 && strncasecmp(t, "http://", 7) == 0)
+        i = 7;
+    else if (n >= 8 && strncasecmp(t, "https://", 8) == 0)
+        i = 8;
+    else
+        i = 0;
+    if (i > 0) {
+        while (i < n && t[i] != '/' && t[i] != '?' && t[i] != '#')
+            i++;
+        if (i == n || t[i] != '/') {
+            t = "/";
+            n = 1;
+            i = 0;
+        }
+    }
+    t += i;
+    n -= i;
+    if (n == 0 || t[0] != '/' || memchr(t, '#', n) != NULL)
+        return 400;
+    for (i = 0; i < n && t[i] != '?'; i++) {
+    }
+    n = i; /* the query is ignored */
+    *raw = t;
+    *raw_len = n;
+
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)t[i];
+        if (ch == '%') {
+            int hi = i + 2 < n ? hex_value((unsigned char)t[i + 1]) : -1;
+            int lo = i + 2 < n ? hex_value((unsigned char)t[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+                return 400;
+            ch = (unsigned char)(hi * 16 + lo);
+            i += 2;
+            if (ch < ' ' || ch == 0x7f)
+                return 400; /* %00 and other controls: never in a file name here */
+        }
+        if (j + 1 >= cap)
+            return 414;
+        path[j++] = (char)ch;
+    }
+    path[j] = '\0';
+
+    /* Segments, as decoded: "%2e%2e" and "..%2f" are ".." too. */
+    for (seg = 0; seg < j; seg = i) {
+        for (i = seg + 1; i < j && path[i] != '/'; i++) {
+        }
+        if (i - seg == 3 && path[seg + 1] == '.' && path[seg + 2] == '.')
+            return 400;
+    }
+    return 0;
+}
+
+/* ---- finding the file ----------------------------------------------------- */
+
+/* 1 if `real` (a realpath() result) is the root or below it, and no
+   component below the root is hidden (starts with "."). */
+static int allowed(const struct server *s, const char *real) {
+    const char *rest = real + s->root_len;
+    if (s->root_len > 1 && (strncmp(real, s->root, s->root_len) != 0 || (*rest != '\0' && *rest != '/')))
+        return 0;
+    if (s->root_len == 1)
+        rest = real; /* the root is "/" */
+    return strstr(rest, "/.") == NULL;
+}
+
+/* Resolves `path` into `real` (PATH_MAX bytes); 0 or the error status. */
+static int resolve(const struct server *s, const char *path, char *real) {
+    if (realpath(path, real) == NULL)
+        return errno == EACCES ? 403 : 404;
+    return allowed(s, real) ? 0 : 404;
+}
+
+/* Opens the file for the decoded request path. Returns 0 with *fd_out and
+   *st set (and the file's real path in `real`), 301 when a directory was
+   asked for without its trailing slash, or an error status. */
+static int open_file(const struct server *s, const char *decoded, char *real, int *fd_out,
+                     struct stat *st) {
+    char path[PATH_MAX];
+    size_t dlen = strlen(decoded);
+    int status, fd;
+
+    if (s->root_len + dlen + 1 > sizeof path)
+        return 414;
+    memcpy(path, s->root, s->root_len);
+    memcpy(path + s->root_len, decoded, dlen + 1);
+    if ((status = resolve(s, path, real)) != 0)
+        return status;
+    if (stat(real, st) != 0)
+        return 404;
+    if (S_ISDIR(st->st_mode)) {
+        static const char index[] = "/index.html";
+        size_t rlen = strlen(real);
+        if (decoded[dlen - 1] != '/')
+            return 301;
+        if (rlen + sizeof index > sizeof path)
+            return 404;
+        memcpy(path, real, rlen);
+        memcpy(path + rlen, index, sizeof index);
+        /* index.html may itself be a link leading out: resolve it again */
+        if ((status = resolve(s, path, real)) != 0)
+            return status;
+    }
+    /* O_NOFOLLOW: real has no links left, unless one was swapped in since.
+       O_NONBLOCK: a FIFO swapped in cannot block the worker on open. */
+    fd = open(real, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == EACCES ? 403 : 404;
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+        close(fd);
+        return 404;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* ---- building responses --------------------------------------------------- */
+
+/* A response: its head, formatted from the arguments, then room for
+   `room` bytes of body in data[] (none for HEAD), filled from `body` unless
+   that is NULL. `length` is the Content-Length. NULL if out of memory. */
+static struct out *make_out(const struct request *r, int status, int keep, const char *type,
+                            const char *extra, size_t length, const char *body, size_t room) {
+    char head[4096 + TARGET_MAX], date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    struct out *o;
+    size_t copy = r != NULL && r->head_only ? 0 : room;
+    int n;
+
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    n = snprintf(head, sizeof head,
+                 "HTTP/1.1 %d %s\r\n"
+                 "Date: %s\r\n"
+                 "Server: evmpm-fileserver\r\n"
+                 "Content-Type: %s\r\n"
+                 "Content-Length: %zu\r\n"
+                 "%s%s\r\n",
+                 status, reason_phrase(status), date, type, length,
+                 !keep ? "Connection: close\r\n"
+                 : r != NULL && r->http10 ? "Connection: keep-alive\r\n"
+                                          : "",
+                 extra);
+    if (n < 0 || (size_t)n >= sizeof head)
+        return NULL;
+    o = malloc(sizeof *o + (size_t)n + copy);
+    if (o == NULL)
+        return NULL;
+    o->map = NULL;
+    o->map_len = 0;
+    o->len = (size_t)n + copy;
+    memcpy(o->data, head, (size_t)n);
+    if (body != NULL)
+        memcpy(o->data + n, body, copy);
+    return o;
+}
+
+/* A short plain-text error page. */
+static struct out *error_out(const struct request *r, int status, int keep, const char *extra) {
+    char body[64];
+    int n = snprintf(body, sizeof body, "%d %s\n", status, reason_phrase(status));
+    return make_out(r, status, keep, "text/plain; charset=utf-8", extra, (size_t)n, body,
+                    (size_t)n);
+}
+
+/* The counters, as "Name: value" lines (mod_status's ?auto format). */
+static size_t format_status(struct server *s, char *buf, size_t cap) {
+    struct evmpm_stats st;
+    int n;
+    memset(&st, 0, sizeof st);
+    evmpm_get_stats(s->rt, &st);
+    n = snprintf(buf, cap,
+                 "evmpm fileserver status (evmpm %s)\n"
+                 "Uptime: %lld\n"
+                 "Connections: %llu\n"
+                 "ConnsReading: %llu\n"
+                 "ConnsQueued: %llu\n"
+                 "ConnsInHandler: %llu\n"
+                 "ConnsWriting: %llu\n"
+                 "ConnsKeepAlive: %llu\n"
+                 "ConnsLingering: %llu\n"
+                 "ConnsSuspended: %llu\n"
+                 "BusyWorkers: %llu\n"
+                 "IdleWorkers: %llu\n"
+                 "Accepted: %llu\n"
+                 "Closed: %llu\n"
+                 "TimedOut: %llu\n"
+                 "KeepAliveExpired: %llu\n"
+                 "Shed: %llu\n"
+                 "Refused: %llu\n"
+                 "Rejected: %llu\n"
+                 "AcceptPauses: %llu\n"
+                 "AcceptBackoffs: %llu\n"
+                 "AcceptingPaused: %llu\n"
+                 "Requests: %llu\n"
+                 "OffloadedWrites: %llu\n",
+                 evmpm_version(), (long long)(time(NULL) - s->started),
+                 (unsigned long long)st.connections, (unsigned long long)st.conns_reading,
+                 (unsigned long long)st.conns_queued, (unsigned long long)st.conns_in_handler,
+                 (unsigned long long)st.conns_writing, (unsigned long long)st.conns_keepalive,
+                 (unsigned long long)st.conns_lingering, (unsigned long long)st.conns_suspended,
+                 (unsigned long long)st.workers_busy, (unsigned long long)st.workers_idle,
+                 (unsigned long long)st.accepted, (unsigned long long)st.closed,
+                 (unsigned long long)st.timed_out, (unsigned long long)st.keepalive_expired,
+                 (unsigned long long)st.shed, (unsigned long long)st.refused,
+                 (unsigned long long)st.rejected, (unsigned long long)st.accept_pauses,
+                 (unsigned long long)st.accept_backoffs, (unsigned long long)st.accepting_paused,
+                 (unsigned long long)atomic_load(&s->requests),
+                 (unsigned long long)atomic_load(&s->offloaded));
+    if (n < 0)
+        return 0;
+    return (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* The response for a GET or HEAD of a file; NULL if out of memory. Clears
+   *keep when the connection must close after it. */
+static struct out *file_out(struct server *s, const struct request *r, const char *decoded,
+                            const char *raw, size_t raw_len, int *keep) {
+    char real[PATH_MAX];
+    struct stat st;
+    struct out *o;
+    size_t size, got = 0;
+    int fd = -1, status = open_file(s, decoded, real, &fd, &st);
+
+    if (status == 301) {
+        /* "dir" -> "dir/", so the index page's relative links work. Leading
+           slashes are collapsed: "//host" would send the browser away. */
+        char location[TARGET_MAX + 32];
+        while (raw_len > 1 && raw[1] == '/')
+            raw++, raw_len--;
+        snprintf(location, sizeof location, "Location: %.*s/\r\n", (int)raw_len, raw);
+        return error_out(r, 301, *keep, location);
+    }
+    if (status != 0)
+        return error_out(r, status, *keep, "");
+    size = (size_t)st.st_size;
+
+    if (size >= MAP_MIN && !r->head_only) {
+        /* Mapped, not copied: the page cache is the buffer. A file cut short
+           while mapped makes the send fail (EFAULT); the runtime then closes
+           the connection, and the client sees a short body. */
+        void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (map == MAP_FAILED) {
+            *keep = 0;
+            return error_out(r, 500, 0, "");
+        }
+        o = make_out(r, 200, *keep, content_type(real), "", size, NULL, 0);
+        if (o == NULL) {
+            munmap(map, size);
+            return NULL;
+        }
+        o->map = map;
+        o->map_len = size;
+        return o;
+    }
+
+    o = make_out(r, 200, *keep, content_type(real), "", size, NULL, size);
+    if (o != NULL && !r->head_only) {
+        char *body = o->data + (o->len - size);
+        while (got < size) {
+            ssize_t n = read(fd, body + got, size - got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+        if (got < size) { /* the file shrank since fstat */
+            free(o);
+            *keep = 0;
+            o = error_out(r, 500, 0, "");
+        }
+    }
+    close(fd);
+    return o;
+}
+
+/* ---- serving a connection ------------------------------------------------- */
+
+/* Hands the response to the runtime (or, when the next request is already
+   buffered, sends it here) and decides the connection's next step. */
+static void send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
+                     struct out *o, int keep) {
+    atomic_fetch_add(&s->requests, 1);
+    if (keep && head_length(c->buf, c->len) > 0) {
+        /* A pipelined request is waiting in our buffer. evmpm_complete_write
+           would park the connection to wait for the socket, where nothing may
+           ever come; so write here and run the handler again at once. */
+        int ok = send_all(c->fd, o->data, o->len) &&
+                 (o->map == NULL || send_all(c->fd, o->map, o->map_len));
+        release_out(o);
+        if (ok)
+            evmpm_park_keepalive(rt, conn, EVMPM_PARK_BUFFERED);
+        else
+            evmpm_close(rt, conn);
+        return;
+    }
+    if (o->map != NULL) {
+        /* The head is small and the socket idle: it goes now; the mapped body
+           is the runtime's to send. */
+        if (!send_all(c->fd, o->data, o->len)) {
+            release_out(o);
+            evmpm_close(rt, conn);
+            return;
+        }
+        if (evmpm_complete_write(rt, conn, o->map, o->map_len, release_out, o,
+                                 keep ? EVMPM_WRITE_KEEPALIVE : 0) == EVMPM_OK) {
+            atomic_fetch_add(&s->offloaded, 1);
+            return;
+        }
+    } else if (evmpm_complete_write(rt, conn, o->data, o->len, release_out, o,
+                                    keep ? EVMPM_WRITE_KEEPALIVE : 0) == EVMPM_OK) {
+        atomic_fetch_add(&s->offloaded, 1);
+        return;
+    }
+    release_out(o); /* not taken: the buffer is still ours */
+    evmpm_close(rt, conn);
+}
+
+/* Reads one request head (blocking: request_ready has seen it complete, so
+   this normally returns at once) and answers it. */
+static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn conn,
+                              struct conn *c) {
+    struct request req;
+    struct out *o;
+    size_t head;
+    int status, keep;
+
+    memset(&req, 0, sizeof req);
+    while ((head = head_length(c->buf, c->len)) == 0 && !first_line_bad(c->buf, c->len)) {
+        ssize_t n;
+        if (c->len == sizeof c->buf) {
+            /* No line end at all: the request line alone is too long. */
+            status = memchr(c->buf, '\n', c->len) ? 431 : 414;
+            if ((o = error_out(NULL, status, 0, "")) != NULL)
+                send_out(s, rt, conn, c, o, 0);
+            else
+                evmpm_close(rt, conn);
+            return;
+        }
+        n = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) { /* closed, reset, or stalled for IO_TIMEOUT_S */
+            evmpm_close(rt, conn);
+            return;
+        }
+        c->len += (size_t)n;
+    }
+
+    status = head > 0 ? parse_request(c->buf, head, &req) : 400;
+    keep = status == 0 && req.keep_alive;
+    if (status != 0) {
+        o = error_out(NULL, status, 0, "");
+    } else if (!name_is(req.method, req.method_len, "GET") && !req.head_only) {
+        o = error_out(&req, 405, keep, "Allow: GET, HEAD\r\n");
+    } else {
+        char decoded[TARGET_MAX + 1];
+        const char *raw;
+        size_t raw_len;
+        status = decode_target(&req, decoded, sizeof decoded, &raw, &raw_len);
+        if (status != 0) {
+            keep = 0; /* a malformed or hostile target: do not trust this client */
+            o = error_out(&req, status, 0, "");
+        } else if (strcmp(decoded, STATUS_PATH) == 0) {
+            char text[2048];
+            size_t n = format_status(s, text, sizeof text);
+            o = make_out(&req, 200, keep, "text/plain; charset=utf-8", "", n, text, n);
+        } else {
+            o = file_out(s, &req, decoded, raw, raw_len, &keep);
+        }
+    }
+    if (o == NULL) { /* out of memory: nothing sensible to say */
+        evmpm_close(rt, conn);
+        return;
+    }
+    /* The request is answered: keep only what came after it. */
+    if (!keep)
+        c->len = 0;
+    else {
+        c->len -= head;
+        memmove(c->buf, c->buf + head, c->len);
+    }
+    send_out(s, rt, conn, c, o, keep);
+}
+
+/* ---- evmpm callbacks ------------------------------------------------------ */
+
+static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int why) {
+    struct server *s = ud;
+    void *user = NULL;
+    (void)why;
+    if (evmpm_conn_get_user(rt, conn, &user) != EVMPM_OK) {
+        evmpm_close(rt, conn);
+        return;
+    }
+    if (user == NULL) {
+        /* The connection's first request: its record, and socket timeouts
+           that bound how long a stalled client can hold this worker. */
+        struct timeval tv = {IO_TIMEOUT_S, 0};
+        struct conn *c = malloc(sizeof *c);
+        if (c == NULL || evmpm_conn_set_user(rt, conn, c) != EVMPM_OK) {
+            free(c);
+            evmpm_close(rt, conn);
+            return;
+        }
+        c->fd = fd;
+        c->len = 0;
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        user = c;
+    }
+    serve_one_request(s, rt, conn, user);
+}
+
+/* The runtime closes the socket; the record is ours to free. */
+static void on_close(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, void *user) {
+    (void)ud, (void)rt, (void)conn, (void)fd;
+    free(user);
+}
+
+/* On the event thread, before a worker is woken: is a whole request head
+   here? `data` is what waits on the socket. A connection parked with part
+   of a pipelined request in its buffer has the start of the head there, so
+   the blank line may straddle the two. Must not block: it only looks. */
+static int request_ready(void *ud, evmpm_conn conn, const uint8_t *data, size_t len) {
+    struct server *s = ud;
+    const struct conn *c;
+    void *user = NULL;
+    char joint[6];
+    size_t from_buf, from_data;
+
+    evmpm_conn_get_user(s->rt, conn, &user);
+    c = user;
+    if (c == NULL || c->len == 0) {
+        /* A garbage first line is answered (400) without waiting for more. */
+        if (head_length(data, len) > 0 || first_line_bad((const char *)data, len))
+            return EVMPM_REQUEST_COMPLETE;
+        return EVMPM_REQUEST_INCOMPLETE;
+    }
+    if (head_length(data, len) > 0 || c->len + len >= sizeof c->buf)
+        return EVMPM_REQUEST_COMPLETE; /* whole, or too large: let the handler say */
+    from_buf = c->len < 3 ? c->len : 3;
+    from_data = len < 3 ? len : 3;
+    memcpy(joint, c->buf + c->len - from_buf, from_buf);
+    memcpy(joint + from_buf, data, from_data);
+    return head_length(joint, from_buf + from_data) > 0 ? EVMPM_REQUEST_COMPLETE
+                                                       : EVMPM_REQUEST_INCOMPLETE;
+}
+
+/* ---- main ----------------------------------------------------------------- */
+
+static int listen_on(int port) {
+    struct sockaddr_in a;
+    int one = 1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((unsigned short)port);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 511) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int main(int argc, char **argv) {
+    static struct server srv;
+    int port = argc > 1 ? atoi(argv[1]) : 0;
+    int workers = argc > 3 ? atoi(argv[3]) : 16;
+    char text[2048];
+    struct stat st;
+    evmpm_config cfg;
+    sigset_t sigs;
+    int lfd, sig, rc;
+
+    if (argc < 3 || argc > 4 || port < 1 || port > 65535 || workers < 1 || workers > 4096) {
+        fprintf(stderr, "usage: %s PORT DOCROOT [WORKERS]\n", argv[0]);
+        return 2;
+    }
+    if (realpath(argv[2], srv.root) == NULL || stat(srv.root, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "%s: not a directory\n", argv[2]);
+        return 2;
+    }
+    srv.root_len = strlen(srv.root);
+    srv.started = time(NULL);
+
+    /* Taken with sigwait() below; blocked before evmpm starts its threads,
+       which inherit the mask, so none of them is interrupted. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+    if ((lfd = listen_on(port)) < 0) {
+        fprintf(stderr, "cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
+        return 1;
+    }
+    evmpm_config_init(&cfg);
+    cfg.worker_threads = (uint32_t)workers;
+    cfg.handler = handler;
+    cfg.on_close = on_close;
+    cfg.user_data = &srv;
+    cfg.request_ready = request_ready;
+    cfg.request_peek_bytes = HEAD_MAX; /* a full window means "431" */
+    cfg.header_timeout_ms = IO_TIMEOUT_S * 1000;
+    if ((rc = evmpm_create(&cfg, &srv.rt)) != EVMPM_OK ||
+        (rc = evmpm_register_listener(srv.rt, lfd)) != EVMPM_OK ||
+        (rc = evmpm_start(srv.rt)) != EVMPM_OK) {
+        fprintf(stderr, "evmpm: %s\n", evmpm_strerror(rc));
+        return 1;
+    }
+    fprintf(stderr,
+            "fileserver: serving %s on http://127.0.0.1:%d/ with %d workers\n"
+            "fileserver: counters at http://127.0.0.1:%d" STATUS_PATH
+            ", or on stderr: kill -USR1 %ld\n",
+            srv.root, port, workers, port, (long)getpid());
+
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig != SIGUSR1)
+            break;
+        fwrite(text, 1, format_status(&srv, text, sizeof text), stderr);
+    }
+    rc = evmpm_stop(srv.rt, STOP_DEADLINE_MS);
+    fwrite(text, 1, format_status(&srv, text, sizeof text), stderr);
+    evmpm_destroy(srv.rt);
+    close(lfd);
+    fprintf(stderr, "fileserver: stopped by signal %d%s\n", sig,
+            rc == EVMPM_ETIMEDOUT ? " (connections closed at the deadline)" : "");
+    return 0;
+}
