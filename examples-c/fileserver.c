@@ -171,8 +171,13 @@ static int has_token(const char *v, size_t n, const char *token) {
     return 0;
 }
 
+/* Header names compare in any case; methods do not ("get" is not GET). */
 static int name_is(const char *name, size_t len, const char *want) {
     return len == strlen(want) && strncasecmp(name, want, len) == 0;
+}
+
+static int method_is(const struct request *r, const char *want) {
+    return r->method_len == strlen(want) && memcmp(r->method, want, r->method_len) == 0;
 }
 
 static const char *reason_phrase(int status) {
@@ -257,7 +262,7 @@ static int parse_request(const char *buf, size_t len, struct request *r) {
     if (p[5] != '1' || p[7] > '1')
         return 505;
     r->http10 = p[7] == '0';
-    r->head_only = name_is(r->method, r->method_len, "HEAD");
+    r->head_only = method_is(r, "HEAD");
 
     /* NAME ":" OWS VALUE OWS, one per line; no obsolete line folding. */
     for (p = eol + 2; p < end; p = eol + 2) {
@@ -679,7 +684,7 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
     keep = status == 0 && req.keep_alive;
     if (status != 0) {
         o = error_out(NULL, status, 0, "");
-    } else if (!name_is(req.method, req.method_len, "GET") && !req.head_only) {
+    } else if (!method_is(&req, "GET") && !req.head_only) {
         o = error_out(&req, 405, keep, "Allow: GET, HEAD\r\n");
     } else {
         char decoded[TARGET_MAX + 1];
