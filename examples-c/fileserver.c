@@ -731,13 +731,15 @@ static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int wh
            that bound how long a stalled client can hold this worker. */
         struct timeval tv = {IO_TIMEOUT_S, 0};
         struct conn *c = malloc(sizeof *c);
+        if (c != NULL) {
+            c->fd = fd;
+            c->len = 0;
+        }
         if (c == NULL || evmpm_conn_set_user(rt, conn, c) != EVMPM_OK) {
             free(c);
             evmpm_close(rt, conn);
             return;
         }
-        c->fd = fd;
-        c->len = 0;
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         user = c;

@@ -238,13 +238,16 @@ static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int wh
     }
     if (user == NULL) {
         struct timeval tv = {IO_TIMEOUT_S, 0};
-        if ((user = malloc(sizeof *c)) == NULL || evmpm_conn_set_user(rt, conn, user) != EVMPM_OK) {
-            free(user);
+        if ((c = malloc(sizeof *c)) != NULL) {
+            c->fd = fd;
+            c->len = 0;
+        }
+        if (c == NULL || evmpm_conn_set_user(rt, conn, c) != EVMPM_OK) {
+            free(c);
             evmpm_close(rt, conn);
             return;
         }
-        ((struct conn *)user)->fd = fd;
-        ((struct conn *)user)->len = 0;
+        user = c;
         /* a client stalled mid-line holds this worker at most this long */
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);

@@ -91,6 +91,7 @@ impl Server {
                     let text = server.log_text();
                     server.child = None;
                     if text.contains("cannot listen") {
+                        let _ = fs::remove_file(&server.log);
                         break; // the port was taken meanwhile: try another
                     }
                     panic!("{name} exited at start with {status}:\n{text}");
@@ -144,6 +145,7 @@ impl Server {
             ),
             None => panic!("{} still running 15 s after SIGTERM:\n{text}", self.name),
         }
+        let _ = fs::remove_file(&self.log); // kept only when something failed
     }
 
     fn conn(&self) -> Conn {
@@ -486,10 +488,11 @@ fn hello_evmpm() {
     hello_suite("hello_evmpm");
 }
 
-/// What the conversion buys: with 2 workers, 10 idle keep-alive clients do
-/// not lock out an 11th (the blocking server would serve nobody new).
+/// What the conversion buys: with 2 workers, 10 idle keep-alive clients and
+/// 5 clients that sent half a request do not lock out another (the blocking
+/// server would serve nobody new).
 #[test]
-fn hello_evmpm_idle_connections_hold_no_worker() {
+fn hello_evmpm_idle_and_slow_clients_hold_no_worker() {
     let server = start_hello("hello_evmpm", 2);
     let ok = hello_response("", true);
     let mut idle: Vec<Conn> = (0..10).map(|_| server.conn()).collect();
@@ -497,10 +500,18 @@ fn hello_evmpm_idle_connections_hold_no_worker() {
         c.send(GET);
         c.expect(&ok);
     }
+    let mut slow: Vec<Conn> = (0..5).map(|_| server.conn()).collect();
+    for c in &mut slow {
+        c.send(&GET[..20]);
+    }
     let mut late = server.conn();
     late.send(GET);
     late.expect(&ok);
-    // The idle ones are still open and still served.
+    // The others are still open, and served once they ask.
+    for c in &mut slow {
+        c.send(&GET[20..]);
+        c.expect(&ok);
+    }
     for c in &mut idle {
         c.send(GET);
         c.expect(&ok);
@@ -800,6 +811,25 @@ fn fileserver_serves_files() {
         c.expect_nothing_yet_then_response(&req[cut..]);
     }
 
+    // A client that sends its requests and then shuts down its side still
+    // gets every answer.
+    let mut c = server.conn();
+    c.send(format!("{}{}", get("/a.txt"), get("/style.css")));
+    c.s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    check_ok(
+        &c.response(false),
+        "text/plain; charset=utf-8",
+        b"alpha\n",
+        true,
+    );
+    check_ok(
+        &c.response(false),
+        "text/css; charset=utf-8",
+        b"body { color: red }\n",
+        true,
+    );
+    c.expect_eof();
+
     // HTTP/1.0: closes unless asked to keep alive.
     let mut c = server.conn();
     c.send("GET /a.txt HTTP/1.0\r\n\r\n");
@@ -1031,6 +1061,11 @@ fn fileserver_large_file_to_a_slow_reader() {
     // could be served while the reader is slow.
     let server = start_fileserver(&www, 1);
 
+    // A client that sent half a request waits on the event thread, so it
+    // does not hold the only worker either.
+    let mut slow = server.conn();
+    slow.send("GET /a.txt HTTP/1.1\r\nHo");
+
     let mut c = Conn::with_small_rcvbuf(server.port, 64 * 1024);
     c.send(get("/big.bin"));
     let head = String::from_utf8(c.read_through(b"\r\n\r\n")).unwrap();
@@ -1090,6 +1125,14 @@ fn fileserver_large_file_to_a_slow_reader() {
     assert!(r.body == data, "pipelined big body differs");
     check_ok(
         &c.response(false),
+        "text/plain; charset=utf-8",
+        b"alpha\n",
+        true,
+    );
+
+    slow.send("st: x\r\n\r\n");
+    check_ok(
+        &slow.response(false),
         "text/plain; charset=utf-8",
         b"alpha\n",
         true,
