@@ -296,7 +296,7 @@ int main(int argc, char **argv) {
     cfg.handler = handler;
     cfg.on_close = on_close;
     cfg.request_ready = request_ready;
-    if (evmpm_create(&cfg, &rt) != 0 || evmpm_register_listener(rt, lfd) || evmpm_start(rt)) {
+    if (evmpm_create(&cfg, &rt) || evmpm_register_listener(rt, lfd) || evmpm_start(rt)) {
         fprintf(stderr, "cannot start\n");
         return 1;
     }
