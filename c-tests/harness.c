@@ -111,6 +111,30 @@ int connect_loopback(int port) {
     return fd;
 }
 
+int connect_loopback_rcvbuf(int port, int bytes) {
+    struct sockaddr_in a;
+    int one = 1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    shrink_rcvbuf(fd, bytes);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        harness_fail(__FILE__, __LINE__, "connect: %s", strerror(errno));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+void close_with_reset(int fd) {
+    struct linger l;
+    l.l_onoff = 1;
+    l.l_linger = 0;
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0);
+    CHECK(close(fd) == 0);
+}
+
 void send_all(int fd, const void *buf, size_t len) {
     const char *p = buf;
     while (len > 0) {
@@ -224,23 +248,36 @@ int open_fd_count(void) {
 
 /* ---- closed-handle set, to catch a second close callback ------------------ */
 
+/* Keyed by (server, handle): two runtimes in one process hand out the same
+ * handle values, and those are different connections. */
 #define CLOSED_SET_BITS 17
+struct closed_entry {
+    const struct line_server *server;
+    evmpm_conn conn;
+};
 static pthread_mutex_t closed_lock = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t closed_set[1u << CLOSED_SET_BITS];
+static struct closed_entry closed_set[1u << CLOSED_SET_BITS];
+static size_t closed_count;
 
-/* Returns 1 if `c` was already recorded. */
-static int record_closed(evmpm_conn c) {
+/* Returns 1 if `c` of `s` was already recorded. */
+static int record_closed(const struct line_server *s, evmpm_conn c) {
     size_t mask = (1u << CLOSED_SET_BITS) - 1;
-    size_t i = (size_t)((c * 0x9E3779B97F4A7C15ull) >> 40) & mask;
+    uint64_t key = c ^ ((uint64_t)(uintptr_t)s * 0xff51afd7ed558ccdull);
+    size_t i = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & mask;
     int seen = 0;
     pthread_mutex_lock(&closed_lock);
     for (;;) {
-        if (closed_set[i] == c) {
+        struct closed_entry *e = &closed_set[i];
+        if (e->server == s && e->conn == c) {
             seen = 1;
             break;
         }
-        if (closed_set[i] == 0) {
-            closed_set[i] = c;
+        if (e->server == NULL) {
+            /* Keep the table at most half full so probes stay short. */
+            if (++closed_count > mask / 2)
+                harness_fail(__FILE__, __LINE__, "closed-handle set is full");
+            e->server = s;
+            e->conn = c;
             break;
         }
         i = (i + 1) & mask;
@@ -283,10 +320,12 @@ static int take_line(struct conn_state *st, char *line, size_t cap) {
     return 1;
 }
 
-static void reply(int fd, const char *s) {
+void line_reply(int fd, const char *s) {
     size_t len = strlen(s);
     while (len > 0) {
-        ssize_t n = write(fd, s, len);
+        /* MSG_NOSIGNAL: a client that reset must not kill the process with
+         * SIGPIPE, as any server that survives its clients ignores it. */
+        ssize_t n = send(fd, s, len, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -296,20 +335,47 @@ static void reply(int fd, const char *s) {
     }
 }
 
+/* A handler's decision must succeed, except that once the test called
+ * evmpm_stop a handler still running may find the runtime stopped. */
+#define CHECK_DECIDED(s, call)                                               \
+    do {                                                                     \
+        int decided_rc_ = (call);                                            \
+        if (decided_rc_ != EVMPM_OK &&                                       \
+            !(decided_rc_ == EVMPM_ESTOPPED && atomic_load(&(s)->stop_called))) \
+            harness_fail(__FILE__, __LINE__, "%s returned %d (%s)", #call,   \
+                         decided_rc_, evmpm_strerror(decided_rc_));          \
+    } while (0)
+
 static void park(struct line_server *s, evmpm_conn c, struct conn_state *st) {
     uint32_t flags = memchr(st->buf, '\n', st->len) ? EVMPM_PARK_BUFFERED : 0;
-    CHECK_OK(evmpm_park_keepalive(s->rt, c, flags));
+    CHECK_DECIDED(s, evmpm_park_keepalive(s->rt, c, flags));
+}
+
+/* Waits for a HOLD's release: all at once, or one token. */
+static void hold(struct line_server *s) {
+    for (;;) {
+        int tokens = atomic_load(&s->hold_tokens);
+        if (atomic_load(&s->holds_released))
+            return;
+        if (tokens > 0 && atomic_compare_exchange_weak(&s->hold_tokens, &tokens, tokens - 1))
+            return;
+        sleep_ms(1);
+    }
 }
 
 static void big(struct line_server *s, evmpm_conn c, struct conn_state *st, long n, int keep) {
     struct big_write *b = malloc(sizeof *b + (size_t)n);
     long i;
+    int rc;
     CHECK(b != NULL);
     b->server = s;
     for (i = 0; i < n; i++)
         b->data[i] = (char)('a' + i % 26);
-    CHECK_OK(evmpm_complete_write(s->rt, c, b->data, (size_t)n, release_big, b,
-                                  keep ? EVMPM_WRITE_KEEPALIVE : 0));
+    rc = evmpm_complete_write(s->rt, c, b->data, (size_t)n, release_big, b,
+                              keep ? EVMPM_WRITE_KEEPALIVE : 0);
+    CHECK_DECIDED(s, rc);
+    if (rc != EVMPM_OK)
+        free(b); /* on error the runtime keeps nothing and never releases */
     (void)st;
 }
 
@@ -320,6 +386,7 @@ static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int f
     CHECK(rt == s->rt);
     atomic_fetch_add(&s->in_handler, 1);
     atomic_fetch_add(&s->handler_calls, 1);
+    atomic_store(&s->last_conn, c);
     switch (reason) {
     case EVMPM_WAKE_NEW: atomic_fetch_add(&s->wake_new, 1); break;
     case EVMPM_WAKE_READABLE: atomic_fetch_add(&s->wake_readable, 1); break;
@@ -334,56 +401,64 @@ static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int f
         CHECK_OK(evmpm_conn_set_user(rt, c, st));
     }
     if (reason == EVMPM_WAKE_RESUMED) {
-        reply(fd, "RESUMED\n");
+        line_reply(fd, "RESUMED\n");
         park(s, c, st);
         goto out;
     }
     while (!take_line(st, line, sizeof line)) {
         ssize_t n;
         if (st->len == sizeof st->buf) {
-            CHECK_OK(evmpm_close(rt, c));
+            CHECK_DECIDED(s, evmpm_close(rt, c));
             goto out;
         }
         n = read(fd, st->buf + st->len, sizeof st->buf - st->len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            CHECK_OK(evmpm_close(rt, c));
+            CHECK_DECIDED(s, evmpm_close(rt, c));
             goto out;
         }
         st->len += (size_t)n;
     }
     if (strcmp(line, "PING") == 0) {
-        reply(fd, "PONG\n");
+        line_reply(fd, "PONG\n");
         park(s, c, st);
     } else if (strncmp(line, "ECHO ", 5) == 0) {
-        reply(fd, line + 5);
-        reply(fd, "\n");
+        line_reply(fd, line + 5);
+        line_reply(fd, "\n");
         park(s, c, st);
     } else if (strncmp(line, "BIG ", 4) == 0) {
         big(s, c, st, atol(line + 4), 1);
     } else if (strncmp(line, "BIGCLOSE ", 9) == 0) {
         big(s, c, st, atol(line + 9), 0);
     } else if (strcmp(line, "QUIT") == 0) {
-        reply(fd, "BYE\n");
-        CHECK_OK(evmpm_close(rt, c));
+        line_reply(fd, "BYE\n");
+        CHECK_DECIDED(s, evmpm_close(rt, c));
     } else if (strncmp(line, "SLEEP ", 6) == 0) {
         sleep_ms(atoi(line + 6));
-        reply(fd, "SLEPT\n");
+        line_reply(fd, "SLEPT\n");
         park(s, c, st);
     } else if (strcmp(line, "SUSPEND") == 0) {
-        CHECK_OK(evmpm_suspend(rt, c));
+        CHECK_DECIDED(s, evmpm_suspend(rt, c));
         atomic_store(&s->suspended_conn, c);
         atomic_fetch_add(&s->suspended_count, 1);
     } else if (strcmp(line, "HOLD") == 0) {
-        while (!atomic_load(&s->holds_released))
-            sleep_ms(1);
-        reply(fd, "HELD\n");
+        hold(s);
+        line_reply(fd, "HELD\n");
         park(s, c, st);
     } else if (strcmp(line, "RETURN") == 0) {
         /* no decision: the runtime closes the connection */
+    } else if (s->command != NULL) {
+        switch (s->command(s, c, fd, line)) {
+        case LINE_PARK: park(s, c, st); break;
+        case LINE_DECIDED: break;
+        case LINE_UNKNOWN:
+            line_reply(fd, "ERR\n");
+            park(s, c, st);
+            break;
+        }
     } else {
-        reply(fd, "ERR\n");
+        line_reply(fd, "ERR\n");
         park(s, c, st);
     }
 out:
@@ -394,7 +469,9 @@ static void line_close(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd,
     struct line_server *s = user_data;
     (void)rt;
     CHECK(fd >= 0);
-    if (record_closed(c))
+    if (s->close_hook != NULL)
+        s->close_hook(s, c, fd);
+    if (record_closed(s, c))
         atomic_fetch_add(&s->double_closes, 1);
     free(conn_user);
     atomic_fetch_add(&s->closes, 1);
@@ -418,7 +495,9 @@ void line_server_start(struct line_server *s, const evmpm_config *cfg) {
 }
 
 int line_server_stop(struct line_server *s, uint32_t timeout_ms) {
-    int rc = evmpm_stop(s->rt, timeout_ms);
+    int rc;
+    atomic_store(&s->stop_called, 1);
+    rc = evmpm_stop(s->rt, timeout_ms);
     CHECK_OK(evmpm_destroy(s->rt));
     s->rt = NULL;
     close(s->listen_fd);
@@ -427,6 +506,12 @@ int line_server_stop(struct line_server *s, uint32_t timeout_ms) {
 }
 
 void line_server_release_holds(struct line_server *s) { atomic_store(&s->holds_released, 1); }
+
+void line_server_release_one_hold(struct line_server *s) { atomic_fetch_add(&s->hold_tokens, 1); }
+
+int line_server_resume_suspended(struct line_server *s) {
+    return evmpm_hand_back_to_worker(s->rt, (evmpm_conn)atomic_load(&s->suspended_conn));
+}
 
 evmpm_stats line_server_stats(struct line_server *s) {
     evmpm_stats st;

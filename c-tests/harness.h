@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "evmpm.h"
 
@@ -41,6 +42,16 @@ void harness_fail(const char *file, int line, const char *fmt, ...);
         if (check_rc_ != EVMPM_OK)                                           \
             harness_fail(__FILE__, __LINE__, "%s returned %d (%s)", #call,   \
                          check_rc_, evmpm_strerror(check_rc_));              \
+    } while (0)
+
+/* Reads one line from `fd` and fails unless it is `want`. */
+#define EXPECT_LINE(fd, want)                                                \
+    do {                                                                     \
+        char expect_line_[256];                                              \
+        recv_line((fd), expect_line_, sizeof expect_line_, 5000);            \
+        if (strcmp(expect_line_, (want)) != 0)                               \
+            harness_fail(__FILE__, __LINE__, "expected \"%s\", got \"%s\"", \
+                         (want), expect_line_);                              \
     } while (0)
 
 /* Polls `cond` every millisecond until it holds; fails after `ms`. */
@@ -79,6 +90,11 @@ int harness_slowdown(void);
 int listen_loopback(int backlog, int *port);
 /* A blocking connection to 127.0.0.1:port. */
 int connect_loopback(int port);
+/* The same with SO_RCVBUF set to `bytes` before connecting, so the window
+ * the client advertises stays small from the first segment: a slow reader. */
+int connect_loopback_rcvbuf(int port, int bytes);
+/* Closes with SO_LINGER {1, 0}: the kernel sends a reset, not a FIN. */
+void close_with_reset(int fd);
 void send_all(int fd, const void *buf, size_t len);
 void send_str(int fd, const char *s);
 /* Reads until `len` bytes arrived; fails after `ms`. */
@@ -95,6 +111,16 @@ int open_fd_count(void);
 
 /* ---- the line server ------------------------------------------------------ */
 
+/* What a test's own command hook (line_server.command) did with a line. */
+enum line_command_result {
+    LINE_UNKNOWN = 0, /* not the hook's command: the handler answers "ERR" */
+    LINE_PARK,        /* handled; the handler parks the connection */
+    LINE_DECIDED      /* handled, and the hook already decided (or chose not
+                       * to, so that the runtime closes the connection) */
+};
+
+struct line_server;
+
 /*
  * A runtime with a handler that speaks a line protocol, one command per line:
  *   PING           -> "PONG\n", park (EVMPM_PARK_BUFFERED if more lines wait)
@@ -107,7 +133,11 @@ int open_fd_count(void);
  *   SUSPEND        -> evmpm_suspend; the test resumes it with
  *                     line_server_resume_suspended()
  *   HOLD           -> blocks in the handler until line_server_release_holds()
+ *                     (all) or line_server_release_one_hold() (one), then
+ *                     "HELD\n", park
  *   RETURN         -> returns without deciding (the runtime closes)
+ * Any other line goes to the test's `command` hook if it set one, else is
+ * answered "ERR\n".
  * The handler reads with blocking read(2) as a thread-per-connection server
  * would, keeps unread bytes in per-connection state (evmpm_conn_set_user)
  * and frees that state in the close callback.
@@ -123,8 +153,20 @@ struct line_server {
     atomic_long in_handler;      /* handlers running now */
     atomic_long releases;        /* complete-write buffers released */
     atomic_int holds_released;
+    atomic_int hold_tokens;      /* HOLDs that may end, one each */
     atomic_ullong suspended_conn; /* last SUSPENDed connection, 0 if none */
     atomic_long suspended_count;
+    atomic_ullong last_conn;     /* connection of the last handler call */
+    /* Set before evmpm_stop: from then on a handler's decision may return
+     * EVMPM_ESTOPPED (a handler that outlived a forced stop). */
+    atomic_int stop_called;
+    /* Optional, set after line_server_config: a test's own commands, run in
+     * the handler with the line (without '\n'). */
+    enum line_command_result (*command)(struct line_server *s, evmpm_conn c, int fd,
+                                        const char *line);
+    /* Optional: runs first in every close callback. */
+    void (*close_hook)(struct line_server *s, evmpm_conn c, int fd);
+    void *test_data; /* for the hooks */
 };
 
 /* Fills `cfg` with defaults plus the line handler (call, then adjust). */
@@ -135,7 +177,14 @@ void line_server_start(struct line_server *s, const evmpm_config *cfg);
  * code. */
 int line_server_stop(struct line_server *s, uint32_t timeout_ms);
 void line_server_release_holds(struct line_server *s);
+/* Lets exactly one HOLD (whichever looks first) end. */
+void line_server_release_one_hold(struct line_server *s);
+/* evmpm_hand_back_to_worker for the last SUSPENDed connection; its code. */
+int line_server_resume_suspended(struct line_server *s);
 evmpm_stats line_server_stats(struct line_server *s);
+/* Writes all of `s` to `fd` from a handler (a gone peer is ignored: the
+ * handler's next read sees it). */
+void line_reply(int fd, const char *s);
 /* Connects and does one PING round trip. */
 int line_client(struct line_server *s);
 void ping(int fd);

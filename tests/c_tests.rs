@@ -12,3 +12,13 @@ fn c_test(name: &str) {
 fn core() {
     c_test("test_core");
 }
+
+#[test]
+fn ready() {
+    c_test("test_ready");
+}
+
+#[test]
+fn write() {
+    c_test("test_write");
+}

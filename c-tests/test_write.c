@@ -1,0 +1,301 @@
+/* Write completion: evmpm_complete_write hands a response to the runtime,
+ * the worker is free at once, and the event thread sends the rest as the
+ * client reads, under the write timeout. The line server's BIG n and
+ * BIGCLOSE n send n bytes of 'a' + i % 26. */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define BODY (8L << 20)
+/* The client's receive buffer: with 8 MiB to send, the response backs up
+ * into the runtime's write completion as long as the client does not read. */
+#define SLOW_RCVBUF 8192
+
+/* Reads `n` bytes of the body starting at byte `offset`, `chunk` at most per
+ * recv, pausing `pause_ms` after each (a slow reader), and checks every byte
+ * against the pattern. Returns the bytes read: fewer than `n` only if the
+ * connection ended and `may_end`; otherwise an early end fails. */
+static size_t read_body_or_end(int fd, size_t offset, size_t n, size_t chunk, int pause_ms,
+                               int may_end) {
+    static char buf[64 * 1024];
+    int64_t deadline = now_ms() + 30000 * (int64_t)harness_slowdown();
+    size_t done = 0;
+    CHECK(chunk <= sizeof buf);
+    while (done < n) {
+        size_t want = n - done < chunk ? n - done : chunk;
+        struct pollfd p;
+        ssize_t got;
+        size_t i;
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        if (now_ms() > deadline)
+            harness_fail(__FILE__, __LINE__, "body: %zu of %zu bytes after 30 s", done, n);
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        got = recv(fd, buf, want, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0 && may_end)
+            return done;
+        if (got <= 0)
+            harness_fail(__FILE__, __LINE__, "body: connection ended (%s) after %zu of %zu bytes",
+                         got == 0 ? "EOF" : strerror(errno), done, n);
+        for (i = 0; i < (size_t)got; i++) {
+            size_t at = offset + done + i;
+            if (buf[i] != (char)('a' + at % 26))
+                harness_fail(__FILE__, __LINE__, "body byte %zu is 0x%02x, expected '%c'", at,
+                             (unsigned char)buf[i], 'a' + (int)(at % 26));
+        }
+        done += (size_t)got;
+        if (pause_ms > 0)
+            sleep_ms(pause_ms);
+    }
+    return done;
+}
+
+static void read_body(int fd, size_t offset, size_t n, size_t chunk, int pause_ms) {
+    read_body_or_end(fd, offset, n, chunk, pause_ms, 0);
+}
+
+/* Reads and discards until the connection ends (EOF or reset); returns the
+ * byte count. Fails if it is still open after `ms`. */
+static size_t drain_until_closed(int fd, int ms) {
+    static char buf[64 * 1024];
+    int64_t deadline = now_ms() + (int64_t)ms * harness_slowdown();
+    size_t total = 0;
+    for (;;) {
+        struct pollfd p;
+        ssize_t got;
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        if (now_ms() > deadline)
+            harness_fail(__FILE__, __LINE__, "still open after %d ms (%zu bytes read)", ms, total);
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (got > 0) {
+            total += (size_t)got;
+            continue;
+        }
+        if (got == 0 || errno == ECONNRESET || errno == EPIPE)
+            return total;
+        if (errno != EAGAIN && errno != EINTR)
+            harness_fail(__FILE__, __LINE__, "recv: %s", strerror(errno));
+    }
+}
+
+static void big_write_to_slow_reader_frees_the_worker(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    char req[64];
+    int fd, other;
+    line_server_config(&s, &cfg);
+    /* One worker: serving another client during the write proves it free. */
+    cfg.worker_threads = 1;
+    line_server_start(&s, &cfg);
+    fd = connect_loopback_rcvbuf(s.port, SLOW_RCVBUF);
+    snprintf(req, sizeof req, "BIG %ld\n", BODY);
+    send_str(fd, req);
+    /* Once the handler has returned and its worker is idle, the client has
+     * read nothing of 8 MiB: the write must be on the event thread. */
+    WAIT_UNTIL(atomic_load(&s.handler_calls) == 1 && atomic_load(&s.in_handler) == 0 &&
+                   line_server_stats(&s).workers_busy == 0,
+               5000);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.conns_writing, 1);
+    CHECK_EQ(st.workers_busy, 0);
+    CHECK_EQ(st.workers_idle, 1);
+    CHECK_EQ(st.conns_in_handler, 0);
+    CHECK_EQ(atomic_load(&s.releases), 0);
+    /* The only worker serves someone else meanwhile. */
+    other = line_client(&s);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.conns_writing, 1);
+    CHECK_EQ(atomic_load(&s.releases), 0);
+    /* Slowly: at most 16 KiB per read, 1 ms apart. */
+    read_body(fd, 0, (size_t)BODY, 16 * 1024, 1);
+    WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
+    /* Keep-alive after the write: the same connection takes a request. */
+    ping(fd);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.conns_writing, 0);
+    CHECK_EQ(st.timed_out, 0);
+    CHECK_EQ(atomic_load(&s.closes), 0);
+    close(fd);
+    close(other);
+    WAIT_UNTIL(atomic_load(&s.closes) == 2, 5000);
+    CHECK_OK(line_server_stop(&s, 1000));
+    CHECK_EQ(atomic_load(&s.releases), 1);
+    CHECK_EQ(atomic_load(&s.double_closes), 0);
+}
+
+static void small_write_completes_on_the_worker(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    int fd;
+    line_server_config(&s, &cfg);
+    line_server_start(&s, &cfg);
+    fd = connect_loopback(s.port);
+    /* Fits in the socket buffer: sent before the worker lets go. */
+    send_str(fd, "BIG 1000\n");
+    read_body(fd, 0, 1000, 1000, 0);
+    WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
+    ping(fd);
+    send_str(fd, "BIGCLOSE 1000\n");
+    read_body(fd, 0, 1000, 1000, 0);
+    CHECK(wait_closed(fd, 5000));
+    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
+    CHECK_EQ(atomic_load(&s.releases), 2);
+    close(fd);
+    WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
+    CHECK_OK(line_server_stop(&s, 1000));
+}
+
+static void bigclose_closes_after_the_write(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    char req[64];
+    int fd;
+    line_server_config(&s, &cfg);
+    line_server_start(&s, &cfg);
+    fd = connect_loopback_rcvbuf(s.port, SLOW_RCVBUF);
+    snprintf(req, sizeof req, "BIGCLOSE %ld\n", BODY);
+    send_str(fd, req);
+    WAIT_UNTIL(line_server_stats(&s).conns_writing == 1, 5000);
+    /* The connection stays open until the last byte is sent ... */
+    CHECK_EQ(atomic_load(&s.closes), 0);
+    read_body(fd, 0, (size_t)BODY, 64 * 1024, 0);
+    /* ... then closes: EOF right after the body. */
+    CHECK(wait_closed(fd, 5000));
+    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
+    CHECK_EQ(atomic_load(&s.releases), 1);
+    close(fd);
+    WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
+    CHECK_EQ(line_server_stats(&s).timed_out, 0);
+    CHECK_OK(line_server_stop(&s, 1000));
+    CHECK_EQ(atomic_load(&s.releases), 1);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+}
+
+static void write_timeout_closes_a_client_that_never_reads(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    char req[64];
+    int64_t sent_at, closed_after;
+    size_t got;
+    int fd;
+    line_server_config(&s, &cfg);
+    cfg.write_timeout_ms = 200;
+    line_server_start(&s, &cfg);
+    fd = connect_loopback_rcvbuf(s.port, SLOW_RCVBUF);
+    snprintf(req, sizeof req, "BIG %ld\n", BODY);
+    sent_at = now_ms();
+    send_str(fd, req);
+    WAIT_UNTIL(line_server_stats(&s).conns_writing == 1, 5000);
+    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
+    closed_after = now_ms() - sent_at;
+    /* The last byte went out after the request arrived, so the timeout
+     * cannot have run out earlier than 200 ms after it was sent. */
+    if (closed_after < 199)
+        harness_fail(__FILE__, __LINE__, "closed %lld ms after the request, before the 200 ms "
+                     "write timeout", (long long)closed_after);
+    WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.timed_out, 1);
+    CHECK_EQ(st.keepalive_expired, 0);
+    /* The client sees the connection end before the body did. */
+    got = drain_until_closed(fd, 5000);
+    CHECK(got < (size_t)BODY);
+    close(fd);
+    WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
+    CHECK_OK(line_server_stop(&s, 1000));
+    CHECK_EQ(atomic_load(&s.releases), 1);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+    CHECK_EQ(atomic_load(&s.double_closes), 0);
+}
+
+static void slow_progress_is_not_a_write_timeout(void) {
+    enum { BODY_SMALL = 4 << 20, TIMEOUT = 250 };
+    struct line_server s;
+    evmpm_config cfg;
+    char req[64];
+    int64_t started, took;
+    size_t got;
+    int fd;
+    line_server_config(&s, &cfg);
+    /* Scaled so a slow machine's gaps between sends stay well inside it. */
+    cfg.write_timeout_ms = (uint32_t)(TIMEOUT * harness_slowdown());
+    line_server_start(&s, &cfg);
+    fd = connect_loopback_rcvbuf(s.port, SLOW_RCVBUF);
+    snprintf(req, sizeof req, "BIG %d\n", BODY_SMALL);
+    started = now_ms();
+    send_str(fd, req);
+    /* A read every 5 ms, each taking what the small receive buffer holds:
+     * steady progress with no pause anywhere near the timeout, yet slow
+     * enough that the write as a whole outlasts it several times. */
+    got = read_body_or_end(fd, 0, BODY_SMALL, 32 * 1024, 5, 1);
+    took = now_ms() - started;
+    if (got < BODY_SMALL)
+        harness_fail(__FILE__, __LINE__,
+                     "closed mid-write although the client read every 5 ms: %zu of %d "
+                     "bytes in %lld ms, timed_out=%llu (write timeout %d ms)",
+                     got, BODY_SMALL, (long long)took,
+                     (unsigned long long)line_server_stats(&s).timed_out, TIMEOUT);
+    /* Otherwise this case would prove nothing. */
+    if (took < 2 * TIMEOUT * harness_slowdown())
+        harness_fail(__FILE__, __LINE__, "the write took only %lld ms", (long long)took);
+    WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
+    ping(fd);
+    CHECK_EQ(line_server_stats(&s).timed_out, 0);
+    CHECK_EQ(atomic_load(&s.closes), 0);
+    close(fd);
+    CHECK_OK(line_server_stop(&s, 1000));
+}
+
+static void reset_mid_write_closes_once(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    char req[64];
+    int fd;
+    line_server_config(&s, &cfg);
+    line_server_start(&s, &cfg);
+    fd = connect_loopback_rcvbuf(s.port, SLOW_RCVBUF);
+    snprintf(req, sizeof req, "BIG %ld\n", BODY);
+    send_str(fd, req);
+    WAIT_UNTIL(line_server_stats(&s).conns_writing == 1, 5000);
+    read_body(fd, 0, 100 * 1024, 16 * 1024, 0);
+    CHECK_EQ(line_server_stats(&s).conns_writing, 1);
+    close_with_reset(fd);
+    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
+    WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
+    WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
+    CHECK_EQ(line_server_stats(&s).closed, 1);
+    CHECK_OK(line_server_stop(&s, 1000));
+    /* Still exactly once each, after the stop had its chance to close. */
+    CHECK_EQ(atomic_load(&s.closes), 1);
+    CHECK_EQ(atomic_load(&s.releases), 1);
+    CHECK_EQ(atomic_load(&s.double_closes), 0);
+}
+
+int main(int argc, char **argv) {
+    static const struct test_case cases[] = {
+        {"big_write_to_slow_reader_frees_the_worker", big_write_to_slow_reader_frees_the_worker},
+        {"small_write_completes_on_the_worker", small_write_completes_on_the_worker},
+        {"bigclose_closes_after_the_write", bigclose_closes_after_the_write},
+        {"write_timeout_closes_a_client_that_never_reads",
+         write_timeout_closes_a_client_that_never_reads},
+        {"slow_progress_is_not_a_write_timeout", slow_progress_is_not_a_write_timeout},
+        {"reset_mid_write_closes_once", reset_mid_write_closes_once},
+    };
+    return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
