@@ -10,8 +10,9 @@
 
 static atomic_long ready_calls;
 
-static int line_ready(void *user_data, evmpm_conn conn, const uint8_t *data, size_t len) {
-    (void)user_data;
+static int line_ready(void *user_data, evmpm_conn conn, void *conn_user, const uint8_t *data,
+                      size_t len) {
+    (void)user_data, (void)conn_user;
     CHECK(conn != 0);
     CHECK(len > 0);
     atomic_fetch_add(&ready_calls, 1);

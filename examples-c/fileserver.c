@@ -757,15 +757,12 @@ static void on_close(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, void 
    here? `data` is what waits on the socket. A connection parked with part
    of a pipelined request in its buffer has the start of the head there, so
    the blank line may straddle the two. Must not block: it only looks. */
-static int request_ready(void *ud, evmpm_conn conn, const uint8_t *data, size_t len) {
-    struct server *s = ud;
-    const struct conn *c;
-    void *user = NULL;
+static int request_ready(void *ud, evmpm_conn conn, void *user, const uint8_t *data, size_t len) {
+    const struct conn *c = user;
     char joint[6];
     size_t from_buf, from_data;
 
-    evmpm_conn_get_user(s->rt, conn, &user);
-    c = user;
+    (void)ud, (void)conn;
     if (c == NULL || c->len == 0) {
         /* A garbage first line is answered (400) without waiting for more. */
         if (head_length(data, len) > 0 || first_line_bad((const char *)data, len))

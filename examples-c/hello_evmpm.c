@@ -263,8 +263,8 @@ static void on_close(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, void 
     free(c);
 }
 
-static int request_ready(void *ud, evmpm_conn conn, const uint8_t *data, size_t len) {
-    (void)ud, (void)conn;
+static int request_ready(void *ud, evmpm_conn conn, void *c, const uint8_t *data, size_t len) {
+    (void)ud, (void)conn, (void)c;
     return head_length(data, len) > 0 ? EVMPM_REQUEST_COMPLETE : EVMPM_REQUEST_INCOMPLETE;
 }
 

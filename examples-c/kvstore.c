@@ -293,13 +293,11 @@ static void on_close(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, void 
 /* On the event thread: wake a worker only for a whole line, or for one that
    can no longer fit (the handler answers "too long"). A line end cannot
    straddle buffer and socket, but part of the line may be buffered. */
-static int request_ready(void *ud, evmpm_conn conn, const uint8_t *data, size_t len) {
-    struct store *st = ud;
-    void *user = NULL;
+static int request_ready(void *ud, evmpm_conn conn, void *user, const uint8_t *data, size_t len) {
     size_t held;
+    (void)ud, (void)conn;
     if (memchr(data, '\n', len) != NULL)
         return EVMPM_REQUEST_COMPLETE;
-    evmpm_conn_get_user(st->rt, conn, &user);
     held = user ? ((const struct conn *)user)->len : 0;
     return held + len >= LINE_MAX_LEN ? EVMPM_REQUEST_COMPLETE : EVMPM_REQUEST_INCOMPLETE;
 }

@@ -80,9 +80,17 @@ typedef struct evmpm_runtime evmpm_runtime;
 
 /*
  `evmpm_complete_write` flag: park the connection in keep-alive once the
- buffer is sent. Without it the connection is closed (lingering close).
+ buffer is sent. Without it (and without `EVMPM_WRITE_BUFFERED`) the
+ connection is closed (lingering close).
  */
 #define EVMPM_WRITE_KEEPALIVE 1
+
+/*
+ `evmpm_complete_write` flag: once the buffer is sent, run the handler
+ again with `EVMPM_WAKE_BUFFERED`: the host already holds the next
+ (pipelined) request. Implies keep-alive.
+ */
+#define EVMPM_WRITE_BUFFERED 2
 
 /*
  Success.
@@ -204,7 +212,9 @@ typedef void (*evmpm_close_fn)(void *user_data,
  worker, the event thread peeks at its pending bytes (MSG_PEEK: nothing is
  consumed, the handler still reads them all) and asks this callback
  whether a whole request is there. `data`/`len` are the first bytes
- waiting, at most `request_peek_bytes`. Return:
+ waiting, at most `request_peek_bytes`; `conn_user` is the pointer set
+ with `evmpm_conn_set_user` (NULL if none), so a host that reads ahead
+ can combine its own buffered bytes with these. Return:
  - `EVMPM_REQUEST_COMPLETE`: run the handler;
  - `EVMPM_REQUEST_INCOMPLETE`: keep waiting on the event thread, holding no
    worker, for more bytes, at most `header_timeout_ms` from the first
@@ -217,12 +227,13 @@ typedef void (*evmpm_close_fn)(void *user_data,
  with an incomplete request is closed.
 
  Runs on the event thread: it must be fast and must not block or call
- evmpm functions other than `evmpm_conn_get_user`. `user_data` is
+ evmpm functions. `user_data` is
  `evmpm_config.user_data`. Not useful for protocols the event thread
  cannot read (TLS): leave it NULL there.
  */
 typedef int (*evmpm_request_ready_fn)(void *user_data,
                                       evmpm_conn conn,
+                                      void *conn_user,
                                       const uint8_t *data,
                                       size_t len);
 
@@ -546,8 +557,10 @@ int evmpm_hand_back_to_worker(evmpm_runtime *rt,
  worker is free as soon as the handler returns; the bytes are sent without
  blocking, first on the worker, then by the event thread as the client
  reads. Then, with `EVMPM_WRITE_KEEPALIVE` in `flags`, the connection is
- parked in keep-alive; without it, closed (lingering close). A write that
- sends nothing for `write_timeout_ms` closes the connection.
+ parked in keep-alive; with `EVMPM_WRITE_BUFFERED`, the handler runs again
+ (`EVMPM_WAKE_BUFFERED`) because the host already holds the next request;
+ with neither, it is closed (lingering close). A write whose client
+ acknowledges nothing for `write_timeout_ms` closes the connection.
 
  Ownership: on success the runtime borrows `data` until it calls
  `release(release_arg)`, exactly once, when the write ends (sent, failed,

@@ -45,6 +45,9 @@ const SHED_BATCH: usize = 64;
 struct EventLoop {
     rt: Arc<Runtime>,
     timeouts: TimeoutQueues,
+    /// Per slot in write completion: bytes the kernel held unacknowledged
+    /// when the write clock last started (see `client_acknowledged`).
+    write_queued: Vec<usize>,
     readiness: Readiness,
     events: Vec<epoll::Event>,
     /// Listener descriptors currently registered with epoll.
@@ -67,6 +70,7 @@ pub fn run(rt: Arc<Runtime>) -> bool {
     let mut ev = EventLoop {
         now: rt.now_ns(),
         readiness: Readiness::new(&rt),
+        write_queued: vec![0; rt.table.capacity()],
         rt,
         timeouts,
         events: Vec::with_capacity(EVENTS_PER_WAIT),
@@ -171,6 +175,10 @@ impl EventLoop {
                 match self.readiness.check(&self.rt, h, fd, peer_closed) {
                     Verdict::Run => {}
                     Verdict::Close(how) => return self.close(h, state, how),
+                    _ if self.stop_deadline.is_some() => {
+                        // Stopping: an incomplete request is idle.
+                        return self.close(h, state, CloseHow::Quick);
+                    }
                     verdict => {
                         // The header clock starts at the first partial
                         // request and is never restarted by later bytes.
@@ -224,6 +232,27 @@ impl EventLoop {
         }
     }
 
+    /// A write timeout expired for `h`. Our sends can stall for a long time
+    /// while a slow client still reads: the kernel reports the socket
+    /// writable only once a third of a (possibly megabytes large) send
+    /// buffer has drained. Progress is what the client acknowledges: if the
+    /// bytes queued in the kernel went down since the clock started, the
+    /// client is alive and the clock restarts.
+    fn client_acknowledged(&mut self, h: Handle, index: u32) -> bool {
+        let slot = self.rt.table.slot_at(index);
+        if slot.state_of(h) != Ok(State::Writing) {
+            return false;
+        }
+        let queued = socket::queued_output(slot.fd());
+        let before = &mut self.write_queued[index as usize];
+        if queued < *before {
+            *before = queued;
+            self.timeouts.insert(Kind::Write, index, self.now);
+            return true;
+        }
+        false
+    }
+
     /// Links a connection another thread armed into its timeout queue.
     fn adopt(&mut self, h: Handle, handoff: Handoff) {
         let Handoff::Watch(kind) = handoff else {
@@ -247,8 +276,14 @@ impl EventLoop {
             self.close(h, expected, CloseHow::Quick);
             return;
         }
-        if self.timeouts.kind_of(h.index()) != Some(kind) {
+        // Already linked means already watched: a duplicate message, or the
+        // readiness check saw part of the next request before this message
+        // arrived and started the header clock, which must keep running.
+        if self.timeouts.kind_of(h.index()).is_none() {
             self.timeouts.insert(kind, h.index(), self.now);
+            if kind == Kind::Write {
+                self.write_queued[h.index() as usize] = socket::queued_output(slot.fd());
+            }
         }
     }
 
@@ -302,7 +337,10 @@ impl EventLoop {
                         self.close(h, State::Keepalive, CloseHow::Quick);
                     }
                     Kind::Write => {
-                        Counters::bump(&c.timed_out);
+                        if self.client_acknowledged(h, index) {
+                            continue;
+                        }
+                        Counters::bump(&self.rt.counters.timed_out);
                         self.close(h, State::Writing, CloseHow::Abort);
                     }
                     Kind::Linger => self.close(h, State::Lingering, CloseHow::Abort),
@@ -447,13 +485,15 @@ impl EventLoop {
     fn begin_stop(&mut self, deadline_ns: u64) {
         self.stop_deadline = Some(deadline_ns);
         self.pause_listeners(false);
-        for (kind, state) in [
-            (Kind::Reading, State::Reading),
-            (Kind::Keepalive, State::Keepalive),
-        ] {
+        // Idle connections go at once: waiting for a first request, parked
+        // between requests, or still sending an incomplete one.
+        for kind in [Kind::Reading, Kind::Keepalive, Kind::Header] {
             while let Some(index) = self.timeouts.pop_oldest(kind) {
                 let slot = self.rt.table.slot_at(index);
-                if let Some(h) = slot.current_handle(index) {
+                let Some(h) = slot.current_handle(index) else {
+                    continue;
+                };
+                if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
                     self.close(h, state, CloseHow::Quick);
                 }
             }

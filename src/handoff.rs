@@ -12,7 +12,7 @@
 //! that links the connection into a timeout queue.
 
 use crate::conn::table::Refused;
-use crate::conn::{Handle, PendingWrite, Slot, State};
+use crate::conn::{AfterWrite, Handle, PendingWrite, Slot, State};
 use crate::error::Error;
 use crate::event_loop::Msg;
 use crate::ffi::types::{EVMPM_WAKE_BUFFERED, EVMPM_WAKE_RESUMED};
@@ -268,14 +268,28 @@ impl Runtime {
                 }
             }
         }
-        let keepalive = w.keepalive;
+        let after = w.after;
         drop(w); // releases the host's buffer
-        if keepalive {
-            self.park_or_close(h, slot, State::Writing)
-        } else if slot.transition(h, State::Writing, State::Closing).is_ok() {
-            self.close_owned(h, slot, CloseHow::Linger)
-        } else {
-            Handoff::None
+        match after {
+            AfterWrite::Park => self.park_or_close(h, slot, State::Writing),
+            AfterWrite::RunBuffered => {
+                // Even while stopping: the request has arrived, so it is
+                // served, as readable requests are.
+                if slot.transition(h, State::Writing, State::Queued).is_ok() {
+                    self.workers.push(Job {
+                        conn: h,
+                        reason: EVMPM_WAKE_BUFFERED,
+                    });
+                }
+                Handoff::None
+            }
+            AfterWrite::Close => {
+                if slot.transition(h, State::Writing, State::Closing).is_ok() {
+                    self.close_owned(h, slot, CloseHow::Linger)
+                } else {
+                    Handoff::None
+                }
+            }
         }
     }
 

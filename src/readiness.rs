@@ -68,8 +68,18 @@ impl Readiness {
             EVMPM_REQUEST_COMPLETE
         } else {
             // SAFETY: the host's callback with the documented arguments; the
-            // window is initialised for `queued` bytes and outlives the call.
-            unsafe { ready(rt.config.user_data.0, h.0, self.window.as_ptr(), queued) }
+            // window is initialised for `queued` bytes and outlives the call;
+            // the event thread owns the connection, so its user pointer is
+            // the one its handler last set (published by the state CAS).
+            unsafe {
+                ready(
+                    rt.config.user_data.0,
+                    h.0,
+                    rt.table.slot_at(h.index()).user(),
+                    self.window.as_ptr(),
+                    queued,
+                )
+            }
         };
         if verdict > EVMPM_REQUEST_INCOMPLETE {
             self.lower_mark(fd, index);

@@ -7,4 +7,4 @@ pub mod table;
 
 pub use handle::Handle;
 pub use state::State;
-pub use table::{PendingWrite, Slot, Table};
+pub use table::{AfterWrite, PendingWrite, Slot, Table};

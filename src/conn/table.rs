@@ -13,6 +13,17 @@ use std::cell::UnsafeCell;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
+/// What happens to a connection once its pending write is sent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AfterWrite {
+    /// Lingering close.
+    Close,
+    /// Park in keep-alive.
+    Park,
+    /// Run the handler again: the host holds the next request already.
+    RunBuffered,
+}
+
 /// The rest of a response handed over by `evmpm_complete_write`.
 ///
 /// Dropping it calls the host's release callback, so the callback runs
@@ -23,7 +34,7 @@ pub struct PendingWrite {
     sent: usize,
     release: evmpm_release_fn,
     release_arg: *mut c_void,
-    pub keepalive: bool,
+    pub after: AfterWrite,
 }
 
 // SAFETY: the host hands the buffer over for the runtime's exclusive use
@@ -39,7 +50,7 @@ impl PendingWrite {
         len: usize,
         release: evmpm_release_fn,
         release_arg: *mut c_void,
-        keepalive: bool,
+        after: AfterWrite,
     ) -> PendingWrite {
         PendingWrite {
             data,
@@ -47,7 +58,7 @@ impl PendingWrite {
             sent: 0,
             release,
             release_arg,
-            keepalive,
+            after,
         }
     }
 
@@ -345,7 +356,7 @@ mod tests {
                 data.len(),
                 Some(release),
                 ptr::null_mut(),
-                true,
+                AfterWrite::Park,
             )
         };
         assert_eq!(w.remaining(), b"hello");

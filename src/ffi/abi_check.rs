@@ -102,6 +102,7 @@ fn constants_match() {
         EVMPM_REQUEST_REJECT,
         EVMPM_PARK_BUFFERED,
         EVMPM_WRITE_KEEPALIVE,
+        EVMPM_WRITE_BUFFERED,
         EVMPM_OK,
         EVMPM_EINVAL,
         EVMPM_ENOTSOCK,

@@ -9,7 +9,7 @@
 use super::ffi_guard;
 use super::types::*;
 use crate::config::{self, Config};
-use crate::conn::{Handle, PendingWrite};
+use crate::conn::{AfterWrite, Handle, PendingWrite};
 use crate::error::{self, Error};
 use crate::runtime::Runtime;
 use crate::stats;
@@ -245,8 +245,10 @@ pub unsafe extern "C" fn evmpm_hand_back_to_worker(rt: *mut Runtime, conn: evmpm
 /// worker is free as soon as the handler returns; the bytes are sent without
 /// blocking, first on the worker, then by the event thread as the client
 /// reads. Then, with `EVMPM_WRITE_KEEPALIVE` in `flags`, the connection is
-/// parked in keep-alive; without it, closed (lingering close). A write that
-/// sends nothing for `write_timeout_ms` closes the connection.
+/// parked in keep-alive; with `EVMPM_WRITE_BUFFERED`, the handler runs again
+/// (`EVMPM_WAKE_BUFFERED`) because the host already holds the next request;
+/// with neither, it is closed (lingering close). A write whose client
+/// acknowledges nothing for `write_timeout_ms` closes the connection.
 ///
 /// Ownership: on success the runtime borrows `data` until it calls
 /// `release(release_arg)`, exactly once, when the write ends (sent, failed,
@@ -269,16 +271,24 @@ pub unsafe extern "C" fn evmpm_complete_write(
     flags: u32,
 ) -> c_int {
     ffi_guard!(EVMPM_EINTERNAL, {
-        if flags & !EVMPM_WRITE_KEEPALIVE != 0 || (data.is_null() && len > 0) {
+        if flags & !(EVMPM_WRITE_KEEPALIVE | EVMPM_WRITE_BUFFERED) != 0
+            || (data.is_null() && len > 0)
+        {
             return EVMPM_EINVAL;
         }
-        let keepalive = flags & EVMPM_WRITE_KEEPALIVE != 0;
+        let after = if flags & EVMPM_WRITE_BUFFERED != 0 {
+            AfterWrite::RunBuffered
+        } else if flags & EVMPM_WRITE_KEEPALIVE != 0 {
+            AfterWrite::Park
+        } else {
+            AfterWrite::Close
+        };
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
             rt.host_complete_write(h, || {
                 // SAFETY: the host lends `data` (readable for `len`) until
                 // release, per this function's contract.
-                unsafe { PendingWrite::new(data.cast(), len, release, release_arg, keepalive) }
+                unsafe { PendingWrite::new(data.cast(), len, release, release_arg, after) }
             })
         })
     })

@@ -66,7 +66,9 @@ pub type evmpm_release_fn = Option<unsafe extern "C" fn(release_arg: *mut c_void
 /// worker, the event thread peeks at its pending bytes (MSG_PEEK: nothing is
 /// consumed, the handler still reads them all) and asks this callback
 /// whether a whole request is there. `data`/`len` are the first bytes
-/// waiting, at most `request_peek_bytes`. Return:
+/// waiting, at most `request_peek_bytes`; `conn_user` is the pointer set
+/// with `evmpm_conn_set_user` (NULL if none), so a host that reads ahead
+/// can combine its own buffered bytes with these. Return:
 /// - `EVMPM_REQUEST_COMPLETE`: run the handler;
 /// - `EVMPM_REQUEST_INCOMPLETE`: keep waiting on the event thread, holding no
 ///   worker, for more bytes, at most `header_timeout_ms` from the first
@@ -79,13 +81,14 @@ pub type evmpm_release_fn = Option<unsafe extern "C" fn(release_arg: *mut c_void
 /// with an incomplete request is closed.
 ///
 /// Runs on the event thread: it must be fast and must not block or call
-/// evmpm functions other than `evmpm_conn_get_user`. `user_data` is
+/// evmpm functions. `user_data` is
 /// `evmpm_config.user_data`. Not useful for protocols the event thread
 /// cannot read (TLS): leave it NULL there.
 pub type evmpm_request_ready_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
         conn: evmpm_conn,
+        conn_user: *mut c_void,
         data: *const u8,
         len: usize,
     ) -> c_int,
@@ -237,8 +240,13 @@ pub const EVMPM_REQUEST_REJECT: c_int = -1;
 pub const EVMPM_PARK_BUFFERED: u32 = 1;
 
 /// `evmpm_complete_write` flag: park the connection in keep-alive once the
-/// buffer is sent. Without it the connection is closed (lingering close).
+/// buffer is sent. Without it (and without `EVMPM_WRITE_BUFFERED`) the
+/// connection is closed (lingering close).
 pub const EVMPM_WRITE_KEEPALIVE: u32 = 1;
+/// `evmpm_complete_write` flag: once the buffer is sent, run the handler
+/// again with `EVMPM_WAKE_BUFFERED`: the host already holds the next
+/// (pipelined) request. Implies keep-alive.
+pub const EVMPM_WRITE_BUFFERED: u32 = 2;
 
 /// Success.
 pub const EVMPM_OK: c_int = 0;

@@ -77,6 +77,18 @@ pub fn set_rcvlowat(fd: i32, bytes: i32) -> io::Result<()> {
     .map(|_| ())
 }
 
+/// Bytes in the socket's send queue, not yet acknowledged by the peer
+/// (SIOCOUTQ). 0 if the query fails, which only makes a stalled write
+/// look stalled.
+pub fn queued_output(fd: i32) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the live pointer.
+    match syscall!(ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int)) {
+        Ok(_) => queued.max(0) as usize,
+        Err(_) => 0,
+    }
+}
+
 /// Why a descriptor cannot be used as a listener.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ListenerCheck {
