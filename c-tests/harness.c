@@ -346,9 +346,11 @@ void line_reply(int fd, const char *s) {
                          decided_rc_, evmpm_strerror(decided_rc_));          \
     } while (0)
 
-static void park(struct line_server *s, evmpm_conn c, struct conn_state *st) {
+/* Decisions use the handler's `rt`, not s->rt: a handler that outlives a
+ * forced stop may return after the test cleared s->rt. */
+static void park(struct line_server *s, evmpm_runtime *rt, evmpm_conn c, struct conn_state *st) {
     uint32_t flags = memchr(st->buf, '\n', st->len) ? EVMPM_PARK_BUFFERED : 0;
-    CHECK_DECIDED(s, evmpm_park_keepalive(s->rt, c, flags));
+    CHECK_DECIDED(s, evmpm_park_keepalive(rt, c, flags));
 }
 
 /* Waits for a HOLD's release: all at once, or one token. */
@@ -363,7 +365,7 @@ static void hold(struct line_server *s) {
     }
 }
 
-static void big(struct line_server *s, evmpm_conn c, struct conn_state *st, long n, int keep) {
+static void big(struct line_server *s, evmpm_runtime *rt, evmpm_conn c, long n, int keep) {
     struct big_write *b = malloc(sizeof *b + (size_t)n);
     long i;
     int rc;
@@ -371,20 +373,22 @@ static void big(struct line_server *s, evmpm_conn c, struct conn_state *st, long
     b->server = s;
     for (i = 0; i < n; i++)
         b->data[i] = (char)('a' + i % 26);
-    rc = evmpm_complete_write(s->rt, c, b->data, (size_t)n, release_big, b,
+    rc = evmpm_complete_write(rt, c, b->data, (size_t)n, release_big, b,
                               keep ? EVMPM_WRITE_KEEPALIVE : 0);
     CHECK_DECIDED(s, rc);
     if (rc != EVMPM_OK)
         free(b); /* on error the runtime keeps nothing and never releases */
-    (void)st;
 }
 
 static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, int reason) {
     struct line_server *s = user_data;
     struct conn_state *st = NULL;
     char line[256];
-    CHECK(rt == s->rt);
-    atomic_fetch_add(&s->in_handler, 1);
+    long running, most;
+    running = atomic_fetch_add(&s->in_handler, 1) + 1;
+    most = atomic_load(&s->max_in_handler);
+    while (running > most && !atomic_compare_exchange_weak(&s->max_in_handler, &most, running)) {
+    }
     atomic_fetch_add(&s->handler_calls, 1);
     atomic_store(&s->last_conn, c);
     switch (reason) {
@@ -402,7 +406,7 @@ static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int f
     }
     if (reason == EVMPM_WAKE_RESUMED) {
         line_reply(fd, "RESUMED\n");
-        park(s, c, st);
+        park(s, rt, c, st);
         goto out;
     }
     while (!take_line(st, line, sizeof line)) {
@@ -422,22 +426,22 @@ static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int f
     }
     if (strcmp(line, "PING") == 0) {
         line_reply(fd, "PONG\n");
-        park(s, c, st);
+        park(s, rt, c, st);
     } else if (strncmp(line, "ECHO ", 5) == 0) {
         line_reply(fd, line + 5);
         line_reply(fd, "\n");
-        park(s, c, st);
+        park(s, rt, c, st);
     } else if (strncmp(line, "BIG ", 4) == 0) {
-        big(s, c, st, atol(line + 4), 1);
+        big(s, rt, c, atol(line + 4), 1);
     } else if (strncmp(line, "BIGCLOSE ", 9) == 0) {
-        big(s, c, st, atol(line + 9), 0);
+        big(s, rt, c, atol(line + 9), 0);
     } else if (strcmp(line, "QUIT") == 0) {
         line_reply(fd, "BYE\n");
         CHECK_DECIDED(s, evmpm_close(rt, c));
     } else if (strncmp(line, "SLEEP ", 6) == 0) {
         sleep_ms(atoi(line + 6));
         line_reply(fd, "SLEPT\n");
-        park(s, c, st);
+        park(s, rt, c, st);
     } else if (strcmp(line, "SUSPEND") == 0) {
         CHECK_DECIDED(s, evmpm_suspend(rt, c));
         atomic_store(&s->suspended_conn, c);
@@ -445,21 +449,21 @@ static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int f
     } else if (strcmp(line, "HOLD") == 0) {
         hold(s);
         line_reply(fd, "HELD\n");
-        park(s, c, st);
+        park(s, rt, c, st);
     } else if (strcmp(line, "RETURN") == 0) {
         /* no decision: the runtime closes the connection */
     } else if (s->command != NULL) {
         switch (s->command(s, c, fd, line)) {
-        case LINE_PARK: park(s, c, st); break;
+        case LINE_PARK: park(s, rt, c, st); break;
         case LINE_DECIDED: break;
         case LINE_UNKNOWN:
             line_reply(fd, "ERR\n");
-            park(s, c, st);
+            park(s, rt, c, st);
             break;
         }
     } else {
         line_reply(fd, "ERR\n");
-        park(s, c, st);
+        park(s, rt, c, st);
     }
 out:
     atomic_fetch_sub(&s->in_handler, 1);

@@ -151,6 +151,7 @@ struct line_server {
     atomic_long closes;          /* close callbacks */
     atomic_long double_closes;   /* close callbacks for an already-closed conn */
     atomic_long in_handler;      /* handlers running now */
+    atomic_long max_in_handler;  /* the most ever running at once */
     atomic_long releases;        /* complete-write buffers released */
     atomic_int holds_released;
     atomic_int hold_tokens;      /* HOLDs that may end, one each */

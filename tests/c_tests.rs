@@ -22,3 +22,8 @@ fn ready() {
 fn write() {
     c_test("test_write");
 }
+
+#[test]
+fn suspend() {
+    c_test("test_suspend");
+}
