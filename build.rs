@@ -13,12 +13,16 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=EVMPM_UPDATE_HEADER");
-    // The shared library's SONAME names the major version, so programs
-    // linked against libevmpm.so load libevmpm.so.<major> at run time.
-    println!(
-        "cargo:rustc-cdylib-link-arg=-Wl,-soname,libevmpm.so.{}",
-        env::var("CARGO_PKG_VERSION_MAJOR").unwrap()
-    );
+    // The shared library's SONAME names the ABI version programs load at
+    // run time: the major, or while it is 0 also the minor, because 0.x
+    // minors may break the ABI. scripts/install.sh installs the same name.
+    let major = env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
+    let abi = if major == "0" {
+        format!("0.{}", env::var("CARGO_PKG_VERSION_MINOR").unwrap())
+    } else {
+        major
+    };
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libevmpm.so.{abi}");
     // The tests compile C programs with the cc crate, which needs to know
     // the target and host outside a build script.
     for var in ["TARGET", "HOST"] {

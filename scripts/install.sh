@@ -3,7 +3,7 @@
 #
 #   PREFIX/include/evmpm.h
 #   PREFIX/lib/libevmpm.a
-#   PREFIX/lib/libevmpm.so.X.Y.Z   (SONAME libevmpm.so.X)
+#   PREFIX/lib/libevmpm.so.X.Y.Z   (SONAME libevmpm.so.X, or .so.0.Y while X is 0)
 #   PREFIX/lib/libevmpm.so.X -> libevmpm.so.X.Y.Z
 #   PREFIX/lib/libevmpm.so   -> libevmpm.so.X.Y.Z
 #   PREFIX/lib/pkgconfig/evmpm.pc          (links -levmpm: the shared library)
@@ -171,7 +171,13 @@ done
 dest=$destdir$prefix
 libdir=$dest/lib
 shlib=libevmpm.so.$numeric
-soname=libevmpm.so.$major
+# 0.x minors may break the ABI (Cargo's rule), so while the major is 0 the
+# SONAME carries the minor too; build.rs sets the same name.
+if [ "$major" = 0 ]; then
+    soname=libevmpm.so.0.$minor
+else
+    soname=libevmpm.so.$major
+fi
 
 # Every file is written next to its final name, then renamed over it, so a
 # program running from the old shared library keeps working.

@@ -23,6 +23,16 @@ pub(crate) use ffi_guard;
 
 #[cfg(test)]
 mod tests {
+    use super::types::*;
+
+    /// The header's version macros and `evmpm_version()` come from one
+    /// source, Cargo.toml's version.
+    #[test]
+    fn version_macros_match_the_package_version() {
+        let expected = format!("{EVMPM_VERSION_MAJOR}.{EVMPM_VERSION_MINOR}.{EVMPM_VERSION_PATCH}");
+        assert_eq!(expected, env!("CARGO_PKG_VERSION"));
+    }
+
     /// The checked-in header must be exactly what cbindgen generates from
     /// these sources; `EVMPM_UPDATE_HEADER=1 cargo build` refreshes it.
     #[test]
