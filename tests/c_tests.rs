@@ -27,3 +27,8 @@ fn write() {
 fn suspend() {
     c_test("test_suspend");
 }
+
+#[test]
+fn admission() {
+    c_test("test_admission");
+}
