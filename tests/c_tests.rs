@@ -32,3 +32,8 @@ fn suspend() {
 fn admission() {
     c_test("test_admission");
 }
+
+#[test]
+fn stop() {
+    c_test("test_stop");
+}
