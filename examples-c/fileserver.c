@@ -609,24 +609,16 @@ static struct out *file_out(struct server *s, const struct request *r, const cha
 
 /* ---- serving a connection ------------------------------------------------- */
 
-/* Hands the response to the runtime (or, when the next request is already
-   buffered, sends it here) and decides the connection's next step. */
+/* Hands the response to the runtime and decides the connection's next step:
+   keep-alive, close, or (when the next pipelined request is already in our
+   buffer, where the socket will never announce it) run the handler again
+   once the response is out. */
 static void send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
                      struct out *o, int keep) {
+    uint32_t after = !keep                                   ? 0
+                     : head_length(c->buf, c->len) > 0 ? EVMPM_WRITE_BUFFERED
+                                                             : EVMPM_WRITE_KEEPALIVE;
     atomic_fetch_add(&s->requests, 1);
-    if (keep && head_length(c->buf, c->len) > 0) {
-        /* A pipelined request is waiting in our buffer. evmpm_complete_write
-           would park the connection to wait for the socket, where nothing may
-           ever come; so write here and run the handler again at once. */
-        int ok = send_all(c->fd, o->data, o->len) &&
-                 (o->map == NULL || send_all(c->fd, o->map, o->map_len));
-        release_out(o);
-        if (ok)
-            evmpm_park_keepalive(rt, conn, EVMPM_PARK_BUFFERED);
-        else
-            evmpm_close(rt, conn);
-        return;
-    }
     if (o->map != NULL) {
         /* The head is small and the socket idle: it goes now; the mapped body
            is the runtime's to send. */
@@ -635,13 +627,13 @@ static void send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struc
             evmpm_close(rt, conn);
             return;
         }
-        if (evmpm_complete_write(rt, conn, o->map, o->map_len, release_out, o,
-                                 keep ? EVMPM_WRITE_KEEPALIVE : 0) == EVMPM_OK) {
+        if (evmpm_complete_write(rt, conn, o->map, o->map_len, release_out, o, after) ==
+            EVMPM_OK) {
             atomic_fetch_add(&s->offloaded, 1);
             return;
         }
-    } else if (evmpm_complete_write(rt, conn, o->data, o->len, release_out, o,
-                                    keep ? EVMPM_WRITE_KEEPALIVE : 0) == EVMPM_OK) {
+    } else if (evmpm_complete_write(rt, conn, o->data, o->len, release_out, o, after) ==
+               EVMPM_OK) {
         atomic_fetch_add(&s->offloaded, 1);
         return;
     }
