@@ -1,0 +1,50 @@
+//! The hostile-world suite (c-tests/hostile_*.c): slow and silent clients,
+//! connection floods, descriptor exhaustion, resets and half-closes, a
+//! graceful stop under load, a stuck handler and randomized API sequences,
+//! each case in its own process over real loopback sockets.
+//!
+//! The programs run one at a time: each one loads the machine on purpose
+//! (thousands of sockets, CPU and memory figures), and two at once would
+//! measure each other.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Mutex;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn hostile(name: &str) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let source = format!("c-tests/{name}.c");
+    support::run_c_test_program(
+        name,
+        &[
+            source.as_str(),
+            "c-tests/hostile_util.c",
+            "c-tests/harness.c",
+        ],
+    );
+    show_figures(name);
+}
+
+/// Prints the "figure:" lines each case logged (round trips, memory, CPU,
+/// counts), so `cargo test --test hostile -- --nocapture` shows them.
+fn show_figures(name: &str) {
+    let exe = support::out_dir().join(name);
+    let Ok(list) = Command::new(&exe).arg("--list").output() else {
+        return;
+    };
+    for case in String::from_utf8_lossy(&list.stdout).lines() {
+        let log = support::out_dir().join(format!("{name}.{case}.log"));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines().filter_map(|l| l.strip_prefix("figure: ")) {
+            eprintln!("  {name}/{case}: {line}");
+        }
+    }
+}
+
+#[test]
+fn slow_and_silent_clients() {
+    hostile("hostile_slow");
+}
