@@ -48,3 +48,8 @@ fn show_figures(name: &str) {
 fn slow_and_silent_clients() {
     hostile("hostile_slow");
 }
+
+#[test]
+fn floods() {
+    hostile("hostile_flood");
+}
