@@ -53,3 +53,8 @@ fn slow_and_silent_clients() {
 fn floods() {
     hostile("hostile_flood");
 }
+
+#[test]
+fn descriptor_exhaustion() {
+    hostile("hostile_fds");
+}
