@@ -58,3 +58,8 @@ fn floods() {
 fn descriptor_exhaustion() {
     hostile("hostile_fds");
 }
+
+#[test]
+fn resets_and_half_closes() {
+    hostile("hostile_reset");
+}
