@@ -42,6 +42,19 @@ long vm_rss_kb(void) {
     return kb;
 }
 
+int thread_count(void) {
+    char line[256];
+    int n = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    CHECK(f != NULL);
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "Threads:", 8) == 0)
+            n = atoi(line + 8);
+    fclose(f);
+    CHECK(n > 0);
+    return n;
+}
+
 int64_t process_cpu_us(void) {
     struct rusage ru;
     CHECK(getrusage(RUSAGE_SELF, &ru) == 0);

@@ -31,6 +31,8 @@ long vm_rss_kb(void);
 int64_t process_cpu_us(void);
 /* The highest open descriptor number of this process. */
 int highest_fd(void);
+/* Threads of this process (Threads: in /proc/self/status). */
+int thread_count(void);
 
 /* ---- clients that expect to be closed ----------------------------------- */
 

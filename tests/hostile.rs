@@ -63,3 +63,8 @@ fn descriptor_exhaustion() {
 fn resets_and_half_closes() {
     hostile("hostile_reset");
 }
+
+#[test]
+fn stop_under_load_and_stuck_handler() {
+    hostile("hostile_stop");
+}

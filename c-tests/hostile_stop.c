@@ -1,0 +1,288 @@
+/* Stopping under load, and with a handler that never returns.
+ *
+ * Graceful stop: a hundred keep-alive clients send request after request
+ * while the runtime is stopped. The server may close a connection that is
+ * idle between two requests, and a request the client sends just then is
+ * never read (every HTTP server has that race); such requests are counted
+ * as "not accepted". A request whose handling began must be answered: one
+ * that is not is LOST, and there must be none. The server knows which
+ * requests it began (the REQ and SLOW commands record their ids), so the
+ * client's count needs no guessing.
+ *
+ * Stuck handler: one handler blocks forever; the others are served, stop
+ * gives up at its deadline with EVMPM_ETIMEDOUT, and once the handler is
+ * let go its connection is closed and every runtime thread exits. */
+#define _GNU_SOURCE
+#include "harness.h"
+#include "hostile_util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- graceful stop under load ------------------------------------------- */
+
+enum { CLIENTS = 100, MAX_IDS = 1 << 20, SLOW_MS = 20 };
+
+/* started[id]: the handler read request `id` and began serving it. */
+static atomic_uchar started[MAX_IDS];
+static atomic_long next_id;
+static atomic_int stopping; /* set just before evmpm_stop is called */
+
+static enum line_command_result tracked_command(struct line_server *s, evmpm_conn c, int fd,
+                                                const char *line) {
+    char reply[64];
+    long id;
+    int ms = 0;
+    (void)s, (void)c;
+    if (sscanf(line, "REQ %ld", &id) == 1 || sscanf(line, "SLOW %ld %d", &id, &ms) == 2) {
+        CHECK(id >= 0 && id < MAX_IDS);
+        atomic_store(&started[id], 1);
+        if (ms > 0)
+            sleep_ms(ms);
+        snprintf(reply, sizeof reply, "DONE %ld\n", id);
+        line_reply(fd, reply);
+        return LINE_PARK;
+    }
+    return LINE_UNKNOWN;
+}
+
+struct tally {
+    atomic_long answered, answered_after_stop;
+    atomic_long not_accepted;            /* closed before the server read it */
+    atomic_long not_accepted_sent_early; /* of those, fully sent before stop began */
+    atomic_long send_failed;             /* the connection was gone before sending */
+    atomic_long lost;                    /* begun by the server, never answered */
+    atomic_long resets;                  /* ECONNRESET seen by a client */
+};
+
+struct client {
+    int fd;
+    unsigned seed;
+    struct tally *t;
+};
+
+static void *client_main(void *arg) {
+    struct client *c = arg;
+    struct tally *t = c->t;
+    char req[64], want[64], line[64];
+    for (;;) {
+        long id = atomic_fetch_add(&next_id, 1);
+        int before_stop, rc;
+        size_t got = 0;
+        CHECK(id < MAX_IDS);
+        c->seed = c->seed * 1103515245u + 12345u;
+        if ((c->seed >> 16) & 1)
+            snprintf(req, sizeof req, "SLOW %ld %d\n", id, SLOW_MS);
+        else
+            snprintf(req, sizeof req, "REQ %ld\n", id);
+        before_stop = !atomic_load(&stopping);
+        rc = try_send_all(c->fd, req, strlen(req));
+        if (rc != 1) {
+            /* Gone before the request was out: the server cannot have it. */
+            if (rc == -ECONNRESET)
+                atomic_fetch_add(&t->resets, 1);
+            CHECK(!atomic_load(&started[id]));
+            atomic_fetch_add(&t->send_failed, 1);
+            atomic_fetch_add(&t->not_accepted, 1);
+            break;
+        }
+        rc = try_recv_line(c->fd, line, sizeof line, 10000, &got);
+        if (rc == 1) {
+            snprintf(want, sizeof want, "DONE %ld", id);
+            if (strcmp(line, want) != 0)
+                harness_fail(__FILE__, __LINE__, "request %ld answered \"%s\"", id, line);
+            atomic_fetch_add(&t->answered, 1);
+            if (atomic_load(&stopping))
+                atomic_fetch_add(&t->answered_after_stop, 1);
+            continue;
+        }
+        if (rc == TRY_TIMEOUT)
+            harness_fail(__FILE__, __LINE__, "request %ld: no answer and no close in 10 s", id);
+        if (rc == -ECONNRESET)
+            atomic_fetch_add(&t->resets, 1);
+        /* Closed without a (whole) answer. The connection is closed, so no
+         * handler runs for it any more: started[] is final. */
+        if (atomic_load(&started[id])) {
+            atomic_fetch_add(&t->lost, 1);
+            fprintf(stderr, "LOST: request %ld (\"%.*s\") was begun, then closed after %zu bytes "
+                            "of its answer (rc %d)\n",
+                    id, (int)strlen(req) - 1, req, got, rc);
+        } else {
+            atomic_fetch_add(&t->not_accepted, 1);
+            if (before_stop)
+                atomic_fetch_add(&t->not_accepted_sent_early, 1);
+        }
+        break;
+    }
+    close(c->fd);
+    return NULL;
+}
+
+static void graceful_stop_under_load(void) {
+    static struct client clients[CLIENTS];
+    static struct tally t;
+    pthread_t th[CLIENTS];
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    long in_flight, answered_at_stop;
+    int64_t stop_ms;
+    int i, rc;
+
+    line_server_config(&s, &cfg);
+    cfg.worker_threads = 16;
+    s.command = tracked_command;
+    line_server_start(&s, &cfg);
+    for (i = 0; i < CLIENTS; i++) {
+        clients[i].fd = connect_loopback(s.port);
+        clients[i].seed = (unsigned)i * 7919u + 1;
+        clients[i].t = &t;
+    }
+    /* Every client is accepted before the stop: one still in the backlog
+     * when the listener closes would be reset by the kernel, which says
+     * nothing about the runtime. */
+    WAIT_UNTIL(line_server_stats(&s).accepted == CLIENTS, 10000);
+    for (i = 0; i < CLIENTS; i++)
+        CHECK(pthread_create(&th[i], NULL, client_main, &clients[i]) == 0);
+
+    /* Mid-run, with requests inside handlers. */
+    WAIT_UNTIL(atomic_load(&t.answered) >= 1000 && atomic_load(&s.in_handler) >= 8, 20000);
+    in_flight = atomic_load(&s.in_handler);
+    answered_at_stop = atomic_load(&t.answered);
+    atomic_store(&stopping, 1);
+    atomic_store(&s.stop_called, 1);
+    stop_ms = now_ms();
+    rc = evmpm_stop(s.rt, 5000);
+    stop_ms = now_ms() - stop_ms;
+    st = line_server_stats(&s);
+    for (i = 0; i < CLIENTS; i++)
+        CHECK(pthread_join(th[i], NULL) == 0);
+
+    figure("stop after %ld answers, %ld requests in handlers: evmpm_stop returned %d in %lld ms",
+           answered_at_stop, in_flight, rc, (long long)stop_ms);
+    figure("answered %ld (%ld of them after stop began), 0 lost expected: lost %ld; "
+           "not accepted %ld (%ld sent before stop began, %ld could not even be sent); "
+           "ECONNRESET seen %ld",
+           atomic_load(&t.answered), atomic_load(&t.answered_after_stop), atomic_load(&t.lost),
+           atomic_load(&t.not_accepted), atomic_load(&t.not_accepted_sent_early),
+           atomic_load(&t.send_failed), atomic_load(&t.resets));
+    CHECK_EQ(rc, EVMPM_OK);
+    CHECK_EQ(atomic_load(&t.lost), 0);
+    CHECK_EQ(atomic_load(&t.resets), 0);
+    /* Every client's last request was either answered-then-closed, or one
+     * of the counted ones; each client ended exactly once. */
+    CHECK_EQ(atomic_load(&t.not_accepted) + atomic_load(&t.lost), CLIENTS);
+    CHECK_EQ(st.connections, 0);
+    CHECK_EQ(st.accepted, CLIENTS);
+    CHECK_EQ(atomic_load(&s.closes), CLIENTS);
+    CHECK_EQ(atomic_load(&s.double_closes), 0);
+    CHECK_OK(evmpm_destroy(s.rt));
+    close(s.listen_fd);
+}
+
+/* ---- a handler that never returns --------------------------------------- */
+
+static void stuck_handler_stop_times_out(void) {
+    enum { OTHERS = 3, ROUNDS = 100 };
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    evmpm_runtime *rt;
+    int others[OTHERS], stuck, i, j, rc, threads_before;
+    int64_t stop_ms;
+
+    threads_before = thread_count();
+    line_server_config(&s, &cfg);
+    cfg.worker_threads = 4;
+    line_server_start(&s, &cfg);
+    rt = s.rt;
+    stuck = connect_loopback(s.port);
+    send_str(stuck, "HOLD\n");
+    WAIT_UNTIL(atomic_load(&s.in_handler) == 1, 5000);
+    /* The other three workers serve everyone else meanwhile. */
+    for (i = 0; i < OTHERS; i++)
+        others[i] = line_client(&s);
+    for (j = 0; j < ROUNDS; j++)
+        for (i = 0; i < OTHERS; i++)
+            ping(others[i]);
+    WAIT_UNTIL(atomic_load(&s.in_handler) == 1 && line_server_stats(&s).workers_busy == 1, 5000);
+
+    atomic_store(&s.stop_called, 1);
+    stop_ms = now_ms();
+    rc = evmpm_stop(rt, 500);
+    stop_ms = now_ms() - stop_ms;
+    figure("%d pings served beside the stuck handler; evmpm_stop(500) returned %d (%s) in %lld ms",
+           OTHERS * ROUNDS, rc, evmpm_strerror(rc), (long long)stop_ms);
+    CHECK_EQ(rc, EVMPM_ETIMEDOUT);
+    CHECK(stop_ms >= 499);
+    CHECK(stop_ms < 2000 * harness_slowdown());
+    /* Everyone else was closed; so was the stuck client's socket (shut
+     * down so that a blocked read would return). */
+    for (i = 0; i < OTHERS; i++)
+        CHECK(wait_closed(others[i], 5000));
+    CHECK(wait_closed(stuck, 5000));
+    st = line_server_stats(&s);
+    CHECK_EQ(st.accepted, OTHERS + 1);
+    CHECK_EQ(atomic_load(&s.closes), OTHERS);
+    CHECK_EQ(evmpm_stop(rt, 500), EVMPM_ESTOPPED);
+    /* Freed while the handler is still stuck: it keeps what it needs. */
+    CHECK_OK(evmpm_destroy(rt));
+    s.rt = NULL;
+    CHECK_EQ(atomic_load(&s.in_handler), 1);
+
+    /* Let go: the handler's decision finds the runtime stopped, its
+     * connection is closed (the close callback runs once), and its worker,
+     * the last runtime thread, exits. */
+    line_server_release_holds(&s);
+    WAIT_UNTIL(atomic_load(&s.closes) == OTHERS + 1 && atomic_load(&s.in_handler) == 0, 5000);
+    WAIT_UNTIL(thread_count() == threads_before, 5000);
+    CHECK_EQ(atomic_load(&s.double_closes), 0);
+    for (i = 0; i < OTHERS; i++)
+        close(others[i]);
+    close(stuck);
+    close(s.listen_fd);
+}
+
+/* A handler blocked in read (a request that never completes, no readiness
+ * check) is not stuck for good: the forced stop shuts its socket down, the
+ * read returns, and every thread is gone by the time destroy returns. */
+static void handler_blocked_in_read_is_freed_by_stop(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    int fd, threads_before, rc;
+    int64_t stop_ms;
+
+    threads_before = thread_count();
+    line_server_config(&s, &cfg);
+    line_server_start(&s, &cfg);
+    fd = connect_loopback(s.port);
+    send_str(fd, "ECHO never finished");
+    WAIT_UNTIL(atomic_load(&s.in_handler) == 1, 5000);
+    stop_ms = now_ms();
+    rc = line_server_stop(&s, 300);
+    stop_ms = now_ms() - stop_ms;
+    figure("evmpm_stop(300) with a handler blocked in read returned %d (%s) in %lld ms", rc,
+           evmpm_strerror(rc), (long long)stop_ms);
+    /* The deadline forced the connection closed. */
+    CHECK_EQ(rc, EVMPM_ETIMEDOUT);
+    CHECK(stop_ms < 2000 * harness_slowdown());
+    CHECK_EQ(atomic_load(&s.in_handler), 0);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+    CHECK_EQ(thread_count(), threads_before);
+    CHECK(wait_closed(fd, 5000));
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    static const struct test_case cases[] = {
+        {"graceful_stop_under_load", graceful_stop_under_load},
+        {"stuck_handler_stop_times_out", stuck_handler_stop_times_out},
+        {"handler_blocked_in_read_is_freed_by_stop", handler_blocked_in_read_is_freed_by_stop},
+    };
+    return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
