@@ -76,6 +76,60 @@ int harness_slowdown(void) {
     return v > 0 ? v : 1;
 }
 
+/* ---- watchdog ------------------------------------------------------------- */
+
+static pthread_mutex_t watchdog_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watchdog_cond;
+static int watchdog_started;
+static int64_t watchdog_deadline; /* 0: disarmed */
+static const char *watchdog_what;
+
+static void *watchdog_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&watchdog_lock);
+    for (;;) {
+        int64_t deadline = watchdog_deadline;
+        if (deadline == 0) {
+            pthread_cond_wait(&watchdog_cond, &watchdog_lock);
+        } else if (now_ms() >= deadline) {
+            fprintf(stderr, "watchdog: %s\n", watchdog_what);
+            fflush(stderr);
+            _exit(1);
+        } else {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += 1; /* re-check at least every second */
+            pthread_cond_timedwait(&watchdog_cond, &watchdog_lock, &ts);
+        }
+    }
+    return NULL;
+}
+
+void watchdog_arm(int ms, const char *what) {
+    pthread_mutex_lock(&watchdog_lock);
+    if (!watchdog_started) {
+        pthread_condattr_t attr;
+        pthread_t t;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&watchdog_cond, &attr);
+        pthread_condattr_destroy(&attr);
+        CHECK(pthread_create(&t, NULL, watchdog_main, NULL) == 0);
+        pthread_detach(t);
+        watchdog_started = 1;
+    }
+    watchdog_deadline = now_ms() + (int64_t)ms * harness_slowdown();
+    watchdog_what = what;
+    pthread_cond_signal(&watchdog_cond);
+    pthread_mutex_unlock(&watchdog_lock);
+}
+
+void watchdog_disarm(void) {
+    pthread_mutex_lock(&watchdog_lock);
+    watchdog_deadline = 0;
+    pthread_mutex_unlock(&watchdog_lock);
+}
+
 /* ---- sockets -------------------------------------------------------------- */
 
 int listen_loopback(int backlog, int *port) {
@@ -498,11 +552,22 @@ void line_server_start(struct line_server *s, const evmpm_config *cfg) {
     CHECK_OK(evmpm_start(s->rt));
 }
 
-int line_server_stop(struct line_server *s, uint32_t timeout_ms) {
+int line_server_stop_only(struct line_server *s, uint32_t timeout_ms) {
     int rc;
     atomic_store(&s->stop_called, 1);
+    /* Documented: returns by the deadline plus about 100 ms. */
+    watchdog_arm((int)timeout_ms + 5000, "evmpm_stop did not return within 5 s of its deadline "
+                                         "(is the event thread asleep, deaf to its wake-up?)");
     rc = evmpm_stop(s->rt, timeout_ms);
+    watchdog_disarm();
+    return rc;
+}
+
+int line_server_stop(struct line_server *s, uint32_t timeout_ms) {
+    int rc = line_server_stop_only(s, timeout_ms);
+    watchdog_arm(5000, "evmpm_destroy did not return within 5 s");
     CHECK_OK(evmpm_destroy(s->rt));
+    watchdog_disarm();
     s->rt = NULL;
     close(s->listen_fd);
     s->listen_fd = -1;

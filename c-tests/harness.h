@@ -84,6 +84,12 @@ void sleep_ms(int ms);
 /* 1 normally, larger under valgrind (EVMPM_TEST_SLOWDOWN), for deadlines. */
 int harness_slowdown(void);
 
+/* A call with no deadline of its own that might hang (evmpm_stop waits for
+ * the event thread): fails the process naming `what` unless disarmed
+ * within `ms` (scaled), instead of leaving the test to be killed silently. */
+void watchdog_arm(int ms, const char *what);
+void watchdog_disarm(void);
+
 /* ---- sockets (127.0.0.1 only) ------------------------------------------- */
 
 /* A listening socket on 127.0.0.1 with a kernel-chosen port. */
@@ -177,6 +183,9 @@ void line_server_start(struct line_server *s, const evmpm_config *cfg);
 /* Stops with `timeout_ms`, destroys, closes the listener; returns stop's
  * code. */
 int line_server_stop(struct line_server *s, uint32_t timeout_ms);
+/* evmpm_stop under the watchdog (it must return about at its deadline);
+ * sets stop_called first. */
+int line_server_stop_only(struct line_server *s, uint32_t timeout_ms);
 void line_server_release_holds(struct line_server *s);
 /* Lets exactly one HOLD (whichever looks first) end. */
 void line_server_release_one_hold(struct line_server *s);

@@ -37,3 +37,8 @@ fn admission() {
 fn stop() {
     c_test("test_stop");
 }
+
+#[test]
+fn close_once() {
+    c_test("test_close_once");
+}
