@@ -36,13 +36,17 @@ static void stop_in_background(struct stopper *st, struct line_server *s, uint32
 }
 
 static int join_stop(struct stopper *st) {
+    watchdog_arm((int)st->timeout_ms + 5000, "evmpm_stop did not return within 5 s of its deadline");
     CHECK(pthread_join(st->thread, NULL) == 0);
+    watchdog_disarm();
     return st->rc;
 }
 
 /* Frees a runtime the test stopped itself. */
 static void destroy(struct line_server *s) {
+    watchdog_arm(5000, "evmpm_destroy did not return within 5 s");
     CHECK_OK(evmpm_destroy(s->rt));
+    watchdog_disarm();
     s->rt = NULL;
     close(s->listen_fd);
     s->listen_fd = -1;
@@ -67,8 +71,7 @@ static void graceful_stop_finishes_in_flight_requests(void) {
     send_str(queued, "PING\n");
     WAIT_UNTIL(line_server_stats(&s).conns_queued == 1, 5000);
 
-    atomic_store(&s.stop_called, 1);
-    CHECK_OK(evmpm_stop(s.rt, 5000));
+    CHECK_OK(line_server_stop_only(&s, 5000));
     /* The running handler's reply went out, then its connection closed; so
      * did the request that was waiting for the worker. */
     EXPECT_LINE(sleeper, "SLEPT");
@@ -120,9 +123,8 @@ static void stop_deadline_with_a_handler_blocked_forever(void) {
     fd = connect_loopback(s.port);
     send_str(fd, "HOLD\n");
     WAIT_UNTIL(atomic_load(&s.in_handler) == 1, 5000);
-    atomic_store(&s.stop_called, 1);
     started = now_ms();
-    rc = evmpm_stop(s.rt, 300);
+    rc = line_server_stop_only(&s, 300);
     took = now_ms() - started;
     CHECK_EQ(rc, EVMPM_ETIMEDOUT);
     /* Around the deadline: not before it, and (documented) about 100 ms
@@ -197,8 +199,7 @@ static void calls_after_stop_return_estopped(void) {
     /* A handle that was valid until the stop closed its connection. */
     fd = line_client(&s);
     conn = (evmpm_conn)atomic_load(&s.last_conn);
-    atomic_store(&s.stop_called, 1);
-    CHECK_OK(evmpm_stop(s.rt, 1000));
+    CHECK_OK(line_server_stop_only(&s, 1000));
     other = listen_loopback(16, &other_port);
     CHECK_EQ(evmpm_register_listener(s.rt, other), EVMPM_ESTOPPED);
     CHECK_EQ(evmpm_start(s.rt), EVMPM_ESTOPPED);
@@ -227,8 +228,7 @@ static void conn_accessors_after_stop_return_estopped(void) {
     line_server_start(&s, &cfg);
     fd = line_client(&s);
     conn = (evmpm_conn)atomic_load(&s.last_conn);
-    atomic_store(&s.stop_called, 1);
-    CHECK_OK(evmpm_stop(s.rt, 1000));
+    CHECK_OK(line_server_stop_only(&s, 1000));
     /* The header lists EVMPM_ESTOPPED for these three as for every other
      * call that takes a connection; after a stop they must say so rather
      * than ESTALE, as evmpm_park_keepalive and the others do. */
