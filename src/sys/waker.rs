@@ -27,7 +27,7 @@ impl Waker {
     }
 
     pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64. EAGAIN (counter full)
             // still leaves the eventfd readable, which is all we need.
@@ -36,12 +36,21 @@ impl Waker {
     }
 
     /// Called by the event thread when the eventfd polled readable, before it
-    /// looks at its inbox, so a wake sent after this point is never lost.
+    /// looks at its inbox and state, so no wake is lost:
+    /// - drain first, then clear `pending`: a `wake` racing with the drain
+    ///   still sees `pending` set and skips its write, but the event thread
+    ///   has not looked at the state yet, so it sees that wake's effect;
+    /// - a `wake` after the clear writes the eventfd, so the next
+    ///   `epoll_wait` returns at once.
+    ///
+    /// (Clearing first would let a wake's write land between the clear and
+    /// the drain: the drain eats it and `pending` stays set forever, so
+    /// every later wake is skipped and the event thread goes deaf.)
     pub fn reset(&self) {
-        self.pending.store(false, Ordering::Release);
         let mut buf: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64.
         let _ = syscall!(read(self.fd, (&mut buf as *mut u64).cast(), 8));
+        self.pending.store(false, Ordering::SeqCst);
     }
 }
 
