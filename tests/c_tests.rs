@@ -42,3 +42,8 @@ fn stop() {
 fn close_once() {
     c_test("test_close_once");
 }
+
+#[test]
+fn misuse() {
+    c_test("test_misuse");
+}
