@@ -47,3 +47,14 @@ fn close_once() {
 fn misuse() {
     c_test("test_misuse");
 }
+
+/// The header compiles as strict C99 and as C++, as hosts of either kind
+/// include it.
+#[test]
+fn header() {
+    let strict = ["-Wall", "-Wextra", "-Werror", "-pedantic"];
+    let mut c99 = vec!["-std=c99"];
+    c99.extend(strict);
+    support::compile_only("c-tests/header_c99.c", false, &c99);
+    support::compile_only("c-tests/header_cxx.cpp", true, &strict);
+}
