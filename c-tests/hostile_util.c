@@ -42,16 +42,25 @@ long vm_rss_kb(void) {
     return kb;
 }
 
-int thread_count(void) {
-    char line[256];
-    int n = -1;
-    FILE *f = fopen("/proc/self/status", "r");
-    CHECK(f != NULL);
-    while (fgets(line, sizeof line, f) != NULL)
-        if (strncmp(line, "Threads:", 8) == 0)
-            n = atoi(line + 8);
-    fclose(f);
-    CHECK(n > 0);
+int runtime_thread_count(void) {
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    int n = 0;
+    CHECK(d != NULL);
+    while ((e = readdir(d)) != NULL) {
+        char path[300], name[32] = "";
+        FILE *f;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        f = fopen(path, "r");
+        if (f == NULL)
+            continue; /* the thread exited meanwhile */
+        if (fgets(name, sizeof name, f) != NULL && strncmp(name, "evmpm-", 6) == 0)
+            n++;
+        fclose(f);
+    }
+    closedir(d);
     return n;
 }
 

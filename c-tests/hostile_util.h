@@ -31,8 +31,9 @@ long vm_rss_kb(void);
 int64_t process_cpu_us(void);
 /* The highest open descriptor number of this process. */
 int highest_fd(void);
-/* Threads of this process (Threads: in /proc/self/status). */
-int thread_count(void);
+/* Threads of this process that belong to an evmpm runtime (named
+ * "evmpm-..."): the event thread and the workers. */
+int runtime_thread_count(void);
 
 /* ---- clients that expect to be closed ----------------------------------- */
 

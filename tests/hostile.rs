@@ -68,3 +68,8 @@ fn resets_and_half_closes() {
 fn stop_under_load_and_stuck_handler() {
     hostile("hostile_stop");
 }
+
+#[test]
+fn randomized_api_sequences() {
+    hostile("hostile_random");
+}
