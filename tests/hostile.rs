@@ -17,15 +17,21 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn hostile(name: &str) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let source = format!("c-tests/{name}.c");
-    support::run_c_test_program(
-        name,
-        &[
-            source.as_str(),
-            "c-tests/hostile_util.c",
-            "c-tests/harness.c",
-        ],
-    );
+    let run = std::panic::catch_unwind(|| {
+        support::run_c_test_program(
+            name,
+            &[
+                source.as_str(),
+                "c-tests/hostile_util.c",
+                "c-tests/harness.c",
+            ],
+        )
+    });
+    // The figures of the cases that ran, failed or not.
     show_figures(name);
+    if let Err(failure) = run {
+        std::panic::resume_unwind(failure);
+    }
 }
 
 /// Prints the "figure:" lines each case logged (round trips, memory, CPU,
