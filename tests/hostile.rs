@@ -79,3 +79,8 @@ fn stop_under_load_and_stuck_handler() {
 fn randomized_api_sequences() {
     hostile("hostile_random");
 }
+
+#[test]
+fn requests_racing_timeouts() {
+    hostile("hostile_race");
+}
