@@ -266,7 +266,8 @@ static void stale_handles(void) {
     evmpm_conn closed;
     int fd;
     line_server_config(&s, &cfg);
-    cfg.connection_limit = 64;
+    /* One slot: the next connection must reuse the closed one's. */
+    cfg.connection_limit = 1;
     line_server_start(&s, &cfg);
     /* A connection that was real, and has closed. */
     fd = line_client(&s);
@@ -288,8 +289,10 @@ static void stale_handles(void) {
     /* The slot of the closed connection, reused: the old handle still
      * names nothing, and the new connection is untouched. */
     fd = line_client(&s);
+    WAIT_UNTIL(line_server_stats(&s).conns_keepalive == 1, 5000);
     CHECK((evmpm_conn)atomic_load(&s.last_conn) != closed);
     expect_stale_everywhere(s.rt, closed);
+    CHECK_EQ(line_server_stats(&s).conns_keepalive, 1);
     ping(fd);
     close(fd);
     CHECK_OK(line_server_stop(&s, 1000));
