@@ -131,6 +131,9 @@ static enum line_command_result random_command(struct line_server *s, evmpm_conn
     evmpm_runtime *rt = s->rt;
     void *rec;
     unsigned k, f;
+    enum line_command_result shared = sndbuf_command(s, c, fd, line);
+    if (shared != LINE_UNKNOWN)
+        return shared;
     if (sscanf(line, "SUSP %p", &rec) == 1) {
         struct suspended e;
         CHECK_OK(evmpm_suspend(rt, c));
@@ -539,6 +542,12 @@ static void *client_main(void *arg) {
             if (rng_below(&c->rng, 4) != 0) {
                 SEND_C(rec->fd, "NODELAY\n");
                 EXPECT_LINE_C(rec->fd, "NODELAY");
+            }
+            /* A third with a small server send buffer: their BIG answers
+             * go through write completion on the event thread. */
+            if (rng_below(&c->rng, 3) == 0) {
+                SEND_C(rec->fd, "SNDBUF 8192\n");
+                EXPECT_LINE_C(rec->fd, "SNDBUF");
             }
         }
         {

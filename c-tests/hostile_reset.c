@@ -78,6 +78,15 @@ static void expect_big(int fd, char *buf, size_t len, size_t offset, enum kind k
         harness_fail(__FILE__, __LINE__, "%s: BIG response broken (rc %d)", kind_names[k], rc);
 }
 
+/* A slow reader whose server side keeps a small send buffer, so that a
+ * BIG response really waits in write completion when the reset comes. */
+static int small_buffers(int port, enum kind k) {
+    int fd = connect_loopback_rcvbuf(port, 4096);
+    send_str(fd, "SNDBUF 16384\n");
+    expect_line(fd, "SNDBUF", k);
+    return fd;
+}
+
 static void one_connection(struct run *r, enum kind k, char *buf) {
     int port = r->s->port, fd;
     switch (k) {
@@ -87,7 +96,7 @@ static void one_connection(struct run *r, enum kind k, char *buf) {
         close_with_reset(fd);
         break;
     case RESET_MID_RESPONSE:
-        fd = connect_loopback_rcvbuf(port, 4096);
+        fd = small_buffers(port, k);
         send_str(fd, "BIG 262144\n");
         /* The first bytes prove the handler issued the write. */
         expect_big(fd, buf, 1, 0, k);
@@ -141,7 +150,7 @@ static void one_connection(struct run *r, enum kind k, char *buf) {
         close(fd);
         break;
     case RESET_HALF_READ:
-        fd = connect_loopback_rcvbuf(port, 4096);
+        fd = small_buffers(port, k);
         send_str(fd, "BIG 262144\n");
         expect_big(fd, buf, BIG_HALF_READ, 0, k);
         atomic_fetch_add(&r->bigs_issued, 1);
@@ -166,6 +175,26 @@ static void *client_main(void *arg) {
     return NULL;
 }
 
+/* Watches the runtime while the clients run: the most connections seen in
+ * write completion at once shows the mid-response resets met real
+ * write completions, not responses the kernel had already taken whole. */
+struct watcher {
+    struct line_server *s;
+    atomic_int stop;
+    uint64_t most_writing;
+};
+
+static void *watch_main(void *arg) {
+    struct watcher *w = arg;
+    while (!atomic_load(&w->stop)) {
+        uint64_t writing = line_server_stats(w->s).conns_writing;
+        if (writing > w->most_writing)
+            w->most_writing = writing;
+        sleep_ms(1);
+    }
+    return NULL;
+}
+
 static int line_ready(void *user_data, evmpm_conn conn, void *conn_user, const uint8_t *data,
                       size_t len) {
     (void)user_data, (void)conn, (void)conn_user;
@@ -175,7 +204,8 @@ static int line_ready(void *user_data, evmpm_conn conn, void *conn_user, const u
 static void resets_and_half_closes(int total, int with_ready_check) {
     static struct run r;
     struct client clients[THREADS];
-    pthread_t th[THREADS];
+    pthread_t th[THREADS], watcher;
+    struct watcher w;
     struct line_server s;
     evmpm_config cfg;
     evmpm_stats st;
@@ -187,6 +217,7 @@ static void resets_and_half_closes(int total, int with_ready_check) {
     cfg.worker_threads = 4;
     if (with_ready_check)
         cfg.request_ready = line_ready;
+    s.command = sndbuf_command;
     line_server_start(&s, &cfg);
     /* Baseline once the runtime and the client threads' arenas exist: a
      * first small round with every kind, then measure. */
@@ -211,11 +242,16 @@ static void resets_and_half_closes(int total, int with_ready_check) {
     releases_before = atomic_load(&s.releases);
     closes_before = atomic_load(&s.closes);
     st = line_server_stats(&s);
+    memset(&w, 0, sizeof w);
+    w.s = &s;
+    CHECK(pthread_create(&watcher, NULL, watch_main, &w) == 0);
     started = now_ms();
     for (i = 0; i < THREADS; i++)
         CHECK(pthread_create(&th[i], NULL, client_main, &clients[i]) == 0);
     for (i = 0; i < THREADS; i++)
         CHECK(pthread_join(th[i], NULL) == 0);
+    atomic_store(&w.stop, 1);
+    CHECK(pthread_join(watcher, NULL) == 0);
     expect_all_closed(&s, 10000);
     for (i = 0; i < KINDS; i++)
         done += atomic_load(&r.done[i]);
@@ -231,8 +267,11 @@ static void resets_and_half_closes(int total, int with_ready_check) {
 
     /* Every BIG write the handler issued was released exactly once, whether
      * it was sent, cut short by a reset, or never started. */
-    figure("BIG writes issued %ld, buffers released %ld", atomic_load(&r.bigs_issued),
-           atomic_load(&s.releases) - releases_before);
+    figure("BIG writes issued %ld, buffers released %ld; up to %llu connections in write "
+           "completion at once",
+           atomic_load(&r.bigs_issued), atomic_load(&s.releases) - releases_before,
+           (unsigned long long)w.most_writing);
+    CHECK(w.most_writing > 0);
     CHECK_EQ(atomic_load(&s.releases) - releases_before, atomic_load(&r.bigs_issued));
     st = line_server_stats(&s);
     CHECK_EQ(st.connections, 0);

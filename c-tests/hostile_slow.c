@@ -8,6 +8,7 @@
 #include "hostile_util.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -148,9 +149,93 @@ static void silent_and_dribbling_clients_hold_no_worker(void) {
     CHECK_OK(line_server_stop(&s, 1000));
 }
 
+/* Slow readers: clients that ask for a large response and never read it.
+ * The rest of each response waits in write completion on the event thread,
+ * not on a worker, until the write timeout closes the connection; every
+ * buffer is released and the memory given back. */
+static void slow_readers_hold_no_worker(void) {
+    enum { READERS = 200, SIZE = 131072, PINGS = 500 };
+    static int readers[READERS];
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    char req[64];
+    long rss_before, rss_during, rss_after;
+    int64_t max_rtt = 0;
+    int fast, i;
+
+    line_server_config(&s, &cfg);
+    cfg.worker_threads = 4;
+    cfg.write_timeout_ms = 3000;
+    s.command = sndbuf_command;
+    line_server_start(&s, &cfg);
+    close(line_client(&s));
+    expect_all_closed(&s, 5000);
+    rss_before = vm_rss_kb();
+
+    snprintf(req, sizeof req, "BIG %d\n", SIZE);
+    for (i = 0; i < READERS; i++) {
+        /* A 4 KiB window and a 16 KiB send buffer: the kernel holds a few
+         * dozen KiB, the rest waits in write completion. */
+        readers[i] = connect_loopback_rcvbuf(s.port, 4096);
+        send_str(readers[i], "SNDBUF 16384\n");
+        EXPECT_LINE(readers[i], "SNDBUF");
+        send_str(readers[i], req);
+    }
+    {
+        int64_t deadline = now_ms() + 10000;
+        while ((st = line_server_stats(&s)).conns_writing != READERS) {
+            if (now_ms() > deadline)
+                harness_fail(__FILE__, __LINE__,
+                             "%llu of %d large responses in write completion after 10 s "
+                             "(connections %llu, keep-alive %llu, in handler %llu, queued %llu, "
+                             "buffers released %ld)",
+                             (unsigned long long)st.conns_writing, READERS,
+                             (unsigned long long)st.connections,
+                             (unsigned long long)st.conns_keepalive,
+                             (unsigned long long)st.conns_in_handler,
+                             (unsigned long long)st.conns_queued, atomic_load(&s.releases));
+            sleep_ms(1);
+        }
+    }
+    rss_during = vm_rss_kb();
+    fast = connect_loopback(s.port);
+    for (i = 0; i < PINGS; i++) {
+        int64_t t = now_ms();
+        ping(fast);
+        t = now_ms() - t;
+        if (t > max_rtt)
+            max_rtt = t;
+        WAIT_UNTIL(atomic_load(&s.in_handler) == 0 && line_server_stats(&s).workers_busy == 0, 2000);
+    }
+    st = line_server_stats(&s);
+    CHECK_EQ(st.conns_writing, READERS);
+    CHECK_EQ(st.workers_busy, 0);
+    CHECK_EQ(atomic_load(&s.handler_calls), 2 * READERS + 1 + PINGS);
+    figure("%d pings while %d clients left %d-byte responses unread: max round trip %lld ms, "
+           "workers busy between requests 0",
+           PINGS, READERS, SIZE, (long long)max_rtt);
+    CHECK(max_rtt < 1000 * harness_slowdown());
+
+    /* No progress for write_timeout_ms: each of them is closed, and its
+     * buffer released. */
+    WAIT_UNTIL(line_server_stats(&s).timed_out == READERS, 20000);
+    WAIT_UNTIL(atomic_load(&s.releases) == READERS, 5000);
+    for (i = 0; i < READERS; i++)
+        close(readers[i]);
+    close(fast);
+    expect_all_closed(&s, 10000);
+    rss_after = vm_rss_kb();
+    figure("VmRSS %ld KiB before, %ld KiB with %d responses pending, %ld KiB after they timed out",
+           rss_before, rss_during, READERS, rss_after);
+    CHECK(rss_after - rss_before < 16 * 1024);
+    CHECK_OK(line_server_stop(&s, 1000));
+}
+
 int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"silent_and_dribbling_clients_hold_no_worker", silent_and_dribbling_clients_hold_no_worker},
+        {"slow_readers_hold_no_worker", slow_readers_hold_no_worker},
     };
     return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -58,8 +58,12 @@ static enum line_command_result tracked_command(struct line_server *s, evmpm_con
     if (sscanf(line, "BIGREQ %ld %d", &id, &n) == 2) {
         struct big_answer *b;
         int head, i, rc;
+        int sndbuf = 16384;
         CHECK(id >= 0 && id < MAX_IDS && n > 0);
         atomic_store(&started[id], 1);
+        /* A small send buffer keeps most of the answer in write completion
+         * (on loopback the kernel would take it whole). */
+        CHECK(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) == 0);
         b = malloc(sizeof *b + 64 + (size_t)n);
         CHECK(b != NULL);
         head = snprintf(b->data, 64, "DONE %ld %d\n", id, n);
@@ -228,6 +232,7 @@ static void graceful_stop_under_load(void) {
     evmpm_config cfg;
     evmpm_stats st;
     long in_flight, answered_at_stop;
+    uint64_t writing_at_stop;
     int64_t stop_ms;
     int i, rc;
 
@@ -254,6 +259,7 @@ static void graceful_stop_under_load(void) {
     /* Mid-run, with requests inside handlers. */
     WAIT_UNTIL(atomic_load(&t.answered) >= 1000 && atomic_load(&s.in_handler) >= 8, 20000);
     in_flight = atomic_load(&s.in_handler);
+    writing_at_stop = line_server_stats(&s).conns_writing;
     answered_at_stop = atomic_load(&t.answered);
     atomic_store(&stopping, 1);
     stop_ms = now_ms();
@@ -265,8 +271,10 @@ static void graceful_stop_under_load(void) {
         free(clients[i].buf);
     }
 
-    figure("stop after %ld answers, %ld requests in handlers: evmpm_stop returned %d in %lld ms",
-           answered_at_stop, in_flight, rc, (long long)stop_ms);
+    figure("stop after %ld answers, %ld requests in handlers, %llu answers in write completion: "
+           "evmpm_stop returned %d in %lld ms",
+           answered_at_stop, in_flight, (unsigned long long)writing_at_stop, rc,
+           (long long)stop_ms);
     figure("answered %ld (%ld after stop began; %ld large, %ld pipelined pairs), lost %ld; "
            "not accepted %ld (%ld sent before stop began, %ld could not even be sent); "
            "ECONNRESET seen %ld",

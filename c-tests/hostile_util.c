@@ -233,6 +233,17 @@ int big_pattern_ok(const char *buf, size_t len, size_t offset) {
     return 1;
 }
 
+enum line_command_result sndbuf_command(struct line_server *s, evmpm_conn c, int fd,
+                                        const char *line) {
+    int bytes;
+    (void)s, (void)c;
+    if (sscanf(line, "SNDBUF %d", &bytes) != 1)
+        return LINE_UNKNOWN;
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes) == 0);
+    line_reply(fd, "SNDBUF\n");
+    return LINE_PARK;
+}
+
 /* ---- PRNG ------------------------------------------------------------------ */
 
 static uint64_t splitmix64(uint64_t *x) {

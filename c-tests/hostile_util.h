@@ -61,6 +61,14 @@ int try_recv_eof(int fd, int ms);
  * `offset` is the position of buf[0] in the response. */
 int big_pattern_ok(const char *buf, size_t len, size_t offset);
 
+/* A line_server command hook: "SNDBUF n" sets the connection's SO_SNDBUF
+ * to n and answers "SNDBUF". On loopback the kernel otherwise grows a send
+ * buffer to megabytes at once, and a response of a few hundred KiB never
+ * reaches write completion; with a fixed small buffer it does. Returns
+ * LINE_UNKNOWN for other lines, so a test's own hook can call it first. */
+enum line_command_result sndbuf_command(struct line_server *s, evmpm_conn c, int fd,
+                                        const char *line);
+
 /* ---- PRNG ------------------------------------------------------------------ */
 
 /* xoshiro-style generator state; splitmix64 seeds it. */
