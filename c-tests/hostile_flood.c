@@ -167,9 +167,61 @@ static void flood_beyond_the_connection_limit(void) {
     CHECK_OK(line_server_stop(&s, 1000));
 }
 
+/* A stop while the flood holds every slot and the backlog is full: the
+ * idle connections are closed at once, the served ones once parked, and
+ * nothing is left but the kernel's backlog, which goes with the listener. */
+static void stop_during_a_flood(void) {
+    static struct flooder f[THREADS];
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    pthread_t th[THREADS];
+    int i, rc, fds_before;
+    int64_t stop_ms;
+
+    fds_before = open_fd_count();
+    line_server_config(&s, &cfg);
+    cfg.worker_threads = 4;
+    cfg.connection_limit = LIMIT;
+    line_server_start(&s, &cfg);
+    for (i = 0; i < THREADS; i++) {
+        memset(&f[i], 0, sizeof f[i]);
+        f[i].port = s.port;
+        f[i].index = i;
+        CHECK(pthread_create(&th[i], NULL, flood_main, &f[i]) == 0);
+    }
+    for (i = 0; i < THREADS; i++)
+        CHECK(pthread_join(th[i], NULL) == 0);
+    WAIT_UNTIL((st = line_server_stats(&s)).connections == LIMIT && st.accepting_paused == 1,
+               10000);
+    stop_ms = now_ms();
+    rc = line_server_stop_only(&s, 2000);
+    stop_ms = now_ms() - stop_ms;
+    st = line_server_stats(&s);
+    figure("stop with %d connections held and the backlog full: evmpm_stop returned %d in %lld ms; "
+           "accepted %llu, closed %llu",
+           LIMIT, rc, (long long)stop_ms, (unsigned long long)st.accepted,
+           (unsigned long long)st.closed);
+    CHECK_OK(rc);
+    CHECK_EQ(st.connections, 0);
+    CHECK_EQ(st.accepted, LIMIT);
+    CHECK_EQ(st.closed, LIMIT);
+    CHECK_EQ(atomic_load(&s.closes), LIMIT);
+    CHECK_EQ(atomic_load(&s.double_closes), 0);
+    CHECK_OK(evmpm_destroy(s.rt));
+    close(s.listen_fd);
+    for (i = 0; i < THREADS; i++)
+        CHECK(pthread_create(&th[i], NULL, unflood_main, &f[i]) == 0);
+    for (i = 0; i < THREADS; i++)
+        CHECK(pthread_join(th[i], NULL) == 0);
+    /* The runtime's own descriptors went with it. */
+    CHECK_EQ(open_fd_count(), fds_before);
+}
+
 int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"flood_beyond_the_connection_limit", flood_beyond_the_connection_limit},
+        {"stop_during_a_flood", stop_during_a_flood},
     };
     return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
