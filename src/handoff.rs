@@ -54,7 +54,7 @@ pub enum Handoff {
 const LINGER_DRAIN_LIMIT: usize = 64 * 1024;
 
 impl Runtime {
-    fn slot_for(&self, h: Handle) -> Result<&Slot, Error> {
+    pub(crate) fn slot_for(&self, h: Handle) -> Result<&Slot, Error> {
         if self.phase() == Phase::Stopped {
             return Err(Error::Stopped);
         }

@@ -343,7 +343,7 @@ pub unsafe extern "C" fn evmpm_conn_set_user(
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            let slot = rt.table.slot(h).ok_or(Error::Stale)?;
+            let slot = rt.slot_for(h)?;
             slot.state_of(h).map_err(|_| Error::Stale)?;
             slot.set_user(user);
             Ok(())
@@ -368,7 +368,7 @@ pub unsafe extern "C" fn evmpm_conn_get_user(
         }
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            let slot = rt.table.slot(h).ok_or(Error::Stale)?;
+            let slot = rt.slot_for(h)?;
             slot.state_of(h).map_err(|_| Error::Stale)?;
             // SAFETY: non-NULL, writable per the contract.
             unsafe { out.write(slot.user()) };
@@ -393,7 +393,7 @@ pub unsafe extern "C" fn evmpm_conn_fd(
         }
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            let slot = rt.table.slot(h).ok_or(Error::Stale)?;
+            let slot = rt.slot_for(h)?;
             slot.state_of(h).map_err(|_| Error::Stale)?;
             // SAFETY: non-NULL, writable per the contract.
             unsafe { out.write(slot.fd()) };
