@@ -138,12 +138,14 @@ static void flood_beyond_the_connection_limit(void) {
 
         /* The flood goes away. What waited in the backlog is accepted and
          * found dead; then the runtime is empty and accepting again. */
+        t = now_ms();
         for (i = 0; i < THREADS; i++)
             CHECK(pthread_create(&th[i], NULL, unflood_main, &f[i]) == 0);
         for (i = 0; i < THREADS; i++)
             CHECK(pthread_join(th[i], NULL) == 0);
         WAIT_UNTIL((st = line_server_stats(&s)).connections == 0 && st.accepting_paused == 0,
                    20000);
+        t = now_ms() - t;
         /* A fresh client is served (behind whatever dead connections the
          * backlog still held). */
         fd = line_client(&s);
@@ -154,9 +156,10 @@ static void flood_beyond_the_connection_limit(void) {
         CHECK_EQ(open_fd_count(), fds_before);
         rss_after[round] = vm_rss_kb();
         st = line_server_stats(&s);
-        figure("round %d: accepted %llu in all, handler calls %ld, VmRSS %ld KiB (baseline %ld)",
-               round, (unsigned long long)st.accepted, atomic_load(&s.handler_calls),
-               rss_after[round], rss_before);
+        figure("round %d: runtime empty and accepting again %lld ms after the flood began "
+               "closing; accepted %llu in all, handler calls %ld, VmRSS %ld KiB (baseline %ld)",
+               round, (long long)t, (unsigned long long)st.accepted,
+               atomic_load(&s.handler_calls), rss_after[round], rss_before);
     }
     /* Generous: glibc keeps freed heap and thread stacks cached, but
      * nothing may grow with the number of connections (2,000 a round). */

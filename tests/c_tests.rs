@@ -43,9 +43,12 @@ fn close_once() {
     c_test("test_close_once");
 }
 
+/// Each case logs its rows (call, code) and a "figure:" line counting
+/// them; `-- --nocapture` shows the counts.
 #[test]
 fn misuse() {
     c_test("test_misuse");
+    support::show_figures("test_misuse");
 }
 
 /// The header compiles as strict C99 and as C++, as hosts of either kind

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Mutex;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -28,25 +27,9 @@ fn hostile(name: &str) {
         )
     });
     // The figures of the cases that ran, failed or not.
-    show_figures(name);
+    support::show_figures(name);
     if let Err(failure) = run {
         std::panic::resume_unwind(failure);
-    }
-}
-
-/// Prints the "figure:" lines each case logged (round trips, memory, CPU,
-/// counts), so `cargo test --test hostile -- --nocapture` shows them.
-fn show_figures(name: &str) {
-    let exe = support::out_dir().join(name);
-    let Ok(list) = Command::new(&exe).arg("--list").output() else {
-        return;
-    };
-    for case in String::from_utf8_lossy(&list.stdout).lines() {
-        let log = support::out_dir().join(format!("{name}.{case}.log"));
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines().filter_map(|l| l.strip_prefix("figure: ")) {
-            eprintln!("  {name}/{case}: {line}");
-        }
     }
 }
 

@@ -193,6 +193,23 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStat
     }
 }
 
+/// Prints the "figure:" lines each case of program `name` logged (round
+/// trips, memory, CPU, counts), so `cargo test ... -- --nocapture` shows
+/// them.
+pub fn show_figures(name: &str) {
+    let exe = out_dir().join(name);
+    let Ok(list) = Command::new(&exe).arg("--list").output() else {
+        return;
+    };
+    for case in String::from_utf8_lossy(&list.stdout).lines() {
+        let log = out_dir().join(format!("{name}.{case}.log"));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines().filter_map(|l| l.strip_prefix("figure: ")) {
+            eprintln!("  {name}/{case}: {line}");
+        }
+    }
+}
+
 /// Runs every case of a C test program, each in its own process (fresh
 /// descriptors, threads and signal state), and fails listing the cases that
 /// failed with their output.
