@@ -150,11 +150,15 @@ int listen_loopback(int backlog, int *port) {
     return fd;
 }
 
-int connect_loopback(int port) {
+/* A blocking connection to 127.0.0.1:port, with SO_RCVBUF set to *rcvbuf
+ * before connecting unless rcvbuf is NULL. */
+static int connect_with(int port, const int *rcvbuf) {
     struct sockaddr_in a;
     int one = 1;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     CHECK(fd >= 0);
+    if (rcvbuf != NULL)
+        shrink_rcvbuf(fd, *rcvbuf);
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -165,21 +169,9 @@ int connect_loopback(int port) {
     return fd;
 }
 
-int connect_loopback_rcvbuf(int port, int bytes) {
-    struct sockaddr_in a;
-    int one = 1;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    shrink_rcvbuf(fd, bytes);
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((uint16_t)port);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-        harness_fail(__FILE__, __LINE__, "connect: %s", strerror(errno));
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
+int connect_loopback(int port) { return connect_with(port, NULL); }
+
+int connect_loopback_rcvbuf(int port, int bytes) { return connect_with(port, &bytes); }
 
 void close_with_reset(int fd) {
     struct linger l;
