@@ -1,0 +1,1112 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: hello_evmpm against hello_blocking (the same server,
+# a thread per connection), nginx and Apache httpd (event MPM), all on
+# 127.0.0.1. Not part of the test suite: nothing here passes or fails on
+# timing. Every figure is a median over rounds, and every comparison is the
+# median of per-round ratios between servers measured in the same round;
+# the servers take turns within each round (interleaved, rotating order), so
+# a noisy neighbour on the machine hits them alike.
+#
+# Scenarios:
+#   a  keep-alive, 100 connections, 100-byte responses: the four servers
+#   b  the same while idle keep-alive connections are held open (10,000)
+#   c  connection per request (Connection: close)
+#   d  flatness: hello_evmpm with 0, 5,000 and 15,000 parked connections
+#   e  the hand-off path (event thread -> worker -> park): ns per request
+#   f  system calls per request (perf, else strace), servers and hand-off
+# The report starts with the targets, each with its measured figure and
+# whether it is met. Timing never changes the exit status: 0 when it ran.
+#
+# usage: bench/run.sh [--quick] [--rounds N] [--only LIST] [--no-install] [--keep]
+#   --quick       1 s load runs and fewer idle connections (2,000 in b,
+#                 1,000 and 3,000 in d); about 3 minutes
+#   --rounds N    rounds per scenario (default 3, at least 3)
+#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f)
+#   --no-install  do not apt-get missing tools; fail instead
+#   --keep        keep the temporary directory (configs, logs, raw numbers)
+#
+# Prints a markdown report and writes it to bench/results/<date>.md
+# (<date>-quick.md for --quick, -only-<LIST> added for --only). Installs
+# wrk, nginx, apache2-bin and strace with apt-get when missing (as root),
+# never starting their services. Raises its descriptor limit to the hard
+# limit (full mode needs about 15,500: 15,000 parked connections).
+set -euo pipefail
+
+usage() {
+    sed -n '/^# usage:/,/^# limit/p' "$0" | sed 's/^# \{0,1\}//'
+    exit "${1:-2}"
+}
+
+MODE=full
+ROUNDS=3
+INSTALL=1
+KEEP=0
+ONLY=a,b,c,d,e,f
+COMMAND_LINE="bench/run.sh${*:+ $*}"
+while [ $# -gt 0 ]; do
+    case $1 in
+    --quick) MODE=quick ;;
+    --rounds)
+        [ $# -ge 2 ] || usage
+        ROUNDS=$2
+        shift
+        ;;
+    --only)
+        [ $# -ge 2 ] || usage
+        ONLY=$2
+        shift
+        ;;
+    --no-install) INSTALL=0 ;;
+    --keep) KEEP=1 ;;
+    -h | --help) usage 0 ;;
+    *) usage ;;
+    esac
+    shift
+done
+case $ROUNDS in '' | *[!0-9]*) usage ;; esac
+[ "$ROUNDS" -ge 3 ] || { echo "run.sh: --rounds must be at least 3" >&2; exit 2; }
+case ,$ONLY, in *[!a-f,]*) usage ;; esac
+want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
+ALL_SCENARIOS=0
+[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdef ] && ALL_SCENARIOS=1
+
+# ---- settings -----------------------------------------------------------------
+
+if [ "$MODE" = quick ]; then
+    DUR=1                  # seconds per wrk run
+    IDLE_B=2000            # idle connections in scenario b
+    IDLE_D="0 1000 3000"   # idle connections in scenario d
+    HANDOFF_N=20000        # round trips per hand-off measurement
+    SYSC_DUR=1             # seconds of load while counting syscalls
+else
+    DUR=5
+    IDLE_B=10000
+    IDLE_D="0 5000 15000"
+    HANDOFF_N=100000
+    SYSC_DUR=3
+fi
+CONNS=100                  # wrk connections, and the concurrent hand-off client
+EVMPM_WORKERS=16           # hello_evmpm, and the hand-off echo server
+BLOCKING_WORKERS=128       # hello_blocking needs a thread per connection: 100 + margin
+BLOCKING_MAX_WORKERS=4096  # the most hello_blocking accepts (scenario b)
+APACHE_THREADS=64          # per process, 2 processes: more threads than wrk connections
+KEEPALIVE_S=900            # idle timeout given to every server (see idle_timeout_shim.c)
+URL_PATH=/hello.txt        # the 100-byte file; the hello servers answer any path
+IDLE_TARGET=10000          # the idle connections the targets speak of (b)
+PARKED_TARGET=15000        # the parked connections of the flatness target (d)
+export LC_ALL=C            # one decimal point for awk, sort and printf
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---- processes we start, and cleanup ----------------------------------------
+
+TMP=""
+PIDS=()          # every process this script started and has not reaped yet
+POLICY_RC_CREATED=0
+
+forget_pid() {
+    local p keep=()
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# The direct children of a process, from /proc (no procps needed).
+children_of() {
+    cat /proc/[0-9]*/stat 2>/dev/null |
+        awk -v pp="$1" '{ pid = $1; sub(/^.*\) /, ""); if ($2 == pp) print pid }' || true
+}
+# A process's start time (clock ticks since boot): with the pid, it tells a
+# process from a later one that reuses the pid.
+start_of() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $20 }' || true; }
+
+# "PID:START" for each process and each of its children (the workers nginx
+# and Apache fork): what to kill should the parent not take them down.
+tree_of() {
+    local p c
+    for p in "$@"; do
+        for c in "$p" $(children_of "$p"); do echo "$c:$(start_of "$c")"; done
+    done
+}
+# Kills (SIGKILL) what is left of a tree_of list: only processes whose start
+# time still matches, so never a stranger that got a recycled pid.
+kill_leftovers() {
+    local e pid st
+    for e in "$@"; do
+        pid=${e%%:*} st=${e#*:}
+        [ -n "$st" ] && [ "$(start_of "$pid")" = "$st" ] && kill -KILL "$pid" 2>/dev/null
+    done
+    return 0
+}
+
+cleanup() {
+    local p i alive tree
+    set +e
+    tree=$(tree_of "${PIDS[@]+"${PIDS[@]}"}")
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -TERM "$p" 2>/dev/null; done
+    for i in $(seq 50); do
+        alive=0
+        for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -KILL "$p" 2>/dev/null; done
+    sleep 0.2
+    kill_leftovers $tree
+    if [ $POLICY_RC_CREATED = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+        if [ $KEEP = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stops a process we started (TERM, then KILL after $2 seconds) and reaps it.
+stop_pid() {
+    local pid=$1 grace=${2:-10} i
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq $((grace * 20))); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+}
+
+# ---- tools ------------------------------------------------------------------
+
+# perf counts syscalls through tracepoints, which need a perf that runs on
+# this kernel and permission to use them; strace -c works anywhere.
+perf_works() {
+    command -v perf >/dev/null &&
+        perf stat -e raw_syscalls:sys_enter -x, -o /dev/null true >/dev/null 2>&1
+}
+
+install_missing() {
+    local pkgs=()
+    command -v wrk >/dev/null || pkgs+=(wrk)
+    command -v nginx >/dev/null || pkgs+=(nginx)
+    command -v apache2 >/dev/null || [ -x /usr/lib/apache2/modules/mod_mpm_event.so ] || pkgs+=(apache2-bin)
+    perf_works || command -v strace >/dev/null || pkgs+=(strace)
+    [ ${#pkgs[@]} = 0 ] && return 0
+    [ $INSTALL = 1 ] || die "missing: ${pkgs[*]} (run without --no-install, as root)"
+    [ "$(id -u)" = 0 ] || die "missing: ${pkgs[*]}; run as root to have them installed"
+    command -v apt-get >/dev/null || die "missing: ${pkgs[*]}, and no apt-get to install them"
+    log "installing ${pkgs[*]}"
+    # Package scripts must not start system services: Debian's policy-rc.d
+    # mechanism tells invoke-rc.d no, for the length of the install only.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" \
+        >/dev/null || die "apt-get install ${pkgs[*]} failed"
+    if [ $POLICY_RC_CREATED = 1 ]; then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=0
+    fi
+}
+
+PATH=$PATH:/usr/sbin:/sbin
+command -v cargo >/dev/null || die "cargo is needed to build the library (https://rustup.rs)"
+command -v "${CC:-cc}" >/dev/null || die "a C compiler is needed (\$CC or cc)"
+install_missing
+NGINX=$(command -v nginx)
+APACHE=$(command -v apache2)
+APACHE_MODULES=/usr/lib/apache2/modules
+[ -f $APACHE_MODULES/mod_mpm_event.so ] || die "Apache's event MPM is not in $APACHE_MODULES"
+# The user Apache's children run as: the distribution's web user if any.
+if id www-data >/dev/null 2>&1; then APACHE_USER=www-data APACHE_GROUP=www-data
+else APACHE_USER=nobody APACHE_GROUP=$(id -gn nobody 2>/dev/null || echo nogroup); fi
+
+# Syscall counting: perf's syscall tracepoints when they work here, else
+# strace. perf counts every syscall and, by name, the ones a server's request
+# path uses (each tracepoint costs tens of milliseconds to tear down, so not
+# all of them).
+if perf_works; then
+    SYSCOUNT=perf
+    PERF_EVENTS=raw_syscalls:sys_enter
+    for d in /sys/kernel/tracing/events/syscalls /sys/kernel/debug/tracing/events/syscalls; do
+        [ -d "$d/sys_enter_read" ] || continue
+        for sc in read write readv writev recvfrom sendto recvmsg sendmsg sendfile64 \
+            epoll_wait epoll_pwait epoll_ctl futex accept4 close shutdown setsockopt \
+            getsockopt fcntl ioctl openat newfstatat statx pread64 mmap munmap madvise \
+            mprotect clone3 rt_sigprocmask exit set_robust_list poll sched_yield; do
+            [ -d "$d/sys_enter_$sc" ] && PERF_EVENTS=$PERF_EVENTS,syscalls:sys_enter_$sc
+        done
+        break
+    done
+elif command -v strace >/dev/null; then
+    SYSCOUNT=strace
+else
+    SYSCOUNT=none
+fi
+
+# ---- build ----------------------------------------------------------------------
+
+TMP=$(mktemp -d /tmp/evmpm-bench.XXXXXX)
+chmod 755 "$TMP" # nginx and Apache workers run as unprivileged users
+mkdir -p "$TMP/bin" "$TMP/logs" "$TMP/www" "$TMP/out"
+RAW=$TMP/raw.tsv
+: >"$RAW"
+
+# What is being measured: the commit, and any uncommitted changes to what
+# goes into the programs (bench/results excepted), as they are at build time.
+GIT_COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+GIT_DIRTY=$(cd "$ROOT" && git status --porcelain -- src include examples-c bench Cargo.toml \
+    Cargo.lock build.rs cbindgen.toml ':(exclude)bench/results' 2>/dev/null | cut -c4- | tr '\n' ' ' |
+    sed 's/ $//' || true)
+
+log "building the library (cargo build --release)"
+(cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+LIB=$TARGET_DIR/release/libevmpm.a
+[ -f "$LIB" ] || die "$LIB is missing"
+NATIVE=(-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
+CFLAGS=(-O2 -g -std=c11 -Wall -Wextra -pedantic -pthread -I"$ROOT/include")
+CC=${CC:-cc}
+log "building the C programs"
+$CC "${CFLAGS[@]}" "$ROOT/examples-c/hello_evmpm.c" \
+    -DWRAP_EVMPM_CONFIG_INIT "$ROOT/bench/idle_timeout_shim.c" -Wl,--wrap=evmpm_config_init \
+    "$LIB" "${NATIVE[@]}" -o "$TMP/bin/hello_evmpm"
+$CC "${CFLAGS[@]}" "$ROOT/examples-c/hello_blocking.c" \
+    -DWRAP_SETSOCKOPT "$ROOT/bench/idle_timeout_shim.c" -Wl,--wrap=setsockopt \
+    "${NATIVE[@]}" -o "$TMP/bin/hello_blocking"
+$CC "${CFLAGS[@]}" "$ROOT/bench/handoff.c" "$LIB" "${NATIVE[@]}" -o "$TMP/bin/handoff"
+$CC "${CFLAGS[@]}" "$ROOT/bench/idle_clients.c" -o "$TMP/bin/idle_clients"
+
+# ---- limits -------------------------------------------------------------------
+
+# Every process here (servers, wrk, idle_clients) inherits the soft limit
+# set here; idle_clients also raises its own to the hard limit. The most any
+# one process needs: the parked connections plus the load and some spare.
+max_idle=0
+for n in $IDLE_B $IDLE_D; do [ "$n" -gt $max_idle ] && max_idle=$n; done
+NEED_NOFILE=$((max_idle + CONNS + 256))
+HARD_NOFILE=$(ulimit -Hn)
+if [ "$HARD_NOFILE" != unlimited ] && [ "$HARD_NOFILE" -lt $NEED_NOFILE ]; then
+    ulimit -Hn $NEED_NOFILE 2>/dev/null || true # root may raise it (up to fs.nr_open)
+fi
+ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || ulimit -Sn $NEED_NOFILE 2>/dev/null || true
+NOFILE=$(ulimit -Sn)
+[ "$NOFILE" = unlimited ] && NOFILE=1048576
+if [ "$NOFILE" -lt $NEED_NOFILE ]; then
+    die "the descriptor limit ($NOFILE) is below the $NEED_NOFILE needed; use --quick"
+fi
+NGINX_NOFILE=$((NOFILE < 65536 ? NOFILE : 65536))
+
+# ---- server configurations ------------------------------------------------------
+
+# The 100-byte body the hello servers send, as a file for nginx and Apache.
+printf '%s\n' "Hello from a C server. This body is 100 bytes long and the same for every request, on every socket." \
+    >"$TMP/www/hello.txt"
+[ "$(wc -c <"$TMP/www/hello.txt")" = 100 ] || die "hello.txt is not 100 bytes"
+chmod 644 "$TMP/www/hello.txt"
+chmod 755 "$TMP/www"
+
+# Ports: the first free ones from 18300 up.
+# Free: no TCP socket of any state uses it locally (from /proc, no iproute2).
+port_free() {
+    ! cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+        awk -v p="$(printf ':%04X' "$1")" '$2 ~ p "$" { found = 1 } END { exit !found }'
+}
+NEXT_PORT=18300
+next_port() {
+    while ! port_free $NEXT_PORT; do NEXT_PORT=$((NEXT_PORT + 1)); done
+    PORT=$NEXT_PORT
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+write_nginx_conf() { # port
+    mkdir -p "$TMP/nginx/tmp"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+master_process on;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+worker_rlimit_nofile $NGINX_NOFILE;
+events { worker_connections $NGINX_NOFILE; }
+http {
+    access_log off;
+    keepalive_requests 1000000000;
+    keepalive_timeout ${KEEPALIVE_S}s;
+    default_type text/plain;
+    client_body_temp_path $TMP/nginx/tmp/body;
+    proxy_temp_path $TMP/nginx/tmp/proxy;
+    fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
+    uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
+    scgi_temp_path $TMP/nginx/tmp/scgi;
+    server {
+        listen 127.0.0.1:$1 backlog=511;
+        root $TMP/www;
+        location / { }
+    }
+}
+EOF
+}
+
+write_apache_conf() { # port
+    mkdir -p "$TMP/apache/run"
+    : >"$TMP/apache/mime.types"
+    cat >"$TMP/apache/httpd.conf" <<EOF
+ServerRoot "$TMP/apache"
+ServerName 127.0.0.1
+Listen 127.0.0.1:$1
+PidFile "$TMP/apache/httpd.pid"
+DefaultRuntimeDir "$TMP/apache/run"
+ErrorLog "$TMP/apache/error.log"
+LogLevel warn
+LoadModule mpm_event_module $APACHE_MODULES/mod_mpm_event.so
+LoadModule authz_core_module $APACHE_MODULES/mod_authz_core.so
+LoadModule mime_module $APACHE_MODULES/mod_mime.so
+User $APACHE_USER
+Group $APACHE_GROUP
+# Two processes of $APACHE_THREADS threads, fixed (the spare-thread limits
+# never fork or reap a process); AsyncRequestWorkerFactor stays at its
+# default of 2. Fewer threads than client connections would make Apache
+# close keep-alive connections whenever all its workers are busy.
+StartServers 2
+ServerLimit 2
+ThreadsPerChild $APACHE_THREADS
+ThreadLimit $APACHE_THREADS
+MaxRequestWorkers $((2 * APACHE_THREADS))
+MinSpareThreads $APACHE_THREADS
+MaxSpareThreads $((4 * APACHE_THREADS))
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout $KEEPALIVE_S
+Timeout 60
+ListenBacklog 511
+DocumentRoot "$TMP/www"
+<Directory "/">
+    AllowOverride None
+    Require all denied
+</Directory>
+<Directory "$TMP/www">
+    Options None
+    Require all granted
+</Directory>
+TypesConfig "$TMP/apache/mime.types"
+AddType text/plain .txt
+EOF
+}
+
+# ---- starting and stopping servers ------------------------------------------------
+
+wait_port() { # port: until it accepts (at most 10 s)
+    local i
+    for i in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# start_server KIND PORT [WORKERS]: starts it in the foreground of a
+# background job, under $WRAP (a syscall counter) when set. Sets SPID to the
+# server's process (the master, for nginx and Apache) and JOB to the job.
+WRAP=()
+start_server() {
+    local kind=$1 port=$2 workers=${3:-} i
+    local logf="$TMP/logs/$kind.$port.log"
+    case $kind in
+    evmpm | blocking)
+        HELLO_KEEPALIVE_S=$KEEPALIVE_S "${WRAP[@]+"${WRAP[@]}"}" \
+            "$TMP/bin/hello_$kind" "$port" "$workers" >>"$logf" 2>&1 &
+        ;;
+    nginx)
+        write_nginx_conf "$port"
+        "${WRAP[@]+"${WRAP[@]}"}" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" \
+            -e "$TMP/nginx/error.log" >>"$logf" 2>&1 &
+        ;;
+    apache)
+        write_apache_conf "$port"
+        "${WRAP[@]+"${WRAP[@]}"}" "$APACHE" -f "$TMP/apache/httpd.conf" -DFOREGROUND \
+            >>"$logf" 2>&1 &
+        ;;
+    handoff-evmpm)
+        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" "$EVMPM_WORKERS" >>"$logf" 2>&1 &
+        ;;
+    handoff-ready)
+        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" "$EVMPM_WORKERS" --ready \
+            >>"$logf" 2>&1 &
+        ;;
+    handoff-threads)
+        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" threads "$port" >>"$logf" 2>&1 &
+        ;;
+    *) die "unknown server $kind" ;;
+    esac
+    JOB=$!
+    PIDS+=("$JOB")
+    SPID=$JOB
+    if [ ${#WRAP[@]} -gt 0 ]; then
+        SPID=""
+        for i in $(seq 200); do
+            SPID=$(children_of "$JOB" | head -n1)
+            [ -n "$SPID" ] && break
+            sleep 0.05
+        done
+        [ -n "$SPID" ] || die "$kind did not start under ${WRAP[0]}"
+        PIDS+=("$SPID")
+    fi
+    wait_port "$port" || { cat "$logf" >&2; die "$kind did not listen on $port"; }
+}
+
+stop_server() { # stops the server SPID of job JOB
+    local spid=$1 job=$2 i tree
+    tree=$(tree_of "$spid")
+    if [ "$spid" != "$job" ]; then
+        # Under a syscall counter: stop the server and let the counter write
+        # its totals and exit by itself.
+        kill -TERM "$spid" 2>/dev/null || true
+        for i in $(seq 400); do
+            kill -0 "$job" 2>/dev/null || break
+            sleep 0.05
+        done
+        forget_pid "$spid"
+    fi
+    stop_pid "$job" 15
+    # A master that died before its workers would leave them behind.
+    kill_leftovers $tree
+}
+
+# Threads and resident memory (KiB) of a process and its children.
+threads_of() {
+    local p t=0
+    for p in $1 $(children_of "$1"); do
+        t=$((t + $(awk '/^Threads:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo $t
+}
+rss_of() {
+    local p t=0
+    for p in $1 $(children_of "$1"); do
+        t=$((t + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo $t
+}
+
+# ---- load and idle connections ------------------------------------------------------
+
+# run_wrk OUTFILE PORT [wrk options]: one bounded wrk run.
+run_wrk() {
+    local out=$1 port=$2
+    shift 2
+    timeout -k 5 $((DUR + 30)) wrk -t1 -c$CONNS -d${DUR}s --latency "$@" \
+        "http://127.0.0.1:$port$URL_PATH" >"$out" 2>&1 || true
+}
+
+# parse_wrk FILE: "rps p99_us requests errors" (errors: socket errors and
+# non-2xx answers; p99 "nan" when nothing was served).
+parse_wrk() {
+    awk '
+    function us(v,   n, u) {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") return n; if (u == "ms") return n * 1000
+        if (u == "s") return n * 1e6; if (u == "m") return n * 6e7
+        return n
+    }
+    /^ *99%/ { p99 = us($2) }
+    /requests in/ { req = $1 }
+    /^Requests\/sec:/ { rps = $2 }
+    /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { err += $5 }
+    END {
+        if (rps == "") rps = 0; if (req == "") req = 0
+        if (p99 == "" || req == 0) p99 = "nan"
+        print rps, p99, req, err + 0
+    }' "$1"
+}
+
+rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RAW"; }
+
+# While a wrk run goes, SAMPLE_PID (when set) is sampled half way through:
+# threads and RSS of the server (its children included), recorded as
+# KEY.threads and KEY.rss (KiB). What the server holds under load.
+SAMPLE_PID=""
+SAMPLER=""
+sampler_start() { # OUTFILE
+    [ -n "$SAMPLE_PID" ] || return 0
+    local pid=$SAMPLE_PID out=$1
+    (
+        sleep "$(awk -v d="$DUR" 'BEGIN { print d / 2 }')"
+        echo "$(threads_of "$pid") $(rss_of "$pid")" >"$out"
+    ) &
+    SAMPLER=$!
+    PIDS+=("$SAMPLER")
+}
+sampler_end() { # SCEN ROUND KEY OUTFILE
+    local t=nan r=nan
+    [ -n "$SAMPLER" ] || return 0
+    wait "$SAMPLER" 2>/dev/null || true
+    forget_pid "$SAMPLER"
+    SAMPLER=""
+    [ -s "$4" ] && read -r t r <"$4"
+    rec "$1" "$2" "$3.threads" "$t"
+    rec "$1" "$2" "$3.rss" "$r"
+}
+
+# wrk_rec SCEN ROUND KEY PORT [wrk options]: one run, recorded.
+wrk_rec() {
+    local scen=$1 round=$2 key=$3 port=$4 out rps p99 req err
+    shift 4
+    out="$TMP/out/$scen.$key.$round.wrk"
+    sampler_start "$out.sample"
+    run_wrk "$out" "$port" "$@"
+    sampler_end "$scen" "$round" "$key" "$out.sample"
+    read -r rps p99 req err < <(parse_wrk "$out")
+    rec "$scen" "$round" "$key.rps" "$rps"
+    rec "$scen" "$round" "$key.p99" "$p99"
+    rec "$scen" "$round" "$key.errors" "$err"
+    log "  $scen r$round $key: $rps req/s, p99 ${p99} us, $err errors"
+}
+
+warm_up() { # PORT: a short run, not recorded
+    timeout 20 wrk -t1 -c$CONNS -d1s "http://127.0.0.1:$1$URL_PATH" >/dev/null 2>&1 || true
+}
+
+# idle_open PORT N: opens N idle keep-alive connections and waits until they
+# are parked (or the set-up ends: 60 s at most, or 3 s without progress).
+# Sets IDLE_PID and IDLE_OUT.
+IDLE_SEQ=0
+idle_open() {
+    local port=$1 n=$2 i
+    IDLE_SEQ=$((IDLE_SEQ + 1))
+    IDLE_OUT="$TMP/out/idle.$IDLE_SEQ"
+    "$TMP/bin/idle_clients" "$port" "$n" --path "$URL_PATH" --setup-timeout 60 \
+        --stall 3 --hold-max 600 </dev/null >"$IDLE_OUT" 2>>"$TMP/logs/idle_clients.log" &
+    IDLE_PID=$!
+    PIDS+=("$IDLE_PID")
+    for i in $(seq 1400); do
+        grep -q '^ready' "$IDLE_OUT" && return 0
+        kill -0 "$IDLE_PID" 2>/dev/null || die "idle_clients exited early"
+        sleep 0.05
+    done
+    die "idle_clients did not finish setting up"
+}
+# idle_field KEY: a key=value from idle_clients' output (the latest line).
+idle_field() { sed -n "s/.*[ ]$1=\([0-9]*\).*/\1/p" "$IDLE_OUT" | tail -n1; }
+# idle_close: idle_clients checks which connections the server closed,
+# reports, and closes the rest.
+idle_close() {
+    stop_pid "$IDLE_PID" 30
+}
+
+# cpu_ticks PID: user + system CPU of a process, its exited threads included.
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0; }
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# ---- statistics -------------------------------------------------------------------
+
+# vals SCEN KEY: the recorded values, one per round ("nan" skipped).
+vals() { awk -F'\t' -v s="$1" -v k="$2" '$1 == s && $3 == k && $4 != "nan" { print $4 + 0 }' "$RAW"; }
+# ratios SCEN KEY_A KEY_B: A / B for each round that has both.
+ratios() {
+    awk -F'\t' -v s="$1" -v a="$2" -v b="$3" '
+    BEGIN { OFMT = "%.6f" }
+    $1 == s && $3 == a && $4 != "nan" { A[$2] = $4 + 0 }
+    $1 == s && $3 == b && $4 != "nan" { B[$2] = $4 + 0 }
+    END { for (r in A) if ((r in B) && B[r] > 0) print A[r] / B[r] }' "$RAW"
+}
+# summary: "median min max count" of the numbers on stdin ("nan nan nan 0").
+summary() {
+    sort -g | awk 'BEGIN { OFMT = "%.6f" } { v[n++] = $1 + 0 }
+    END {
+        if (n == 0) { print "nan nan nan 0"; exit }
+        m = (n % 2) ? v[int(n / 2)] : (v[n / 2 - 1] + v[n / 2]) / 2
+        print m, v[0], v[n - 1], n
+    }'
+}
+med() { vals "$1" "$2" | summary | cut -d' ' -f1; }
+ratio() { ratios "$1" "$2" "$3" | summary | cut -d' ' -f1; }
+
+fmt_int() { # 1234567 -> 1,234,567
+    [ "$1" = nan ] && { echo "n/a"; return; }
+    awk -v v="$1" 'BEGIN {
+        s = sprintf("%.0f", v); neg = substr(s, 1, 1) == "-"; if (neg) s = substr(s, 2)
+        o = ""; while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+        print (neg ? "-" : "") s o
+    }'
+}
+fmt_ms() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.2f ms", v / 1000 }'; }
+fmt_x() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.2f×", v }'; }
+fmt_mib() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.1f MiB", v / 1024 }'; }
+fmt_b() { [ "$1" = nan ] && echo "n/a" || echo "$(fmt_int "$1") B"; }
+fmt_us() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.1f µs", v / 1000 }'; }
+
+# rotate "a b c" ROUND: the list started at element ROUND mod length.
+rotate() {
+    local -a xs=($1)
+    local n=${#xs[@]} i out=()
+    for ((i = 0; i < n; i++)); do out+=("${xs[$(((i + $2) % n))]}"); done
+    echo "${out[@]}"
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$(date +%s)
+
+SERVERS4="evmpm blocking nginx apache"
+HANDOFFS="handoff-threads handoff-evmpm handoff-ready"
+
+start_kind() { # KIND PORT: a server of the benchmark with its worker setting
+    case $1 in
+    evmpm) start_server evmpm "$2" $EVMPM_WORKERS ;;
+    blocking) start_server blocking "$2" "${3:-$BLOCKING_WORKERS}" ;;
+    *) start_server "$1" "$2" ;;
+    esac
+}
+
+# ---- a and c: keep-alive and connection-per-request against four servers ---------
+
+scenarios_a_c() {
+    local s r
+    declare -A PORT_OF SPID_OF JOB_OF
+    log "scenarios a and c: hello_evmpm ($EVMPM_WORKERS workers), hello_blocking ($BLOCKING_WORKERS), nginx, Apache"
+    for s in $SERVERS4; do
+        next_port
+        PORT_OF[$s]=$PORT
+        start_kind $s "$PORT"
+        SPID_OF[$s]=$SPID
+        JOB_OF[$s]=$JOB
+    done
+    for s in $SERVERS4; do warm_up "${PORT_OF[$s]}"; done
+    if want a; then
+        for r in $(seq "$ROUNDS"); do
+            for s in $(rotate "$SERVERS4" "$r"); do
+                SAMPLE_PID=${SPID_OF[$s]}
+                wrk_rec a "$r" "$s" "${PORT_OF[$s]}"
+            done
+        done
+    fi
+    if want c; then
+        for r in $(seq "$ROUNDS"); do
+            for s in $(rotate "$SERVERS4" "$r"); do
+                SAMPLE_PID=${SPID_OF[$s]}
+                wrk_rec c "$r" "$s" "${PORT_OF[$s]}" -H 'Connection: close'
+            done
+        done
+    fi
+    SAMPLE_PID=""
+    for s in $SERVERS4; do stop_server "${SPID_OF[$s]}" "${JOB_OF[$s]}"; done
+}
+
+# ---- b: the same with idle keep-alive connections held open ----------------------
+
+# Each server, fresh in each round: a run without idle connections, then
+# IDLE_B idle connections opened on the same process, then a run with them
+# held. Last in each round, the hand-off echo server (bench/handoff.c) holds
+# the same idle connections: evmpm's own memory per idle connection, without
+# the per-connection record hello_evmpm allocates.
+scenario_b() {
+    local r s rss0 rss1 parked
+    log "scenario b: $IDLE_B idle keep-alive connections"
+    for r in $(seq "$ROUNDS"); do
+        for s in $(rotate "$SERVERS4" "$r"); do
+            next_port
+            start_kind $s "$PORT" $BLOCKING_MAX_WORKERS
+            warm_up "$PORT"
+            SAMPLE_PID=$SPID
+            wrk_rec b "$r" "$s.noidle" "$PORT"
+            rss0=$(rss_of "$SPID")
+            idle_open "$PORT" "$IDLE_B"
+            sleep 0.5
+            rss1=$(rss_of "$SPID")
+            parked=$(idle_field parked)
+            rec b "$r" "$s.rss_before" "$rss0"
+            rec b "$r" "$s.rss_idle" "$rss1"
+            rec b "$r" "$s.attempted" "$(idle_field attempted)"
+            rec b "$r" "$s.parked" "$parked"
+            if [ "${parked:-0}" -gt 0 ]; then
+                rec b "$r" "$s.rss_per_conn" "$(awk -v a="$rss0" -v b="$rss1" -v n="$parked" 'BEGIN { print (b - a) * 1024 / n }')"
+            fi
+            wrk_rec b "$r" "$s.idle" "$PORT"
+            SAMPLE_PID=""
+            idle_close
+            rec b "$r" "$s.open_end" "$(idle_field open)"
+            log "  b r$r $s: $(idle_field parked) of $IDLE_B idle connections served (attempted $(idle_field attempted)), open at end $(idle_field open), RSS ${rss0} -> ${rss1} KiB"
+            stop_server "$SPID" "$JOB"
+        done
+        next_port
+        start_server handoff-evmpm "$PORT"
+        timeout 60 "$TMP/bin/handoff" client "$PORT" 2000 64 $CONNS >/dev/null || true
+        rss0=$(rss_of "$SPID")
+        idle_open "$PORT" "$IDLE_B"
+        sleep 0.5
+        rss1=$(rss_of "$SPID")
+        parked=$(idle_field parked)
+        rec b "$r" echo.parked "$parked"
+        if [ "${parked:-0}" -gt 0 ]; then
+            rec b "$r" echo.rss_per_conn "$(awk -v a="$rss0" -v b="$rss1" -v n="$parked" 'BEGIN { print (b - a) * 1024 / n }')"
+        fi
+        idle_close
+        rec b "$r" echo.open_end "$(idle_field open)"
+        log "  b r$r echo server: RSS ${rss0} -> ${rss1} KiB with $parked idle connections"
+        stop_server "$SPID" "$JOB"
+    done
+}
+
+# ---- d: flatness with 0, some and many idle connections ------------------------------
+
+scenario_d() {
+    local r n port spid job
+    log "scenario d: hello_evmpm with $IDLE_D idle connections"
+    next_port
+    start_server evmpm "$PORT" $EVMPM_WORKERS
+    port=$PORT spid=$SPID job=$JOB
+    warm_up "$port"
+    for r in $(seq "$ROUNDS"); do
+        for n in $(rotate "$IDLE_D" "$r"); do
+            if [ "$n" -gt 0 ]; then
+                idle_open "$port" "$n"
+                rec d "$r" "idle$n.parked" "$(idle_field parked)"
+            fi
+            rec d "$r" "idle$n.rss_before" "$(rss_of "$spid")"
+            wrk_rec d "$r" "idle$n" "$port"
+            if [ "$n" -gt 0 ]; then
+                idle_close
+                rec d "$r" "idle$n.open_end" "$(idle_field open)"
+                sleep 1 # let the server close what was reset
+            fi
+        done
+    done
+    stop_server "$spid" "$job"
+}
+
+# ---- e: the hand-off path, ping-pong on one connection and on many --------------------
+
+# One connection: every request is a full trip event thread -> run queue ->
+# worker -> park, with a wake-up at each step. CONNS connections at once: the
+# same path with work in flight, where wake-ups are shared. The server's CPU
+# time (user + system, from /proc) per round trip comes with each figure.
+# Round trips per run: twice as many with many connections, which go
+# faster, so that the server's CPU time (in clock ticks) stays precise.
+handoff_n() { [ "$1" = 1 ] && echo "$HANDOFF_N" || echo $((2 * HANDOFF_N)); }
+
+scenario_e() {
+    local r v c n ns t0 t1 key
+    declare -A H_PORT H_SPID H_JOB
+    log "scenario e: hand-off micro-benchmark, $HANDOFF_N round trips of 64 bytes"
+    for v in $HANDOFFS; do
+        next_port
+        start_server "$v" "$PORT"
+        H_PORT[$v]=$PORT
+        H_SPID[$v]=$SPID
+        H_JOB[$v]=$JOB
+    done
+    for r in $(seq "$ROUNDS"); do
+        for c in 1 $CONNS; do
+            for v in $(rotate "$HANDOFFS" "$r"); do
+                key=$v.c$c
+                n=$(handoff_n "$c")
+                t0=$(cpu_ticks "${H_SPID[$v]}")
+                ns=$(timeout 300 "$TMP/bin/handoff" client "${H_PORT[$v]}" "$n" 64 "$c" |
+                    sed -n 's/^ns_per_request=\([0-9]*\).*/\1/p' || true)
+                t1=$(cpu_ticks "${H_SPID[$v]}")
+                rec e "$r" "$key.ns" "${ns:-nan}"
+                # The CPU time covers the 1,000 warm-up round trips as well.
+                rec e "$r" "$key.cpu" "$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n=$((n + 1000)) 'BEGIN { print (b - a) * 1e9 / hz / n }')"
+                log "  e r$r $v, $c connection(s): ${ns:-?} ns per round trip"
+            done
+        done
+    done
+    for v in $HANDOFFS; do stop_server "${H_SPID[$v]}" "${H_JOB[$v]}"; done
+}
+
+# ---- f: system calls per request ----------------------------------------------------
+
+# counted_run KIND WORKERS LOAD OUT: runs the server under the syscall counter
+# and LOAD ("idle", "wrk", "wrkclose" or "pingpong:N:CONNS") against it, then
+# stops it. The counts go to OUT.counts as "name count" lines; wrk's output
+# to OUT.wrk.
+counted_run() {
+    local kind=$1 workers=$2 load=$3 out=$4 spec
+    next_port
+    case $SYSCOUNT in
+    perf) WRAP=(perf stat -x, -o "$out.raw" -e "$PERF_EVENTS" --) ;;
+    strace) WRAP=(strace -f -c -o "$out.raw" --) ;;
+    esac
+    start_server "$kind" "$PORT" "$workers"
+    WRAP=()
+    case $load in
+    idle) sleep "$SYSC_DUR" ;;
+    wrk) DUR=$SYSC_DUR run_wrk "$out.wrk" "$PORT" ;;
+    wrkclose) DUR=$SYSC_DUR run_wrk "$out.wrk" "$PORT" -H 'Connection: close' ;;
+    pingpong:*)
+        spec=${load#pingpong:}
+        timeout 300 "$TMP/bin/handoff" client "$PORT" "${spec%%:*}" 64 "${spec#*:}" >/dev/null || true
+        ;;
+    esac
+    stop_server "$SPID" "$JOB"
+    if [ $SYSCOUNT = perf ]; then
+        awk -F, '$1 ~ /^[0-9]+$/ && $1 > 0 {
+            n = $3; sub(/^syscalls:sys_enter_/, "", n); sub(/^raw_syscalls:sys_enter$/, "total", n); print n, $1
+        }' \
+            "$out.raw" >"$out.counts"
+    else
+        awk 'NF >= 5 && $(NF) != "syscall" && $(NF) != "total" && $1 ~ /^[0-9.]+$/ { print $(NF), $4 }' \
+            "$out.raw" >"$out.counts"
+    fi
+}
+
+# per_request LOADED BASE REQUESTS: "total: top" where total is syscalls per
+# request and top lists the largest per-request counts by name. "total" in
+# the counts is every syscall; without it, the named ones are summed.
+per_request() {
+    awk -v req="$3" '
+    FILENAME == ARGV[1] { base[$1] = $2; next }
+    { n[$1] = $2 - base[$1] }
+    END {
+        for (k in n) if (k != "total") { if (n[k] < 0) n[k] = 0; named += n[k] }
+        total = named
+        if ("total" in n) { total = n["total"]; if (total > named) n["other"] = total - named; delete n["total"] }
+        line = sprintf("**%.2f**", total / req)
+        for (i = 0; i < 7; i++) {
+            best = ""; for (k in n) if (best == "" || n[k] > n[best]) best = k
+            if (best == "" || n[best] / req < 0.05) break
+            line = line sprintf("%s%s %.2f", i ? ", " : ": ", best, n[best] / req); delete n[best]
+        }
+        print line
+    }' "$2" "$1"
+}
+
+declare -A SYSC
+scenario_f() {
+    local s w load req small big v c
+    [ $SYSCOUNT != none ] || { log "scenario f skipped: neither perf nor strace works here"; return 0; }
+    log "scenario f: syscalls per request (counted with $SYSCOUNT)"
+    for s in $SERVERS4; do
+        w=""
+        [ $s = evmpm ] && w=$EVMPM_WORKERS
+        [ $s = blocking ] && w=$BLOCKING_WORKERS
+        counted_run $s "$w" idle "$TMP/out/sysc.$s.idle"
+        for load in wrk wrkclose; do
+            counted_run $s "$w" $load "$TMP/out/sysc.$s.$load"
+            read -r _ _ req _ < <(parse_wrk "$TMP/out/sysc.$s.$load.wrk")
+            if [ "${req:-0}" -gt 0 ]; then
+                SYSC[$s.$load]=$(per_request "$TMP/out/sysc.$s.$load.counts" "$TMP/out/sysc.$s.idle.counts" "$req")
+            else
+                SYSC[$s.$load]="n/a (no requests served)"
+            fi
+            log "  f $s $load: ${SYSC[$s.$load]}"
+        done
+    done
+    # The hand-off servers: a long and a short ping-pong run; the difference
+    # is the cost of the extra round trips alone (start, warm-up and stop
+    # cancel out).
+    small=2
+    big=$((HANDOFF_N / 4 > 5000 ? HANDOFF_N / 4 : 5000))
+    for v in $HANDOFFS; do
+        for c in 1 $CONNS; do
+            counted_run "$v" "" "pingpong:$small:$c" "$TMP/out/sysc.$v.c$c.small"
+            counted_run "$v" "" "pingpong:$big:$c" "$TMP/out/sysc.$v.c$c.big"
+            SYSC[$v.c$c]=$(per_request "$TMP/out/sysc.$v.c$c.big.counts" "$TMP/out/sysc.$v.c$c.small.counts" $((big - small)))
+            log "  f $v, $c connection(s): ${SYSC[$v.c$c]}"
+        done
+    done
+}
+
+if want a || want c; then scenarios_a_c; fi
+if want b; then scenario_b; fi
+if want d; then scenario_d; fi
+if want e; then scenario_e; fi
+if want f; then scenario_f; fi
+
+T_END=$(date +%s)
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---- report ---------------------------------------------------------------------------
+
+name_of() {
+    case $1 in
+    evmpm) echo hello_evmpm ;;
+    blocking) echo hello_blocking ;;
+    nginx) echo nginx ;;
+    apache) echo "Apache httpd (event)" ;;
+    handoff-threads) echo "thread per connection" ;;
+    handoff-evmpm) echo "evmpm" ;;
+    handoff-ready) echo "evmpm + request_ready" ;;
+    esac
+}
+workers_of() {
+    case $1 in
+    evmpm) echo "$EVMPM_WORKERS workers" ;;
+    blocking) echo "$BLOCKING_WORKERS threads max" ;;
+    nginx) echo "2 worker processes" ;;
+    apache) echo "2 × $APACHE_THREADS threads" ;;
+    esac
+}
+idle_word() { [ "$1" = 0 ] && echo "none" || fmt_int "$1"; }
+cell() { [ -z "$1" ] && echo "n/a" || echo "$1"; }
+
+fmt_unit() { case $1 in x) fmt_x "$2" ;; B) fmt_b "$2" ;; n) fmt_int "$2" ;; esac; }
+
+# target_row TEXT STATS PICK OP THRESHOLD UNIT: one row of the targets table.
+# STATS is "median min max count"; PICK says which of them decides (med for
+# ratios; min or max where every round must meet the target); UNIT is x, B
+# or n (a count).
+target_row() {
+    local text=$1 pick=$3 op=$4 thr=$5 unit=$6 m lo hi n v shown range verdict
+    read -r m lo hi n <<<"$2"
+    case $pick in med) v=$m ;; min) v=$lo ;; max) v=$hi ;; esac
+    shown=$(fmt_unit "$unit" "$v")
+    [ "$pick" != med ] && shown="$shown ($pick of $n rounds)"
+    range=$([ "$n" -gt 0 ] && echo "$(fmt_unit "$unit" "$lo") – $(fmt_unit "$unit" "$hi")" || echo "n/a")
+    verdict=$(awk -v v="$v" -v t="$thr" -v op="$op" 'BEGIN {
+        if (v == "nan") { print "not measured"; exit }
+        if (op == ">=") ok = v + 0 >= t + 0; else ok = v + 0 <= t + 0
+        if (ok) { print "**met**"; exit }
+        if (op == ">=") printf "**missed**: %.0f%% short\n", (t - v) * 100 / t
+        else printf "**missed**: %.0f%% over\n", (v - t) * 100 / t
+    }')
+    echo "| $text | $([ "$op" = ">=" ] && echo "≥" || echo "≤") $(fmt_unit "$unit" "$thr") | $shown | $range | $verdict |"
+}
+
+targets() {
+    local dmax=0 n
+    for n in $IDLE_D; do [ "$n" -gt $dmax ] && dmax=$n; done
+    echo "## Targets"
+    echo
+    if [ "$MODE" = quick ]; then
+        echo "Quick mode: $(fmt_int "$IDLE_B") idle connections stand in for $(fmt_int $IDLE_TARGET) and $(fmt_int "$dmax") parked for $(fmt_int $PARKED_TARGET), with ${DUR} s runs; a full run is what the targets are about."
+        echo
+    fi
+    echo "Measured: the median of the per-round ratios (servers interleaved within each round), or, where every round must meet the target, the worst round. Range: the lowest and highest round."
+    echo
+    echo "| target | wanted | measured | rounds | verdict |"
+    echo "|---|---:|---:|---:|---|"
+    if want a; then
+        target_row "a. keep-alive req/s, hello_evmpm ÷ hello_blocking" "$(ratios a evmpm.rps blocking.rps | summary)" med ">=" 1.0 x
+        target_row "a. keep-alive req/s, hello_evmpm ÷ nginx (2 worker processes)" "$(ratios a evmpm.rps nginx.rps | summary)" med ">=" 1.0 x
+        target_row "a. keep-alive req/s, hello_evmpm ÷ Apache httpd (event MPM)" "$(ratios a evmpm.rps apache.rps | summary)" med ">=" 3.0 x
+        target_row "a. keep-alive p99, hello_evmpm ÷ nginx" "$(ratios a evmpm.p99 nginx.p99 | summary)" med "<=" 1.0 x
+    fi
+    if want b; then
+        target_row "b. req/s with $(fmt_int "$IDLE_B") idle held ÷ without, hello_evmpm" "$(ratios b evmpm.idle.rps evmpm.noidle.rps | summary)" med ">=" 0.95 x
+        target_row "b. idle connections still open at the end, hello_evmpm" "$(vals b evmpm.open_end | summary)" min ">=" "$IDLE_B" n
+        target_row "b. threads under load with idle held, hello_evmpm (workers + 2)" "$(vals b evmpm.idle.threads | summary)" max "<=" $((EVMPM_WORKERS + 2)) n
+        target_row "b. RSS growth per idle connection, hello_evmpm" "$(vals b evmpm.rss_per_conn | summary)" med "<=" 300 B
+    fi
+    if want c; then
+        target_row "c. connection-per-request rate, hello_evmpm ÷ nginx" "$(ratios c evmpm.rps nginx.rps | summary)" med ">=" 1.0 x
+    fi
+    if want d; then
+        target_row "d. req/s with $(fmt_int "$dmax") parked ÷ with none, hello_evmpm" "$(ratios d "idle$dmax.rps" idle0.rps | summary)" med ">=" 0.95 x
+    fi
+}
+
+report() {
+    local s n v c sc
+    echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode)"
+    echo
+    echo "Command: \`$COMMAND_LINE\`"
+    echo
+    echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r). Load generator on the same machine."
+    echo "- The machine was shared with other work (builds, tests) while this ran: load average $LOAD_START at the start, $LOAD_END at the end. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round."
+    if [ -z "$GIT_DIRTY" ]; then
+        echo "- evmpm: commit $GIT_COMMIT, no uncommitted changes in the sources measured (src, include, examples-c, bench, Cargo files); release build, C programs built with -O2."
+    else
+        echo "- evmpm: commit $GIT_COMMIT **with uncommitted changes** in: $GIT_DIRTY. Release build, C programs built with -O2."
+    fi
+    echo "- Tools: $($NGINX -v 2>&1 | sed 's/^nginx version: //'), $($APACHE -v | sed -n 's/^Server version: //p'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
+    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body; $ROUNDS rounds per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
+    echo "- Servers: hello_evmpm with $EVMPM_WORKERS workers; hello_blocking with $BLOCKING_WORKERS threads at most ($BLOCKING_MAX_WORKERS in b; a thread per connection: with 16 it would serve only 16 of the $CONNS connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
+    echo "- Run time: $((T_END - T_START)) s."
+    echo
+    targets
+    if want a; then
+        echo
+        echo "## a. Keep-alive, $CONNS connections"
+        echo
+        echo "| server | workers | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | threads under load | RSS under load |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        for s in $SERVERS4; do
+            echo "| $(name_of $s) | $(workers_of $s) | $(fmt_int "$(med a $s.rps)") | $(fmt_ms "$(med a $s.p99)") | $(fmt_x "$(ratio a evmpm.rps $s.rps)") | $(fmt_x "$(ratio a evmpm.p99 $s.p99)") | $(fmt_int "$(med a $s.threads)") | $(fmt_mib "$(med a $s.rss)") |"
+        done
+    fi
+    if want b; then
+        echo
+        echo "## b. Keep-alive, $CONNS connections, with $(idle_word "$IDLE_B") idle keep-alive connections held open"
+        echo
+        echo "Each server is started fresh in each round, measured without idle connections, then again on the same process with them held. Idle connections: each sent one request and read its answer, then stays silent; \"open at end\" counts those the server had not closed when the run with them ended. RSS per idle connection: the growth of the server's RSS (all its processes) when they were opened, divided by their number."
+        echo
+        echo "| server | idle attempted / served / open at end | req/s without → with | with ÷ without | p99 without → with | with ÷ without | threads under load, without → with | RSS before → with idle | RSS per idle conn | wrk errors with idle |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for s in $SERVERS4; do
+            echo "| $(name_of $s) | $(fmt_int "$(med b $s.attempted)") / $(fmt_int "$(med b $s.parked)") / $(fmt_int "$(med b $s.open_end)") | $(fmt_int "$(med b $s.noidle.rps)") → $(fmt_int "$(med b $s.idle.rps)") | $(fmt_x "$(ratio b $s.idle.rps $s.noidle.rps)") | $(fmt_ms "$(med b $s.noidle.p99)") → $(fmt_ms "$(med b $s.idle.p99)") | $(fmt_x "$(ratio b $s.idle.p99 $s.noidle.p99)") | $(fmt_int "$(med b $s.noidle.threads)") → $(fmt_int "$(med b $s.idle.threads)") | $(fmt_mib "$(med b $s.rss_before)") → $(fmt_mib "$(med b $s.rss_idle)") | $(fmt_b "$(med b $s.rss_per_conn)") | $(fmt_int "$(med b $s.idle.errors)") |"
+        done
+        echo
+        echo "With the idle connections held, hello_evmpm ÷ each: req/s $(for s in blocking nginx apache; do printf '%s %s; ' "$(name_of $s)" "$(fmt_x "$(ratio b evmpm.idle.rps $s.idle.rps)")"; done | sed 's/; $//'); p99 $(for s in blocking nginx apache; do printf '%s %s; ' "$(name_of $s)" "$(fmt_x "$(ratio b evmpm.idle.p99 $s.idle.p99)")"; done | sed 's/; $//')."
+        for s in $SERVERS4; do
+            if [ "$(med b $s.idle.rps)" = 0 ]; then
+                echo
+                echo "$(name_of $s) served no request while the idle connections were held: they took every connection it will hold at once, and the load's connections waited in its listen queue until the end of the run. Ratios against it are n/a."
+            fi
+        done
+        echo
+        echo "evmpm alone (the hand-off echo server of bench/handoff.c, which keeps no per-connection record): $(fmt_b "$(med b echo.rss_per_conn)") of RSS per idle connection, $(fmt_int "$(med b echo.open_end)") of $(fmt_int "$(med b echo.parked)") open at the end. The difference to hello_evmpm is the example's own per-connection record (\`struct conn\`, an 8 KiB read buffer allocated on the first request and kept while the connection is parked)."
+    fi
+    if want c; then
+        echo
+        echo "## c. Connection per request (\`-H 'Connection: close'\`), $CONNS connections"
+        echo
+        echo "| server | connections/s | p99 | hello_evmpm ÷ this (rate) | hello_evmpm ÷ this (p99) | threads under load | wrk errors |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        for s in $SERVERS4; do
+            echo "| $(name_of $s) | $(fmt_int "$(med c $s.rps)") | $(fmt_ms "$(med c $s.p99)") | $(fmt_x "$(ratio c evmpm.rps $s.rps)") | $(fmt_x "$(ratio c evmpm.p99 $s.p99)") | $(fmt_int "$(med c $s.threads)") | $(fmt_int "$(med c $s.errors)") |"
+        done
+    fi
+    if want d; then
+        echo
+        echo "## d. Flatness: hello_evmpm, keep-alive, $CONNS connections, with idle connections parked"
+        echo
+        echo "One server process throughout; the levels take turns in rotating order within each round."
+        echo
+        echo "| parked conns | req/s | p99 | req/s ÷ none parked | p99 ÷ none parked | RSS before the run | parked conns open at end |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|"
+        for n in $IDLE_D; do
+            echo "| $(idle_word "$n") | $(fmt_int "$(med d idle$n.rps)") | $(fmt_ms "$(med d idle$n.p99)") | $(fmt_x "$(ratio d idle$n.rps idle0.rps)") | $(fmt_x "$(ratio d idle$n.p99 idle0.p99)") | $(fmt_mib "$(med d idle$n.rss_before)") | $([ "$n" = 0 ] && echo — || fmt_int "$(med d idle$n.open_end)") |"
+        done
+    fi
+    if want e; then
+        echo
+        echo "## e. Hand-off path: echo servers, 64-byte ping-pongs ($(fmt_int "$(handoff_n 1)") per run on 1 connection, $(fmt_int "$(handoff_n $CONNS)") on $CONNS)"
+        echo
+        echo "An echo server whose handler reads what is there, writes it back and parks the connection: each request goes event thread → run queue → worker → park → event thread. \"1 connection\": sequential round trips, the latency of one trip through the path with nothing to batch. \"$CONNS connections\": all in ping-pong at once; ns per request is wall time ÷ round trips (the client's share included; client and server share the $(nproc) cores). Server CPU: user + system time of the server process per round trip. The thread-per-connection server is the same read/write loop on a thread per connection: the floor a blocking server pays. Syscalls: counted in separate runs under the counter (a long run minus a short one, so start, warm-up and stop cancel out)."
+        echo
+        echo "| echo server | connections | ns per request | ÷ thread per connection | server CPU per request | server syscalls per request$([ $SYSCOUNT != none ] && echo " ($SYSCOUNT)") |"
+        echo "|---|---:|---:|---:|---:|---|"
+        for c in 1 $CONNS; do
+            for v in $HANDOFFS; do
+                echo "| $(name_of $v) | $c | $(fmt_int "$(med e $v.c$c.ns)") | $(fmt_x "$(ratio e $v.c$c.ns handoff-threads.c$c.ns)") | $(fmt_int "$(med e $v.c$c.cpu)") ns | $(cell "${SYSC[$v.c$c]:-}") |"
+            done
+        done
+    fi
+    if want f && [ $SYSCOUNT != none ]; then
+        echo
+        echo "## f. System calls per request, $CONNS connections"
+        echo
+        echo "Server processes only, counted with $SYSCOUNT over ${SYSC_DUR} s of wrk load on a fresh server; the count of an idle run of the same length is subtracted. Bold: all system calls; then the most frequent by name."
+        echo
+        echo "| server | keep-alive | connection per request |"
+        echo "|---|---|---|"
+        for s in $SERVERS4; do
+            echo "| $(name_of $s) | $(cell "${SYSC[$s.wrk]:-}") | $(cell "${SYSC[$s.wrkclose]:-}") |"
+        done
+    fi
+}
+
+mkdir -p "$ROOT/bench/results"
+SUFFIX=$([ "$MODE" = quick ] && echo -quick || true)$([ $ALL_SCENARIOS = 1 ] || echo "-only-$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')")
+RESULT=$ROOT/bench/results/$(date +%F)$SUFFIX.md
+report >"$TMP/report.md"
+cat "$TMP/report.md"
+cp "$TMP/report.md" "$RESULT"
+log "written to ${RESULT#"$ROOT"/}"
