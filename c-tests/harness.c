@@ -555,14 +555,18 @@ int line_server_stop_only(struct line_server *s, uint32_t timeout_ms) {
     return rc;
 }
 
-int line_server_stop(struct line_server *s, uint32_t timeout_ms) {
-    int rc = line_server_stop_only(s, timeout_ms);
+void line_server_destroy(struct line_server *s) {
     watchdog_arm(5000, "evmpm_destroy did not return within 5 s");
     CHECK_OK(evmpm_destroy(s->rt));
     watchdog_disarm();
     s->rt = NULL;
     close(s->listen_fd);
     s->listen_fd = -1;
+}
+
+int line_server_stop(struct line_server *s, uint32_t timeout_ms) {
+    int rc = line_server_stop_only(s, timeout_ms);
+    line_server_destroy(s);
     return rc;
 }
 

@@ -186,6 +186,10 @@ int line_server_stop(struct line_server *s, uint32_t timeout_ms);
 /* evmpm_stop under the watchdog (it must return about at its deadline);
  * sets stop_called first. */
 int line_server_stop_only(struct line_server *s, uint32_t timeout_ms);
+/* evmpm_destroy under the watchdog, then closes the listener: frees a
+ * runtime the test stopped itself (or one still running, which destroy
+ * stops with a deadline of 0). */
+void line_server_destroy(struct line_server *s);
 void line_server_release_holds(struct line_server *s);
 /* Lets exactly one HOLD (whichever looks first) end. */
 void line_server_release_one_hold(struct line_server *s);

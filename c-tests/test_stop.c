@@ -42,16 +42,6 @@ static int join_stop(struct stopper *st) {
     return st->rc;
 }
 
-/* Frees a runtime the test stopped itself. */
-static void destroy(struct line_server *s) {
-    watchdog_arm(5000, "evmpm_destroy did not return within 5 s");
-    CHECK_OK(evmpm_destroy(s->rt));
-    watchdog_disarm();
-    s->rt = NULL;
-    close(s->listen_fd);
-    s->listen_fd = -1;
-}
-
 static void graceful_stop_finishes_in_flight_requests(void) {
     struct line_server s;
     evmpm_config cfg;
@@ -84,7 +74,7 @@ static void graceful_stop_finishes_in_flight_requests(void) {
     CHECK_EQ(atomic_load(&s.closes), 4);
     CHECK_EQ(line_server_stats(&s).connections, 0);
     CHECK_EQ(line_server_stats(&s).timed_out, 0);
-    destroy(&s);
+    line_server_destroy(&s);
     close(idle);
     close(queued);
     close(silent);
@@ -139,7 +129,7 @@ static void stop_deadline_with_a_handler_blocked_forever(void) {
     line_server_release_holds(&s);
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
     WAIT_UNTIL(atomic_load(&s.in_handler) == 0, 5000);
-    destroy(&s);
+    line_server_destroy(&s);
     close(fd);
     /* Everything the runtime held is gone once its last thread exits. */
     WAIT_UNTIL(open_fd_count() == baseline, 5000);
@@ -167,7 +157,7 @@ static void stop_waits_for_a_suspended_connection(void) {
     CHECK(wait_closed(fd, 5000));
     CHECK_OK(join_stop(&st));
     CHECK_EQ(atomic_load(&s.closes), 2);
-    destroy(&s);
+    line_server_destroy(&s);
     close(fd);
     close(idle);
 }
@@ -213,7 +203,7 @@ static void calls_after_stop_return_estopped(void) {
     CHECK_OK(evmpm_get_stats(s.rt, &st));
     CHECK_EQ(st.connections, 0);
     CHECK_EQ(st.accepted, 1);
-    destroy(&s);
+    line_server_destroy(&s);
     close(other);
     close(fd);
 }
@@ -238,7 +228,7 @@ static void conn_accessors_after_stop_return_estopped(void) {
     /* Nothing was written through the out-parameters. */
     CHECK(user == &user);
     CHECK_EQ(cfd, -2);
-    destroy(&s);
+    line_server_destroy(&s);
     close(fd);
 }
 
@@ -292,7 +282,7 @@ static void destroy_stops_a_running_runtime(void) {
     fd = line_client(&s);
     /* No evmpm_stop: destroy stops with a deadline of 0 itself. */
     atomic_store(&s.stop_called, 1);
-    destroy(&s);
+    line_server_destroy(&s);
     CHECK(wait_closed(fd, 5000));
     CHECK_EQ(atomic_load(&s.closes), 1);
     close(fd);
