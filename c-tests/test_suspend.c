@@ -28,11 +28,12 @@ static void *call_main(void *arg) {
     return NULL;
 }
 
-/* Runs k->fn on a new thread (neither a worker nor the event thread) and
+/* Runs fn(k) on a new thread (neither a worker nor the event thread) and
  * returns its result. */
-static int on_thread(struct call *k) {
+static int on_thread(struct call *k, int (*fn)(struct call *k)) {
     struct call_thread t;
     pthread_t th;
+    k->fn = fn;
     t.k = k;
     t.rc = 1;
     CHECK(pthread_create(&th, NULL, call_main, &t) == 0);
@@ -50,6 +51,13 @@ static evmpm_conn suspend(struct line_server *s, int fd) {
                5000);
     CHECK_EQ(line_server_stats(s).conns_suspended, 1);
     return (evmpm_conn)atomic_load(&s->suspended_conn);
+}
+
+/* Suspends the connection of client `fd` (k->conn from then on), then ends
+ * the suspension with fn(k) on a thread of the test's own; its result. */
+static int suspend_then(struct call *k, int fd, int (*fn)(struct call *k)) {
+    k->conn = suspend(k->s, fd);
+    return on_thread(k, fn);
 }
 
 static int hand_back(struct call *k) { return evmpm_hand_back_to_worker(k->s->rt, k->conn); }
@@ -84,13 +92,13 @@ static void hand_back_from_another_thread(void) {
     CHECK_EQ(st.timed_out, 0);
     CHECK_EQ(st.workers_busy, 0);
     CHECK_EQ(atomic_load(&s.wake_resumed), 0);
-    CHECK_OK(on_thread((k.fn = hand_back, &k)));
+    CHECK_OK(on_thread(&k, hand_back));
     EXPECT_LINE(fd, "RESUMED");
     CHECK_EQ(atomic_load(&s.wake_resumed), 1);
     /* Parked again after the resumed run: a request is served, a second
      * hand-back is refused (not suspended) ... */
     ping(fd);
-    CHECK_EQ(on_thread(&k), EVMPM_ESTATE);
+    CHECK_EQ(on_thread(&k, hand_back), EVMPM_ESTATE);
     /* ... and the keep-alive timeout applies again. */
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(line_server_stats(&s).keepalive_expired == 1, 5000);
@@ -130,15 +138,13 @@ static void complete_write_from_another_thread(void) {
     k.s = &s;
     /* With keep-alive: the response arrives, then the connection serves
      * the next request. */
-    k.conn = suspend(&s, fd);
-    CHECK_OK(on_thread((k.fn = write_keepalive, &k)));
+    CHECK_OK(suspend_then(&k, fd, write_keepalive));
     EXPECT_LINE(fd, "WRITTEN");
     WAIT_UNTIL(atomic_load(&written_releases) == 1, 5000);
     ping(fd);
     CHECK_EQ(line_server_stats(&s).conns_suspended, 0);
     /* Without: the response arrives, then the connection closes. */
-    k.conn = suspend(&s, fd);
-    CHECK_OK(on_thread((k.fn = write_and_close, &k)));
+    CHECK_OK(suspend_then(&k, fd, write_and_close));
     EXPECT_LINE(fd, "WRITTEN");
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
@@ -180,19 +186,18 @@ static void close_from_another_thread(void) {
     line_server_start(&s, &cfg);
     fd = line_client(&s);
     k.s = &s;
-    k.conn = suspend(&s, fd);
-    CHECK_OK(on_thread((k.fn = close_and_check, &k)));
+    CHECK_OK(suspend_then(&k, fd, close_and_check));
     CHECK(wait_closed(fd, 5000));
     /* Taken from the host: while the runtime lingers on it the handle is
      * refused as ESTATE, once it is gone as ESTALE. */
     {
-        int rc = on_thread((k.fn = hand_back, &k));
+        int rc = on_thread(&k, hand_back);
         if (rc != EVMPM_ESTATE && rc != EVMPM_ESTALE)
             harness_fail(__FILE__, __LINE__, "hand-back after close returned %d", rc);
     }
     close(fd);
     WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
-    CHECK_EQ(on_thread(&k), EVMPM_ESTALE);
+    CHECK_EQ(on_thread(&k, hand_back), EVMPM_ESTALE);
     CHECK_OK(line_server_stop(&s, 1000));
     CHECK_EQ(atomic_load(&s.closes), 1);
     CHECK_EQ(atomic_load(&s.double_closes), 0);
@@ -214,8 +219,7 @@ static void park_from_another_thread(void) {
     fd = line_client(&s);
     k.s = &s;
     /* Parked: back on the event thread, the next request wakes it. */
-    k.conn = suspend(&s, fd);
-    CHECK_OK(on_thread((k.fn = park_plain, &k)));
+    CHECK_OK(suspend_then(&k, fd, park_plain));
     WAIT_UNTIL(line_server_stats(&s).conns_keepalive == 1, 5000);
     CHECK_EQ(line_server_stats(&s).conns_suspended, 0);
     ping(fd);
@@ -223,8 +227,7 @@ static void park_from_another_thread(void) {
     /* Parked as buffered: the handler runs at once, without polling (it
      * then blocks reading the next request, as a thread-per-connection
      * server would). */
-    k.conn = suspend(&s, fd);
-    CHECK_OK(on_thread((k.fn = park_buffered, &k)));
+    CHECK_OK(suspend_then(&k, fd, park_buffered));
     WAIT_UNTIL(atomic_load(&s.wake_buffered) == 1, 5000);
     ping(fd);
     CHECK_EQ(atomic_load(&s.wake_resumed), 0);
@@ -268,9 +271,9 @@ static void hand_back_before_handler_returns(void) {
     k.conn = (evmpm_conn)atomic_load(&s.suspended_conn);
     /* The suspending handler is still running. */
     CHECK_EQ(atomic_load(&s.in_handler), 1);
-    CHECK_OK(on_thread((k.fn = hand_back, &k)));
+    CHECK_OK(on_thread(&k, hand_back));
     /* Handed back already: a second hand-back finds it not suspended. */
-    CHECK_EQ(on_thread(&k), EVMPM_ESTATE);
+    CHECK_EQ(on_thread(&k, hand_back), EVMPM_ESTATE);
     atomic_store(&may_return, 1);
     /* The handler runs exactly once more, never alongside itself. */
     EXPECT_LINE(fd, "RESUMED");
