@@ -544,6 +544,12 @@ void line_server_start(struct line_server *s, const evmpm_config *cfg) {
     CHECK_OK(evmpm_start(s->rt));
 }
 
+void line_server_start_default(struct line_server *s) {
+    evmpm_config cfg;
+    line_server_config(s, &cfg);
+    line_server_start(s, &cfg);
+}
+
 int line_server_stop_only(struct line_server *s, uint32_t timeout_ms) {
     int rc;
     atomic_store(&s->stop_called, 1);

@@ -180,6 +180,8 @@ struct line_server {
 void line_server_config(struct line_server *s, evmpm_config *cfg);
 /* Creates, registers a fresh loopback listener and starts. */
 void line_server_start(struct line_server *s, const evmpm_config *cfg);
+/* line_server_config then line_server_start, every default kept. */
+void line_server_start_default(struct line_server *s);
 /* Stops with `timeout_ms`, destroys, closes the listener; returns stop's
  * code. */
 int line_server_stop(struct line_server *s, uint32_t timeout_ms);

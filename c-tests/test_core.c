@@ -8,11 +8,9 @@
 
 static void new_connection_reaches_handler(void) {
     struct line_server s;
-    evmpm_config cfg;
     evmpm_stats st;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     CHECK_EQ(atomic_load(&s.wake_new), 1);
     st = line_server_stats(&s);
@@ -102,11 +100,9 @@ static void read_timeout_closes_silent_client(void) {
 
 static void buffered_flag_skips_polling(void) {
     struct line_server s;
-    evmpm_config cfg;
     char line[64];
     int fd, i;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = connect_loopback(s.port);
     /* Three pipelined requests in one segment: the handler reads them all
      * in its first read, so the socket is empty for the second and third;
@@ -128,10 +124,8 @@ static void buffered_flag_skips_polling(void) {
 
 static void handler_returning_undecided_closes(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     send_str(fd, "RETURN\n");
     CHECK(wait_closed(fd, 5000));
@@ -142,10 +136,8 @@ static void handler_returning_undecided_closes(void) {
 
 static void peer_close_while_parked_runs_close_callback(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     WAIT_UNTIL(line_server_stats(&s).conns_keepalive == 1, 5000);
     close(fd);

@@ -104,12 +104,10 @@ static void stop_closes_idle_keepalive_at_once(void) {
 
 static void stop_deadline_with_a_handler_blocked_forever(void) {
     struct line_server s;
-    evmpm_config cfg;
     int64_t started, took;
     int baseline, fd, rc;
     baseline = open_fd_count();
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = connect_loopback(s.port);
     send_str(fd, "HOLD\n");
     WAIT_UNTIL(atomic_load(&s.in_handler) == 1, 5000);
@@ -138,11 +136,9 @@ static void stop_deadline_with_a_handler_blocked_forever(void) {
 
 static void stop_waits_for_a_suspended_connection(void) {
     struct line_server s;
-    evmpm_config cfg;
     struct stopper st;
     int fd, idle;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     send_str(fd, "SUSPEND\n");
     WAIT_UNTIL(line_server_stats(&s).conns_suspended == 1, 5000);
@@ -164,10 +160,8 @@ static void stop_waits_for_a_suspended_connection(void) {
 
 static void stop_deadline_closes_a_forgotten_suspended_connection(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     send_str(fd, "SUSPEND\n");
     WAIT_UNTIL(line_server_stats(&s).conns_suspended == 1, 5000);
@@ -179,13 +173,11 @@ static void stop_deadline_closes_a_forgotten_suspended_connection(void) {
 
 static void calls_after_stop_return_estopped(void) {
     struct line_server s;
-    evmpm_config cfg;
     evmpm_stats st;
     evmpm_conn conn;
     int fd, other_port, other;
     static const char data[] = "x";
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     /* A handle that was valid until the stop closed its connection. */
     fd = line_client(&s);
     conn = (evmpm_conn)atomic_load(&s.last_conn);
@@ -210,12 +202,10 @@ static void calls_after_stop_return_estopped(void) {
 
 static void conn_accessors_after_stop_return_estopped(void) {
     struct line_server s;
-    evmpm_config cfg;
     evmpm_conn conn;
     void *user = &user;
     int fd, cfd = -2;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     conn = (evmpm_conn)atomic_load(&s.last_conn);
     CHECK_OK(line_server_stop_only(&s, 1000));
@@ -274,11 +264,9 @@ static void two_runtimes_are_independent(void) {
 
 static void destroy_stops_a_running_runtime(void) {
     struct line_server s;
-    evmpm_config cfg;
     int baseline, fd;
     baseline = open_fd_count();
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     /* No evmpm_stop: destroy stops with a deadline of 0 itself. */
     atomic_store(&s.stop_called, 1);

@@ -129,11 +129,9 @@ static int write_and_close(struct call *k) {
 
 static void complete_write_from_another_thread(void) {
     struct line_server s;
-    evmpm_config cfg;
     struct call k;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     k.s = &s;
     /* With keep-alive: the response arrives, then the connection serves
@@ -211,11 +209,9 @@ static int park_buffered(struct call *k) {
 
 static void park_from_another_thread(void) {
     struct line_server s;
-    evmpm_config cfg;
     struct call k;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = line_client(&s);
     k.s = &s;
     /* Parked: back on the event thread, the next request wakes it. */

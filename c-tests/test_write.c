@@ -127,10 +127,8 @@ static void big_write_to_slow_reader_frees_the_worker(void) {
 
 static void small_write_completes_on_the_worker(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = connect_loopback(s.port);
     /* Fits in the socket buffer: sent before the worker lets go. */
     send_str(fd, "BIG 1000\n");
@@ -149,10 +147,8 @@ static void small_write_completes_on_the_worker(void) {
 
 static void bigclose_closes_after_the_write(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = stalled_reader(&s, "BIGCLOSE");
     /* The connection stays open until the last byte is sent ... */
     CHECK_EQ(atomic_load(&s.closes), 0);
@@ -243,10 +239,8 @@ static void slow_progress_is_not_a_write_timeout(void) {
 
 static void reset_mid_write_closes_once(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    line_server_config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    line_server_start_default(&s);
     fd = stalled_reader(&s, "BIG");
     read_body(fd, 0, 100 * 1024, 16 * 1024, 0);
     CHECK_EQ(line_server_stats(&s).conns_writing, 1);
