@@ -580,6 +580,16 @@ void line_server_release_holds(struct line_server *s) { atomic_store(&s->holds_r
 
 void line_server_release_one_hold(struct line_server *s) { atomic_fetch_add(&s->hold_tokens, 1); }
 
+evmpm_conn line_server_suspend_client(struct line_server *s, int fd) {
+    long before = atomic_load(&s->suspended_count);
+    send_str(fd, "SUSPEND\n");
+    WAIT_UNTIL(atomic_load(&s->suspended_count) == before + 1 && atomic_load(&s->in_handler) == 0 &&
+                   line_server_stats(s).workers_busy == 0,
+               5000);
+    CHECK_EQ(line_server_stats(s).conns_suspended, 1);
+    return (evmpm_conn)atomic_load(&s->suspended_conn);
+}
+
 int line_server_resume_suspended(struct line_server *s) {
     return evmpm_hand_back_to_worker(s->rt, (evmpm_conn)atomic_load(&s->suspended_conn));
 }

@@ -195,6 +195,10 @@ void line_server_destroy(struct line_server *s);
 void line_server_release_holds(struct line_server *s);
 /* Lets exactly one HOLD (whichever looks first) end. */
 void line_server_release_one_hold(struct line_server *s);
+/* Sends SUSPEND on client `fd` and waits until the handler has suspended
+ * and returned: the host holds the connection (the only suspended one)
+ * and no worker runs for it. Returns its handle. */
+evmpm_conn line_server_suspend_client(struct line_server *s, int fd);
 /* evmpm_hand_back_to_worker for the last SUSPENDed connection; its code. */
 int line_server_resume_suspended(struct line_server *s);
 evmpm_stats line_server_stats(struct line_server *s);

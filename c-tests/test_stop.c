@@ -140,8 +140,7 @@ static void stop_waits_for_a_suspended_connection(void) {
     int fd, idle;
     line_server_start_default(&s);
     fd = line_client(&s);
-    send_str(fd, "SUSPEND\n");
-    WAIT_UNTIL(line_server_stats(&s).conns_suspended == 1, 5000);
+    line_server_suspend_client(&s, fd);
     idle = line_client(&s);
     stop_in_background(&st, &s, 5000);
     /* Stop is under way once it closed the idle connection ... */
@@ -163,8 +162,7 @@ static void stop_deadline_closes_a_forgotten_suspended_connection(void) {
     int fd;
     line_server_start_default(&s);
     fd = line_client(&s);
-    send_str(fd, "SUSPEND\n");
-    WAIT_UNTIL(line_server_stats(&s).conns_suspended == 1, 5000);
+    line_server_suspend_client(&s, fd);
     CHECK_EQ(line_server_stop(&s, 200), EVMPM_ETIMEDOUT);
     CHECK(wait_closed(fd, 5000));
     CHECK_EQ(atomic_load(&s.closes), 1);

@@ -41,22 +41,10 @@ static int on_thread(struct call *k, int (*fn)(struct call *k)) {
     return t.rc;
 }
 
-/* Sends SUSPEND and waits until the handler has suspended and returned:
- * the host holds the connection and no worker runs for it. */
-static evmpm_conn suspend(struct line_server *s, int fd) {
-    long before = atomic_load(&s->suspended_count);
-    send_str(fd, "SUSPEND\n");
-    WAIT_UNTIL(atomic_load(&s->suspended_count) == before + 1 && atomic_load(&s->in_handler) == 0 &&
-                   line_server_stats(s).workers_busy == 0,
-               5000);
-    CHECK_EQ(line_server_stats(s).conns_suspended, 1);
-    return (evmpm_conn)atomic_load(&s->suspended_conn);
-}
-
 /* Suspends the connection of client `fd` (k->conn from then on), then ends
  * the suspension with fn(k) on a thread of the test's own; its result. */
 static int suspend_then(struct call *k, int fd, int (*fn)(struct call *k)) {
-    k->conn = suspend(k->s, fd);
+    k->conn = line_server_suspend_client(k->s, fd);
     return on_thread(k, fn);
 }
 
@@ -78,7 +66,7 @@ static void hand_back_from_another_thread(void) {
     line_server_start(&s, &cfg);
     fd = line_client(&s);
     k.s = &s;
-    k.conn = suspend(&s, fd);
+    k.conn = line_server_suspend_client(&s, fd);
     st = line_server_stats(&s);
     CHECK_EQ(st.workers_busy, 0);
     CHECK_EQ(st.conns_keepalive, 0);
