@@ -29,7 +29,6 @@ static void config(struct line_server *s, evmpm_config *cfg) {
 static void slow_request_holds_no_worker(void) {
     struct line_server s;
     evmpm_config cfg;
-    char line[64];
     int slow, fast;
     config(&s, &cfg);
     cfg.worker_threads = 1;
@@ -44,8 +43,7 @@ static void slow_request_holds_no_worker(void) {
     /* The reply can arrive before the worker has finished parking. */
     WAIT_UNTIL(line_server_stats(&s).workers_busy == 0, 5000);
     send_str(slow, "NG\n");
-    recv_line(slow, line, sizeof line, 5000);
-    CHECK(strcmp(line, "PONG") == 0);
+    EXPECT_LINE(slow, "PONG");
     CHECK_EQ(atomic_load(&s.handler_calls), 2);
     /* The handler's own read found the whole request: the low-water mark
      * the event thread raised while waiting is back to normal, so a second
@@ -60,7 +58,6 @@ static void dribbled_request_wakes_once_per_segment(void) {
     struct line_server s;
     evmpm_config cfg;
     const char *req = "ECHO dribble\n";
-    char line[64];
     size_t i;
     int fd;
     config(&s, &cfg);
@@ -72,8 +69,7 @@ static void dribbled_request_wakes_once_per_segment(void) {
          * at it before the next is sent, so the count below is exact. */
         WAIT_UNTIL(atomic_load(&ready_calls) == (long)i + 1, 5000);
     }
-    recv_line(fd, line, sizeof line, 5000);
-    CHECK(strcmp(line, "dribble") == 0);
+    EXPECT_LINE(fd, "dribble");
     /* One look per byte, no spinning on bytes already seen, one handler
      * call for the whole request. */
     CHECK_EQ(atomic_load(&ready_calls), (long)strlen(req));
@@ -146,7 +142,6 @@ static void rejected_request_closes_without_handler(void) {
 static void full_peek_window_goes_to_the_handler(void) {
     struct line_server s;
     evmpm_config cfg;
-    char line[64];
     int fd;
     config(&s, &cfg);
     cfg.request_peek_bytes = 16;
@@ -157,8 +152,7 @@ static void full_peek_window_goes_to_the_handler(void) {
      * as a thread-per-connection server would). */
     WAIT_UNTIL(atomic_load(&s.in_handler) == 1, 5000);
     send_str(fd, "\n");
-    recv_line(fd, line, sizeof line, 5000);
-    CHECK(strcmp(line, "0123456789abcdef") == 0);
+    EXPECT_LINE(fd, "0123456789abcdef");
     close(fd);
     CHECK_OK(line_server_stop(&s, 1000));
 }
@@ -166,7 +160,6 @@ static void full_peek_window_goes_to_the_handler(void) {
 static void partial_request_outlives_keepalive_timeout(void) {
     struct line_server s;
     evmpm_config cfg;
-    char line[64];
     int fd;
     config(&s, &cfg);
     cfg.keepalive_timeout_ms = 100;
@@ -178,8 +171,7 @@ static void partial_request_outlives_keepalive_timeout(void) {
      * keep-alive timeout: still open well after 100 ms. */
     CHECK(!wait_closed(fd, 400));
     send_str(fd, "NG\n");
-    recv_line(fd, line, sizeof line, 5000);
-    CHECK(strcmp(line, "PONG") == 0);
+    EXPECT_LINE(fd, "PONG");
     close(fd);
     CHECK_OK(line_server_stop(&s, 1000));
 }
