@@ -18,6 +18,7 @@ use crate::event_loop::Msg;
 use crate::ffi::types::{EVMPM_WAKE_BUFFERED, EVMPM_WAKE_RESUMED};
 use crate::runtime::{Phase, Runtime};
 use crate::stats::Counters;
+use crate::sync::Backoff;
 use crate::sys::{self, epoll, socket};
 use crate::timeouts::Kind;
 use crate::workers::Job;
@@ -65,17 +66,7 @@ impl Runtime {
     /// it came from.
     fn claim(&self, h: Handle, allowed: &[State], to: State) -> Result<(&Slot, State), Error> {
         let slot = self.slot_for(h)?;
-        loop {
-            let from = slot.state_of(h).map_err(|_| Error::Stale)?;
-            if !allowed.contains(&from) {
-                return Err(Error::State);
-            }
-            match slot.transition(h, from, to) {
-                Ok(()) => return Ok((slot, from)),
-                Err(Refused::Stale) => return Err(Error::Stale),
-                Err(Refused::State(_)) => continue, // raced with the worker
-            }
-        }
+        claim_in(h, slot, allowed, to).map(|from| (slot, from))
     }
 
     const HELD: [State; 3] = [State::Handler, State::SuspendReq, State::Suspended];
@@ -88,11 +79,11 @@ impl Runtime {
             } else {
                 State::ParkReq
             };
-            self.settle(h, slot, req);
+            settle(h, slot, req);
             return Ok(());
         }
         if buffered {
-            self.settle(h, slot, State::Queued);
+            settle(h, slot, State::Queued);
             self.workers.push(Job {
                 conn: h,
                 reason: EVMPM_WAKE_BUFFERED,
@@ -112,14 +103,10 @@ impl Runtime {
         h: Handle,
         make: impl FnOnce() -> PendingWrite,
     ) -> Result<(), Error> {
-        let (slot, from) = self.claim(h, &Self::HELD, State::Claimed)?;
-        // SAFETY: Claimed makes this thread the connection's owner.
-        unsafe { slot.put_write(make()) };
-        if from == State::Suspended {
+        let slot = self.slot_for(h)?;
+        if store_write(h, slot, make)? {
             let next = self.write_owned(h, slot, State::Claimed);
             self.hand_over(h, next);
-        } else {
-            self.settle(h, slot, State::WriteReq);
         }
         Ok(())
     }
@@ -127,11 +114,11 @@ impl Runtime {
     pub fn host_close(&self, h: Handle) -> Result<(), Error> {
         let (slot, from) = self.claim(h, &Self::HELD, State::Claimed)?;
         if from == State::Suspended {
-            self.settle(h, slot, State::Closing);
+            settle(h, slot, State::Closing);
             let next = self.close_owned(h, slot, CloseHow::Linger);
             self.hand_over(h, next);
         } else {
-            self.settle(h, slot, State::CloseReq);
+            settle(h, slot, State::CloseReq);
         }
         Ok(())
     }
@@ -142,12 +129,8 @@ impl Runtime {
     }
 
     pub fn host_hand_back(&self, h: Handle) -> Result<(), Error> {
-        let (slot, from) = self.claim(h, &[State::SuspendReq, State::Suspended], State::Claimed)?;
-        if from == State::SuspendReq {
-            // The handler has not returned yet; its worker runs it again.
-            self.settle(h, slot, State::ResumeReq);
-        } else {
-            self.settle(h, slot, State::Queued);
+        let slot = self.slot_for(h)?;
+        if hand_back(h, slot)? == HandBack::Queue {
             self.workers.push(Job {
                 conn: h,
                 reason: EVMPM_WAKE_RESUMED,
@@ -156,48 +139,19 @@ impl Runtime {
         Ok(())
     }
 
-    /// Ends a Claimed (or other owned) state: a CAS, so it waits out a stop
-    /// that is shutting the socket down at this instant.
-    fn settle(&self, h: Handle, slot: &Slot, to: State) {
-        let from = slot.state_of(h).unwrap_or(State::Claimed);
-        let _ = slot.transition(h, from, to);
-    }
-
     /// The worker's step after the handler returned: carries out what the
     /// host asked for. Returns the wake reason when the handler must run
     /// again on this worker.
     pub fn finish_handler(&self, h: Handle, slot: &Slot) -> Option<c_int> {
-        let backoff = crossbeam_utils::Backoff::new();
-        loop {
-            let state = slot.state_of(h).ok()?;
-            let next = match state {
-                // Returning without a decision closes the connection.
-                State::Handler | State::CloseReq => State::Closing,
-                State::ParkReq | State::WriteReq => State::Claimed,
-                State::ParkBufferedReq | State::ResumeReq => State::Handler,
-                State::SuspendReq => State::Suspended,
-                State::Claimed => {
-                    // Another thread is inside evmpm_complete_write for this
-                    // suspended connection; it finishes in a moment.
-                    backoff.snooze();
-                    continue;
-                }
-                _ => return None,
-            };
-            if slot.transition(h, state, next).is_err() {
-                continue;
-            }
-            let handoff = match state {
-                State::Handler | State::CloseReq => self.close_owned(h, slot, CloseHow::Linger),
-                State::ParkReq => self.park_or_close(h, slot, State::Claimed),
-                State::WriteReq => self.write_owned(h, slot, State::Claimed),
-                State::ParkBufferedReq => return Some(EVMPM_WAKE_BUFFERED),
-                State::ResumeReq => return Some(EVMPM_WAKE_RESUMED),
-                _ => Handoff::None,
-            };
-            self.hand_over(h, handoff);
-            return None;
-        }
+        let handoff = match finish_step(h, slot) {
+            Finish::Close => self.close_owned(h, slot, CloseHow::Linger),
+            Finish::Park => self.park_or_close(h, slot, State::Claimed),
+            Finish::Write => self.write_owned(h, slot, State::Claimed),
+            Finish::RunAgain(reason) => return Some(reason),
+            Finish::Suspended | Finish::Gone => return None,
+        };
+        self.hand_over(h, handoff);
+        None
     }
 
     /// Gives the event thread what it must take over (from any thread but
@@ -385,6 +339,129 @@ impl Runtime {
     }
 }
 
+/// Moves `h`'s connection, which the host may dispose of, from one of
+/// `allowed` to `to`, retrying while the worker moves it between them;
+/// returns the state it came from.
+fn claim_in(h: Handle, slot: &Slot, allowed: &[State], to: State) -> Result<State, Error> {
+    loop {
+        let from = slot.state_of(h).map_err(|_| Error::Stale)?;
+        if !allowed.contains(&from) {
+            return Err(Error::State);
+        }
+        match slot.transition(h, from, to) {
+            Ok(()) => return Ok(from),
+            Err(Refused::Stale) => return Err(Error::Stale),
+            Err(Refused::State(_)) => continue, // raced with the worker
+        }
+    }
+}
+
+/// Ends a Claimed (or other owned) state: a CAS, so it waits out a stop
+/// that is shutting the socket down at this instant.
+fn settle(h: Handle, slot: &Slot, to: State) {
+    let from = slot.state_of(h).unwrap_or(State::Claimed);
+    let _ = slot.transition(h, from, to);
+}
+
+/// The state change of `evmpm_complete_write`: claims the connection and
+/// stores its pending write. True: the host held it suspended, so it stays
+/// Claimed and the calling thread sends the write. False: its handler is
+/// still running, and WriteReq tells the worker to send it.
+fn store_write(h: Handle, slot: &Slot, make: impl FnOnce() -> PendingWrite) -> Result<bool, Error> {
+    let from = claim_in(h, slot, &Runtime::HELD, State::Claimed)?;
+    // SAFETY: Claimed makes this thread the connection's owner.
+    unsafe { slot.put_write(make()) };
+    if from == State::Suspended {
+        return Ok(true);
+    }
+    settle(h, slot, State::WriteReq);
+    Ok(false)
+}
+
+/// Where a handed-back connection runs again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum HandBack {
+    /// Its handler has not returned yet (ResumeReq): the worker running it
+    /// runs it again.
+    SameWorker,
+    /// It was suspended; it is Queued now, and the caller must push it on
+    /// the run queue.
+    Queue,
+}
+
+/// The state change of `evmpm_hand_back_to_worker`.
+fn hand_back(h: Handle, slot: &Slot) -> Result<HandBack, Error> {
+    let from = claim_in(
+        h,
+        slot,
+        &[State::SuspendReq, State::Suspended],
+        State::Claimed,
+    )?;
+    if from == State::SuspendReq {
+        // The handler has not returned yet; its worker runs it again.
+        settle(h, slot, State::ResumeReq);
+        Ok(HandBack::SameWorker)
+    } else {
+        settle(h, slot, State::Queued);
+        Ok(HandBack::Queue)
+    }
+}
+
+/// What the worker carries out once the handler returned. The state word
+/// already makes the worker the owner for it (or says the host holds it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Finish {
+    /// Closing: close it (the handler closed, or returned without deciding).
+    Close,
+    /// Claimed: park it in keep-alive.
+    Park,
+    /// Claimed: send its pending write.
+    Write,
+    /// Handler: run the handler again, with this wake reason.
+    RunAgain(c_int),
+    /// Suspended: the host holds it.
+    Suspended,
+    /// Not the worker's any more (a forced stop closed it).
+    Gone,
+}
+
+/// The state change of the worker's step after the handler returned: moves
+/// the connection from the request the host recorded to the state that
+/// carries it out.
+fn finish_step(h: Handle, slot: &Slot) -> Finish {
+    let backoff = Backoff::new();
+    loop {
+        let Ok(state) = slot.state_of(h) else {
+            return Finish::Gone;
+        };
+        let next = match state {
+            // Returning without a decision closes the connection.
+            State::Handler | State::CloseReq => State::Closing,
+            State::ParkReq | State::WriteReq => State::Claimed,
+            State::ParkBufferedReq | State::ResumeReq => State::Handler,
+            State::SuspendReq => State::Suspended,
+            State::Claimed => {
+                // Another thread is inside evmpm_complete_write for this
+                // suspended connection; it finishes in a moment.
+                backoff.snooze();
+                continue;
+            }
+            _ => return Finish::Gone,
+        };
+        if slot.transition(h, state, next).is_err() {
+            continue;
+        }
+        return match state {
+            State::Handler | State::CloseReq => Finish::Close,
+            State::ParkReq => Finish::Park,
+            State::WriteReq => Finish::Write,
+            State::ParkBufferedReq => Finish::RunAgain(EVMPM_WAKE_BUFFERED),
+            State::ResumeReq => Finish::RunAgain(EVMPM_WAKE_RESUMED),
+            _ => Finish::Suspended,
+        };
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Drained {
     /// The client closed its side (or the socket failed).
@@ -393,4 +470,204 @@ pub enum Drained {
     Nothing,
     /// Some bytes were discarded; the client may send more.
     Some,
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model checks of host calls racing with the worker's step after the
+    //! handler returned, on the production state-change functions.
+    //!
+    //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+
+    use super::*;
+    use crate::conn::table::Table;
+    use crate::sync::model;
+    use loom::sync::Arc;
+    use loom::thread;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// An empty pending write.
+    fn empty_write() -> PendingWrite {
+        // SAFETY: zero bytes are never read, and there is no release callback.
+        unsafe {
+            PendingWrite::new(
+                std::ptr::null(),
+                0,
+                None,
+                std::ptr::null_mut(),
+                AfterWrite::Close,
+            )
+        }
+    }
+
+    /// A connection whose handler is running and has called
+    /// `evmpm_suspend` (`host_suspend`'s claim): SuspendReq.
+    fn suspended_in_handler() -> (Arc<Table>, Handle) {
+        let table = Arc::new(Table::new(1));
+        let h = table.allocate(10, State::Handler).unwrap();
+        claim_in(
+            h,
+            table.slot(h).unwrap(),
+            &[State::Handler],
+            State::SuspendReq,
+        )
+        .unwrap();
+        (table, h)
+    }
+
+    /// Property: of the parties racing for one connection, exactly one
+    /// becomes its owner, and the connection's owner-only data passes to it
+    /// intact.
+    ///
+    /// The host holds the connection suspended, and three threads go for it
+    /// at once: the event thread's forced stop closes it (Suspended →
+    /// Closing, as its `close` does, then drops any pending write and frees
+    /// the slot, as `close_owned` and `final_close` do); a host thread
+    /// completes a write for it (`store_write`: Suspended → Claimed, stores
+    /// the write, which the caller then sends); another host thread hands
+    /// it back (`hand_back`: Suspended → Claimed → Queued). Exactly one
+    /// wins; the others are refused (EVMPM_ESTATE, or EVMPM_ESTALE once the
+    /// slot is freed) and change nothing. The pending write lives in the
+    /// slot's owner-only cell: a second owner, or an owner whose CAS does
+    /// not see the previous owner's accesses, is a race loom reports.
+    #[test]
+    fn loom_exactly_one_party_takes_a_suspended_connection() {
+        model("stop vs complete-write vs hand-back", || {
+            let table = Arc::new(Table::new(1));
+            let h = table.allocate(10, State::Suspended).unwrap();
+
+            let t = Arc::clone(&table);
+            let stop = thread::spawn(move || {
+                let slot = t.slot(h).unwrap();
+                if slot
+                    .transition(h, State::Suspended, State::Closing)
+                    .is_err()
+                {
+                    return false;
+                }
+                // SAFETY: the CAS to Closing made this thread the owner.
+                assert!(unsafe { slot.take_write() }.is_none());
+                t.free(h);
+                true
+            });
+            let t = Arc::clone(&table);
+            let writer = thread::spawn(move || {
+                let slot = t.slot(h).unwrap();
+                match store_write(h, slot, empty_write) {
+                    Ok(send_now) => {
+                        assert!(send_now, "a suspended connection's write");
+                        // SAFETY: `store_write` returned true: this thread
+                        // owns the connection (Claimed) and sends the write.
+                        assert!(unsafe { slot.take_write() }.is_some());
+                        true
+                    }
+                    Err(e) => {
+                        assert!(matches!(e, Error::State | Error::Stale), "{e:?}");
+                        false
+                    }
+                }
+            });
+            let handed_back = match hand_back(h, table.slot(h).unwrap()) {
+                Ok(how) => {
+                    assert_eq!(how, HandBack::Queue);
+                    true
+                }
+                Err(e) => {
+                    assert!(matches!(e, Error::State | Error::Stale), "{e:?}");
+                    false
+                }
+            };
+            let stopped = stop.join().unwrap();
+            let written = writer.join().unwrap();
+
+            let state = table.slot(h).unwrap().state_of(h);
+            match (stopped, written, handed_back) {
+                (true, false, false) => assert_eq!(state, Err(Refused::Stale)),
+                (false, true, false) => assert_eq!(state, Ok(State::Claimed)),
+                (false, false, true) => assert_eq!(state, Ok(State::Queued)),
+                other => panic!("owners (stop, write, hand-back) = {other:?}"),
+            }
+        });
+    }
+
+    /// Property: a hand-back racing with the return of the handler that
+    /// suspended runs the connection again exactly once.
+    ///
+    /// The worker takes its step after the handler returned (`finish_step`)
+    /// while a host thread calls `evmpm_hand_back_to_worker` (`hand_back`).
+    /// In every interleaving exactly one of two things happens: the host
+    /// finds the handler still running (ResumeReq) and the worker runs it
+    /// again; or the worker suspends it first and the host queues it (the
+    /// run-queue push is counted here). Never both, never neither, and the
+    /// state ends Handler or Queued to match.
+    #[test]
+    fn loom_hand_back_runs_the_connection_exactly_once() {
+        static SAME_WORKER: AtomicUsize = AtomicUsize::new(0);
+        static QUEUED: AtomicUsize = AtomicUsize::new(0);
+        model("suspend vs hand-back", || {
+            let (table, h) = suspended_in_handler();
+            let t = Arc::clone(&table);
+            let host = thread::spawn(move || hand_back(h, t.slot(h).unwrap()));
+            let slot = table.slot(h).unwrap();
+            let worker = finish_step(h, slot);
+            let host = host
+                .join()
+                .unwrap()
+                .expect("hand-back of a suspended connection");
+
+            let pushes = usize::from(host == HandBack::Queue);
+            let reruns = usize::from(worker == Finish::RunAgain(EVMPM_WAKE_RESUMED));
+            assert_eq!(pushes + reruns, 1, "worker {worker:?}, host {host:?}");
+            match (worker, host) {
+                (Finish::RunAgain(_), HandBack::SameWorker) => {
+                    SAME_WORKER.fetch_add(1, Relaxed);
+                    assert_eq!(slot.state_of(h), Ok(State::Handler));
+                }
+                (Finish::Suspended, HandBack::Queue) => {
+                    QUEUED.fetch_add(1, Relaxed);
+                    assert_eq!(slot.state_of(h), Ok(State::Queued));
+                }
+                other => panic!("worker and host disagree: {other:?}"),
+            }
+        });
+        assert!(SAME_WORKER.load(Relaxed) > 0 && QUEUED.load(Relaxed) > 0);
+    }
+
+    /// Property: a write completed from a host thread while the handler
+    /// that suspended returns is sent exactly once, by the connection's
+    /// owner, which finds the write stored.
+    ///
+    /// Either the host claims first (SuspendReq → Claimed → WriteReq) and
+    /// the worker, waiting while it sees Claimed, sends it (`Finish::Write`);
+    /// or the worker suspends it first and the host's call, owning it in
+    /// Claimed, sends it itself. In the first case the write is stored by
+    /// one thread and taken by another: loom's cell reports a race unless
+    /// the state CASes order the two.
+    #[test]
+    fn loom_complete_write_while_suspending_is_sent_once() {
+        model("suspend vs complete-write", || {
+            let (table, h) = suspended_in_handler();
+            let t = Arc::clone(&table);
+            let host = thread::spawn(move || {
+                let slot = t.slot(h).unwrap();
+                let send_now = store_write(h, slot, empty_write).expect("a held connection");
+                // SAFETY: `store_write` returned true: this thread owns the
+                // connection (Claimed) and sends the write.
+                send_now.then(|| unsafe { slot.take_write() }.is_some())
+            });
+            let slot = table.slot(h).unwrap();
+            let worker = finish_step(h, slot);
+            // SAFETY: Finish::Write: the worker owns the connection (Claimed).
+            let worker_sent =
+                (worker == Finish::Write).then(|| unsafe { slot.take_write() }.is_some());
+            let host_sent = host.join().unwrap();
+
+            match (worker_sent, host_sent) {
+                (Some(true), None) => {}
+                (None, Some(true)) => assert_eq!(worker, Finish::Suspended),
+                other => panic!("write sent by (worker, host) = {other:?}"),
+            }
+            assert_eq!(slot.state_of(h), Ok(State::Claimed));
+        });
+    }
 }

@@ -17,7 +17,9 @@
 //! - `timeouts.rs`: the timeout queues;
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
 //! - `readiness.rs`: the optional check that a whole request has arrived;
-//! - `sys/`: every system call.
+//! - `sys/`: every system call;
+//! - `sync.rs`: the atomics and parking the hand-off uses (loom's under
+//!   `--cfg loom`).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -31,6 +33,7 @@ pub(crate) mod handoff;
 pub(crate) mod readiness;
 pub(crate) mod runtime;
 pub(crate) mod stats;
+pub(crate) mod sync;
 pub(crate) mod sys;
 pub(crate) mod timeouts;
 pub(crate) mod workers;

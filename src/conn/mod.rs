@@ -5,6 +5,9 @@ pub mod handle;
 pub mod state;
 pub mod table;
 
+#[cfg(all(test, loom))]
+mod loom_tests;
+
 pub use handle::Handle;
 pub use state::State;
 pub use table::{AfterWrite, PendingWrite, Slot, Table};

@@ -7,11 +7,12 @@
 use super::handle::{next_generation, Handle};
 use super::state::{pack, unpack, State, SHUTDOWN_BIT};
 use crate::ffi::types::evmpm_release_fn;
-use crossbeam_queue::ArrayQueue;
+use crate::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use crate::sync::cell::UnsafeCell;
+use crate::sync::hint;
+use crate::sync::ArrayQueue;
 use libc::c_void;
-use std::cell::UnsafeCell;
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
 /// What happens to a connection once its pending write is sent.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -147,7 +148,7 @@ impl Slot {
                 Ordering::Acquire,
             ) {
                 Ok(_) => return Ok(()),
-                Err(actual) if actual == expected | SHUTDOWN_BIT => std::hint::spin_loop(),
+                Err(actual) if actual == expected | SHUTDOWN_BIT => hint::spin_loop(),
                 Err(actual) => {
                     let (generation, state) = unpack(actual);
                     return if generation != h.generation() || state == State::Free {
@@ -219,14 +220,14 @@ impl Slot {
     /// The caller owns the connection (see the invariant on `write`).
     pub unsafe fn put_write(&self, w: PendingWrite) {
         // SAFETY: exclusive access per the caller's contract.
-        unsafe { *self.write.get() = Some(w) };
+        self.write.with_mut(|p| unsafe { *p = Some(w) });
     }
 
     /// # Safety
     /// The caller owns the connection (see the invariant on `write`).
     pub unsafe fn take_write(&self) -> Option<PendingWrite> {
         // SAFETY: exclusive access per the caller's contract.
-        unsafe { (*self.write.get()).take() }
+        self.write.with_mut(|p| unsafe { (*p).take() })
     }
 }
 
@@ -297,7 +298,8 @@ impl Table {
     }
 }
 
-#[cfg(test)]
+// Not under loom: loom's atomics only work inside a model (see loom_tests).
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
