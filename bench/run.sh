@@ -486,6 +486,17 @@ threads_of() {
     done
     echo $t
 }
+# cpu_ticks PID: user + system CPU of a process (clock ticks), its exited
+# threads included; cpu_tree PID: the same with its children (workers).
+cpu_ticks() {
+    sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 } END { if (NR == 0) print 0 }'
+}
+cpu_tree() {
+    local p t=0
+    for p in $1 $(children_of "$1"); do t=$((t + $(cpu_ticks "$p"))); done
+    echo $t
+}
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 rss_of() {
     local p t=0
     for p in $1 $(children_of "$1"); do
@@ -530,7 +541,8 @@ rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RAW"; }
 
 # While a wrk run goes, SAMPLE_PID (when set) is sampled half way through:
 # threads and RSS of the server (its children included), recorded as
-# KEY.threads and KEY.rss (KiB). What the server holds under load.
+# KEY.threads and KEY.rss (KiB). What the server holds under load. Its CPU
+# time over the run, divided by the requests served, is KEY.cpu (ns).
 SAMPLE_PID=""
 SAMPLER=""
 sampler_start() { # OUTFILE
@@ -556,13 +568,18 @@ sampler_end() { # SCEN ROUND KEY OUTFILE
 
 # wrk_rec SCEN ROUND KEY PORT [wrk options]: one run, recorded.
 wrk_rec() {
-    local scen=$1 round=$2 key=$3 port=$4 out rps p99 req err
+    local scen=$1 round=$2 key=$3 port=$4 out rps p99 req err c0 c1
     shift 4
     out="$TMP/out/$scen.$key.$round.wrk"
+    [ -z "$SAMPLE_PID" ] || c0=$(cpu_tree "$SAMPLE_PID")
     sampler_start "$out.sample"
     run_wrk "$out" "$port" "$@"
+    [ -z "$SAMPLE_PID" ] || c1=$(cpu_tree "$SAMPLE_PID")
     sampler_end "$scen" "$round" "$key" "$out.sample"
     read -r rps p99 req err < <(parse_wrk "$out")
+    if [ -n "$SAMPLE_PID" ]; then
+        rec "$scen" "$round" "$key.cpu" "$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" -v n="$req" 'BEGIN { print (n > 0 ? (b - a) * 1e9 / hz / n : "nan") }')"
+    fi
     rec "$scen" "$round" "$key.rps" "$rps"
     rec "$scen" "$round" "$key.p99" "$p99"
     rec "$scen" "$round" "$key.errors" "$err"
@@ -600,9 +617,6 @@ idle_close() {
     stop_pid "$IDLE_PID" 30
 }
 
-# cpu_ticks PID: user + system CPU of a process, its exited threads included.
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0; }
-CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # ---- statistics -------------------------------------------------------------------
 
@@ -1009,7 +1023,7 @@ report() {
     echo "Command: \`$COMMAND_LINE\`"
     echo
     echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r). Load generator on the same machine."
-    echo "- The machine was shared with other work (builds, tests) while this ran: load average $LOAD_START at the start, $LOAD_END at the end. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round."
+    echo "- The machine was shared with other work (builds, tests) while this ran: load average $LOAD_START at the start, $LOAD_END at the end. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round. The scheduler shares a busy CPU per thread, so a server with many runnable threads (hello_blocking, Apache, hello_evmpm's workers) loses less of it to other work than nginx's two single-threaded workers do; server CPU per request (a, c) does not depend on that share."
     if [ -z "$GIT_DIRTY" ]; then
         echo "- evmpm: commit $GIT_COMMIT, no uncommitted changes in the sources measured (src, include, examples-c, bench, Cargo files); release build, C programs built with -O2."
     else
@@ -1025,10 +1039,10 @@ report() {
         echo
         echo "## a. Keep-alive, $CONNS connections"
         echo
-        echo "| server | workers | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | threads under load | RSS under load |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        echo "| server | workers | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | server CPU per request | threads under load | RSS under load |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
         for s in $SERVERS4; do
-            echo "| $(name_of $s) | $(workers_of $s) | $(fmt_int "$(med a $s.rps)") | $(fmt_ms "$(med a $s.p99)") | $(fmt_x "$(ratio a evmpm.rps $s.rps)") | $(fmt_x "$(ratio a evmpm.p99 $s.p99)") | $(fmt_int "$(med a $s.threads)") | $(fmt_mib "$(med a $s.rss)") |"
+            echo "| $(name_of $s) | $(workers_of $s) | $(fmt_int "$(med a $s.rps)") | $(fmt_ms "$(med a $s.p99)") | $(fmt_x "$(ratio a evmpm.rps $s.rps)") | $(fmt_x "$(ratio a evmpm.p99 $s.p99)") | $(fmt_us "$(med a $s.cpu)") | $(fmt_int "$(med a $s.threads)") | $(fmt_mib "$(med a $s.rss)") |"
         done
     fi
     if want b; then
@@ -1057,10 +1071,10 @@ report() {
         echo
         echo "## c. Connection per request (\`-H 'Connection: close'\`), $CONNS connections"
         echo
-        echo "| server | connections/s | p99 | hello_evmpm ÷ this (rate) | hello_evmpm ÷ this (p99) | threads under load | wrk errors |"
-        echo "|---|---:|---:|---:|---:|---:|---:|"
+        echo "| server | connections/s | p99 | hello_evmpm ÷ this (rate) | hello_evmpm ÷ this (p99) | server CPU per connection | threads under load | wrk errors |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
         for s in $SERVERS4; do
-            echo "| $(name_of $s) | $(fmt_int "$(med c $s.rps)") | $(fmt_ms "$(med c $s.p99)") | $(fmt_x "$(ratio c evmpm.rps $s.rps)") | $(fmt_x "$(ratio c evmpm.p99 $s.p99)") | $(fmt_int "$(med c $s.threads)") | $(fmt_int "$(med c $s.errors)") |"
+            echo "| $(name_of $s) | $(fmt_int "$(med c $s.rps)") | $(fmt_ms "$(med c $s.p99)") | $(fmt_x "$(ratio c evmpm.rps $s.rps)") | $(fmt_x "$(ratio c evmpm.p99 $s.p99)") | $(fmt_us "$(med c $s.cpu)") | $(fmt_int "$(med c $s.threads)") | $(fmt_int "$(med c $s.errors)") |"
         done
     fi
     if want d; then
