@@ -600,6 +600,12 @@ evmpm_stats line_server_stats(struct line_server *s) {
     return st;
 }
 
+void expect_closed_unserved(struct line_server *s, int fd) {
+    CHECK(wait_closed(fd, 5000));
+    WAIT_UNTIL(atomic_load(&s->closes) == 1, 5000);
+    CHECK_EQ(atomic_load(&s->handler_calls), 0);
+}
+
 void ping(int fd) {
     char line[64];
     send_str(fd, "PING\n");

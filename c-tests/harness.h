@@ -205,6 +205,10 @@ evmpm_stats line_server_stats(struct line_server *s);
 /* Writes all of `s` to `fd` from a handler (a gone peer is ignored: the
  * handler's next read sees it). */
 void line_reply(int fd, const char *s);
+/* The runtime closed client `fd`, its only connection, without ever
+ * running the handler: the client sees the end, the close callback ran,
+ * no handler call was made. */
+void expect_closed_unserved(struct line_server *s, int fd);
 /* Connects and does one PING round trip. */
 int line_client(struct line_server *s);
 void ping(int fd);

@@ -89,9 +89,7 @@ static void read_timeout_closes_silent_client(void) {
     cfg.read_timeout_ms = 150;
     line_server_start(&s, &cfg);
     fd = connect_loopback(s.port);
-    CHECK(wait_closed(fd, 5000));
-    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
-    CHECK_EQ(atomic_load(&s.handler_calls), 0);
+    expect_closed_unserved(&s, fd);
     CHECK_EQ(line_server_stats(&s).timed_out, 1);
     close(fd);
     CHECK_OK(line_server_stop(&s, 1000));

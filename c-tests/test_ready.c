@@ -26,6 +26,13 @@ static void config(struct line_server *s, evmpm_config *cfg) {
     cfg->request_ready = line_ready;
 }
 
+/* config() then line_server_start, nothing else changed. */
+static void start(struct line_server *s) {
+    evmpm_config cfg;
+    config(s, &cfg);
+    line_server_start(s, &cfg);
+}
+
 static void slow_request_holds_no_worker(void) {
     struct line_server s;
     evmpm_config cfg;
@@ -56,12 +63,10 @@ static void slow_request_holds_no_worker(void) {
 
 static void dribbled_request_wakes_once_per_segment(void) {
     struct line_server s;
-    evmpm_config cfg;
     const char *req = "ECHO dribble\n";
     size_t i;
     int fd;
-    config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    start(&s);
     fd = connect_loopback(s.port);
     for (i = 0; i < strlen(req); i++) {
         send_all(fd, req + i, 1);
@@ -125,15 +130,11 @@ static void header_clock_is_not_restarted_by_more_bytes(void) {
 
 static void rejected_request_closes_without_handler(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    start(&s);
     fd = connect_loopback(s.port);
     send_str(fd, "BAD request\n");
-    CHECK(wait_closed(fd, 5000));
-    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
-    CHECK_EQ(atomic_load(&s.handler_calls), 0);
+    expect_closed_unserved(&s, fd);
     CHECK_EQ(line_server_stats(&s).rejected, 1);
     close(fd);
     CHECK_OK(line_server_stop(&s, 1000));
@@ -178,16 +179,12 @@ static void partial_request_outlives_keepalive_timeout(void) {
 
 static void half_closed_incomplete_request_is_closed(void) {
     struct line_server s;
-    evmpm_config cfg;
     int fd;
-    config(&s, &cfg);
-    line_server_start(&s, &cfg);
+    start(&s);
     fd = connect_loopback(s.port);
     send_str(fd, "PI");
     CHECK(shutdown(fd, SHUT_WR) == 0);
-    CHECK(wait_closed(fd, 5000));
-    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
-    CHECK_EQ(atomic_load(&s.handler_calls), 0);
+    expect_closed_unserved(&s, fd);
     close(fd);
     CHECK_OK(line_server_stop(&s, 1000));
 }
