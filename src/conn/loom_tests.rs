@@ -6,8 +6,10 @@
 use super::table::{Refused, Table};
 use super::State;
 use crate::sync::model;
+use libc::c_void;
 use loom::sync::Arc;
 use loom::thread;
+use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Property: a handle whose connection was closed never acts on the
@@ -82,4 +84,55 @@ fn loom_stale_handle_never_moves_the_reused_slot() {
         STALE_AFTER_REUSE.load(Relaxed) > 0,
         "no interleaving reached the reused slot"
     );
+}
+
+/// Property: the accessors any thread may call with a handle
+/// (`evmpm_conn_fd`, `evmpm_conn_get_user`, `evmpm_conn_set_user`) never
+/// read or write the connection that reuses the slot.
+///
+/// Thread `closer` closes the connection `old` (Closing, `Table::free`), a
+/// new connection is allocated into the slot, and its handler reads its
+/// host pointer, which must be NULL: it has set none. Meanwhile a host
+/// thread still holding `old` sets a host pointer through it and reads its
+/// descriptor. The old handle's calls either act on the old connection (its
+/// descriptor 10) or are refused as stale; the new connection never sees
+/// the old handle's pointer, and no caller sees a descriptor that is not
+/// its connection's.
+#[test]
+fn loom_stale_handle_accessors_never_reach_the_reused_slot() {
+    model("stale accessors vs free and reuse", || {
+        let table = Arc::new(Table::new(1));
+        let old = table.allocate(10, State::Keepalive).unwrap();
+        let stale_user = ptr::dangling_mut::<c_void>();
+
+        let t = Arc::clone(&table);
+        let closer = thread::spawn(move || {
+            let slot = t.slot(old).unwrap();
+            slot.transition(old, State::Keepalive, State::Closing)
+                .unwrap();
+            t.free(old);
+            let new = t.allocate(11, State::Handler).expect("the freed slot");
+            assert_eq!(
+                slot.user_of(new),
+                Ok(ptr::null_mut()),
+                "the new connection's pointer"
+            );
+            assert_eq!(slot.fd_of(new), Ok(11));
+            new
+        });
+
+        let slot = table.slot(old).unwrap();
+        let set = slot.set_user_of(old, stale_user);
+        let fd = slot.fd_of(old);
+        assert!(matches!(set, Ok(()) | Err(Refused::Stale)), "{set:?}");
+        assert!(matches!(fd, Ok(10) | Err(Refused::Stale)), "{fd:?}");
+
+        let new = closer.join().unwrap();
+        assert_eq!(
+            slot.user_of(new),
+            Ok(ptr::null_mut()),
+            "the new connection's pointer"
+        );
+        assert_eq!(slot.user_of(old), Err(Refused::Stale));
+    });
 }

@@ -7,10 +7,10 @@
 use super::handle::{next_generation, Handle};
 use super::state::{pack, unpack, State, SHUTDOWN_BIT};
 use crate::ffi::types::evmpm_release_fn;
-use crate::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use crate::sync::atomic::{fence, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use crate::sync::cell::UnsafeCell;
 use crate::sync::hint;
-use crate::sync::ArrayQueue;
+use crate::sync::{ArrayQueue, Backoff};
 use libc::c_void;
 use std::ptr;
 
@@ -99,6 +99,8 @@ pub struct Slot {
     fd: AtomicI32,
     /// The host's per-connection pointer (`evmpm_conn_set_user`).
     user: AtomicPtr<c_void>,
+    /// Threads inside `pinned` for this slot; `Table::free` waits for 0.
+    pins: AtomicU32,
     /// The pending write. Invariant: only the connection's current owner
     /// touches it, and only in Claimed, WriteReq, Writing or Closing; the
     /// AcqRel CAS that hands ownership over publishes it.
@@ -124,6 +126,7 @@ impl Slot {
             state: AtomicU64::new(pack(1, State::Free)),
             fd: AtomicI32::new(-1),
             user: AtomicPtr::new(ptr::null_mut()),
+            pins: AtomicU32::new(0),
             write: UnsafeCell::new(None),
         }
     }
@@ -216,6 +219,37 @@ impl Slot {
         self.user.store(p, Ordering::Release)
     }
 
+    /// Runs `f` on the slot while `h`'s connection is sure to occupy it:
+    /// for the calls any thread may make with a handle, which must never
+    /// reach a later connection in the same slot. Checking the generation
+    /// first is not enough: between that check and `f` the connection can
+    /// close and a new one take the slot. So the caller pins the slot, and
+    /// `Table::free` waits for the pins to go before the slot can be reused.
+    /// Dekker-style, with a SeqCst fence on each side: either this check
+    /// sees the slot freed, or `free` sees the pin.
+    fn pinned<R>(&self, h: Handle, f: impl FnOnce(&Slot) -> R) -> Result<R, Refused> {
+        self.pins.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let result = self.state_of(h).map(|_| f(self));
+        self.pins.fetch_sub(1, Ordering::Release);
+        result
+    }
+
+    /// `h`'s descriptor, for any thread holding the handle.
+    pub fn fd_of(&self, h: Handle) -> Result<i32, Refused> {
+        self.pinned(h, Slot::fd)
+    }
+
+    /// `h`'s host pointer, for any thread holding the handle.
+    pub fn user_of(&self, h: Handle) -> Result<*mut c_void, Refused> {
+        self.pinned(h, Slot::user)
+    }
+
+    /// Sets `h`'s host pointer, from any thread holding the handle.
+    pub fn set_user_of(&self, h: Handle, p: *mut c_void) -> Result<(), Refused> {
+        self.pinned(h, |slot| slot.set_user(p))
+    }
+
     /// # Safety
     /// The caller owns the connection (see the invariant on `write`).
     pub unsafe fn put_write(&self, w: PendingWrite) {
@@ -283,11 +317,19 @@ impl Table {
     /// has closed its descriptor. Every later use of `h` is Stale.
     pub fn free(&self, h: Handle) {
         let slot = &self.slots[h.index() as usize];
-        slot.fd.store(-1, Ordering::Relaxed);
         slot.state.store(
             pack(next_generation(h.generation()), State::Free),
             Ordering::Release,
         );
+        // A thread that pinned the slot before it saw the new generation
+        // may still use `h`'s fields: wait for it (a few instructions)
+        // before the slot can go to a new connection. See `Slot::pinned`.
+        fence(Ordering::SeqCst);
+        let backoff = Backoff::new();
+        while slot.pins.load(Ordering::Acquire) != 0 {
+            backoff.snooze();
+        }
+        slot.fd.store(-1, Ordering::Relaxed);
         let pushed = self.free.push(h.index());
         debug_assert!(pushed.is_ok(), "a slot index was freed twice");
     }

@@ -344,9 +344,7 @@ pub unsafe extern "C" fn evmpm_conn_set_user(
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
             let slot = rt.slot_for(h)?;
-            slot.state_of(h).map_err(|_| Error::Stale)?;
-            slot.set_user(user);
-            Ok(())
+            slot.set_user_of(h, user).map_err(|_| Error::Stale)
         })
     })
 }
@@ -368,10 +366,9 @@ pub unsafe extern "C" fn evmpm_conn_get_user(
         }
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            let slot = rt.slot_for(h)?;
-            slot.state_of(h).map_err(|_| Error::Stale)?;
+            let user = rt.slot_for(h)?.user_of(h).map_err(|_| Error::Stale)?;
             // SAFETY: non-NULL, writable per the contract.
-            unsafe { out.write(slot.user()) };
+            unsafe { out.write(user) };
             Ok(())
         })
     })
@@ -393,10 +390,9 @@ pub unsafe extern "C" fn evmpm_conn_fd(
         }
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            let slot = rt.slot_for(h)?;
-            slot.state_of(h).map_err(|_| Error::Stale)?;
+            let fd = rt.slot_for(h)?.fd_of(h).map_err(|_| Error::Stale)?;
             // SAFETY: non-NULL, writable per the contract.
-            unsafe { out.write(slot.fd()) };
+            unsafe { out.write(fd) };
             Ok(())
         })
     })
