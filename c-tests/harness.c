@@ -150,15 +150,9 @@ int listen_loopback(int backlog, int *port) {
     return fd;
 }
 
-/* A blocking connection to 127.0.0.1:port, with SO_RCVBUF set to *rcvbuf
- * before connecting unless rcvbuf is NULL. */
-static int connect_with(int port, const int *rcvbuf) {
+void connect_socket_loopback(int fd, int port) {
     struct sockaddr_in a;
     int one = 1;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    CHECK(fd >= 0);
-    if (rcvbuf != NULL)
-        shrink_rcvbuf(fd, *rcvbuf);
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -166,6 +160,16 @@ static int connect_with(int port, const int *rcvbuf) {
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
         harness_fail(__FILE__, __LINE__, "connect: %s", strerror(errno));
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* A blocking connection to 127.0.0.1:port, with SO_RCVBUF set to *rcvbuf
+ * before connecting unless rcvbuf is NULL. */
+static int connect_with(int port, const int *rcvbuf) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    if (rcvbuf != NULL)
+        shrink_rcvbuf(fd, *rcvbuf);
+    connect_socket_loopback(fd, port);
     return fd;
 }
 

@@ -99,6 +99,9 @@ int connect_loopback(int port);
 /* The same with SO_RCVBUF set to `bytes` before connecting, so the window
  * the client advertises stays small from the first segment: a slow reader. */
 int connect_loopback_rcvbuf(int port, int bytes);
+/* Connects the socket `fd`, made by the caller, to 127.0.0.1:port
+ * (blocking) and sets TCP_NODELAY, as the two above do. */
+void connect_socket_loopback(int fd, int port);
 /* Closes with SO_LINGER {1, 0}: the kernel sends a reset, not a FIN. */
 void close_with_reset(int fd);
 void send_all(int fd, const void *buf, size_t len);
