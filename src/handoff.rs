@@ -482,6 +482,7 @@ mod loom_tests {
     use super::*;
     use crate::conn::table::Table;
     use crate::sync::model;
+    use loom::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use loom::sync::Arc;
     use loom::thread;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -588,6 +589,49 @@ mod loom_tests {
                 other => panic!("owners (stop, write, hand-back) = {other:?}"),
             }
         });
+    }
+
+    /// Property: a forced stop's `shutdown` of a handler's socket never
+    /// overlaps the worker's close of that socket, so it can never hit a
+    /// descriptor number the kernel has already given to another file.
+    ///
+    /// At the stop deadline the event thread shuts down the socket of a
+    /// connection whose handler still runs (`Slot::while_in_handler`, as
+    /// `shutdown_if_in_handler` does), while the handler returns without
+    /// deciding and its worker closes the connection (`finish_step`:
+    /// Handler → Closing, then the descriptor is closed and the slot freed).
+    /// Either the event thread finds the connection no longer in a handler
+    /// and leaves it alone, or the shutdown bit holds the worker's
+    /// transition to Closing off until the shutdown is done: the shutdown
+    /// always sees descriptor 10 still open.
+    #[test]
+    fn loom_forced_stop_shutdown_never_overlaps_the_close() {
+        static SHUT_DOWN: AtomicUsize = AtomicUsize::new(0);
+        static LEFT_ALONE: AtomicUsize = AtomicUsize::new(0);
+        model("stop shutdown vs handler return", || {
+            let table = Arc::new(Table::new(1));
+            let h = table.allocate(10, State::Handler).unwrap();
+            let closed = Arc::new(AtomicBool::new(false));
+
+            let (t, c) = (Arc::clone(&table), Arc::clone(&closed));
+            let worker = thread::spawn(move || {
+                let slot = t.slot(h).unwrap();
+                // The handler returned without deciding: close.
+                assert_eq!(finish_step(h, slot), Finish::Close);
+                // close_owned and final_close: the descriptor goes.
+                c.store(true, SeqCst);
+                t.free(h);
+            });
+            let slot = table.slot(h).unwrap();
+            let shut = slot.while_in_handler(h, |fd| {
+                assert_eq!(fd, 10);
+                assert!(!closed.load(SeqCst), "shutdown after close");
+            });
+            worker.join().unwrap();
+            let tally = if shut { &SHUT_DOWN } else { &LEFT_ALONE };
+            tally.fetch_add(1, Relaxed);
+        });
+        assert!(SHUT_DOWN.load(Relaxed) > 0 && LEFT_ALONE.load(Relaxed) > 0);
     }
 
     /// Property: a hand-back racing with the return of the handler that

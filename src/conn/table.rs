@@ -168,6 +168,15 @@ impl Slot {
     /// for it, so a handler blocked in read or write returns. The shutdown
     /// bit keeps the owner from closing the descriptor meanwhile.
     pub fn shutdown_if_in_handler(&self, h: Handle) -> bool {
+        self.while_in_handler(h, |fd| {
+            let _ = crate::sys::socket::shutdown_both(fd);
+        })
+    }
+
+    /// Runs `f` with `h`'s descriptor if a handler is running for it,
+    /// holding every transition of the connection off until `f` returns
+    /// (the shutdown bit). False, without calling `f`, otherwise.
+    pub(crate) fn while_in_handler(&self, h: Handle, f: impl FnOnce(i32)) -> bool {
         let word = self.state.load(Ordering::Acquire);
         let (generation, state) = unpack(word);
         if generation != h.generation() || !state.in_handler() || word & SHUTDOWN_BIT != 0 {
@@ -185,7 +194,7 @@ impl Slot {
         {
             return false;
         }
-        let _ = crate::sys::socket::shutdown_both(self.fd());
+        f(self.fd());
         self.state.fetch_and(!SHUTDOWN_BIT, Ordering::AcqRel);
         true
     }
