@@ -634,6 +634,32 @@ mod loom_tests {
         assert!(SHUT_DOWN.load(Relaxed) > 0 && LEFT_ALONE.load(Relaxed) > 0);
     }
 
+    /// Property: a forced stop shuts down the socket of every connection
+    /// whose handler still runs, even while another thread changes its
+    /// state.
+    ///
+    /// The handler has suspended its connection and is still running
+    /// (blocked reading, say) when the stop deadline comes: the event thread
+    /// shuts its socket down (`Slot::while_in_handler`) so the handler
+    /// returns, while a host thread hands the connection back (`hand_back`:
+    /// SuspendReq → Claimed → ResumeReq). The handler runs in every state
+    /// the connection passes through, so the shutdown must happen in every
+    /// interleaving, not only when the event thread's compare-and-swap
+    /// meets no change.
+    #[test]
+    fn loom_forced_stop_shuts_down_a_handler_whatever_the_host_does() {
+        model("stop shutdown vs hand-back", || {
+            let (table, h) = suspended_in_handler();
+            let t = Arc::clone(&table);
+            let host = thread::spawn(move || hand_back(h, t.slot(h).unwrap()));
+            let slot = table.slot(h).unwrap();
+            let shut = slot.while_in_handler(h, |fd| assert_eq!(fd, 10));
+            assert_eq!(host.join().unwrap(), Ok(HandBack::SameWorker));
+            assert!(shut, "the handler's socket was left open");
+            assert_eq!(slot.state_of(h), Ok(State::ResumeReq));
+        });
+    }
+
     /// Property: a hand-back racing with the return of the handler that
     /// suspended runs the connection again exactly once.
     ///

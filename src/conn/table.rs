@@ -177,22 +177,23 @@ impl Slot {
     /// holding every transition of the connection off until `f` returns
     /// (the shutdown bit). False, without calling `f`, otherwise.
     pub(crate) fn while_in_handler(&self, h: Handle, f: impl FnOnce(i32)) -> bool {
-        let word = self.state.load(Ordering::Acquire);
-        let (generation, state) = unpack(word);
-        if generation != h.generation() || !state.in_handler() || word & SHUTDOWN_BIT != 0 {
-            return false;
-        }
-        if self
-            .state
-            .compare_exchange(
+        let mut word = self.state.load(Ordering::Acquire);
+        loop {
+            let (generation, state) = unpack(word);
+            if generation != h.generation() || !state.in_handler() || word & SHUTDOWN_BIT != 0 {
+                return false;
+            }
+            // A failed CAS means the state moved (a host call from another
+            // thread, say); the handler may still be running: look again.
+            match self.state.compare_exchange(
                 word,
                 word | SHUTDOWN_BIT,
                 Ordering::AcqRel,
                 Ordering::Acquire,
-            )
-            .is_err()
-        {
-            return false;
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
         }
         f(self.fd());
         self.state.fetch_and(!SHUTDOWN_BIT, Ordering::AcqRel);
