@@ -303,17 +303,24 @@ impl Runtime {
         }
         self.workers.request_exit();
         // Workers still inside a handler had their sockets shut down at the
-        // deadline; give them a moment to notice, then stop waiting.
+        // deadline; give them a moment to notice, then stop waiting for them.
+        // A worker outside any handler only has to be scheduled to exit, so
+        // it is waited for however loaded the machine is: only a handler can
+        // be stuck, and only a stuck handler makes the stop time out.
         let grace = deadline.max(Instant::now()) + Duration::from_millis(100);
         let (lock, cv) = &self.workers_running;
         let mut running = lock.lock().unwrap_or_else(|p| p.into_inner());
         while *running > 0 {
             let now = Instant::now();
-            if now >= grace {
+            if now >= grace && self.workers.busy() > 0 {
                 break;
             }
+            // Re-check `busy` at least this often: it is not under the lock.
+            let slice = grace
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(20));
             running = cv
-                .wait_timeout(running, grace - now)
+                .wait_timeout(running, slice)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
