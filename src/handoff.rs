@@ -325,6 +325,11 @@ impl Runtime {
     /// connection in state Closing; the close callback has run.
     pub fn final_close(&self, h: Handle, slot: &Slot, was_lingering: bool) {
         let fd = slot.fd();
+        // Free first: once the descriptor is closed its number may come back
+        // from any accept or open in the process, and a handle must never
+        // lead to it. Events still queued for the old registration carry the
+        // old handle and are dropped as stale.
+        self.table.free(h);
         // Explicit delete: a descriptor the host dup()ed would otherwise keep
         // the registration alive after close.
         let _ = self.epoll.delete(fd);
@@ -332,7 +337,6 @@ impl Runtime {
         if was_lingering {
             self.lingering.fetch_sub(1, Ordering::AcqRel);
         }
-        self.table.free(h);
         self.open.fetch_sub(1, Ordering::AcqRel);
         Counters::bump(&self.counters.closed);
         self.capacity_freed();

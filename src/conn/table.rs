@@ -324,7 +324,9 @@ impl Table {
     }
 
     /// Frees `h`'s slot. The caller owns the connection (state Closing) and
-    /// has closed its descriptor. Every later use of `h` is Stale.
+    /// closes its descriptor only afterwards, so no handle can yield a
+    /// descriptor number the process may already have reused. Every later
+    /// use of `h` is Stale.
     pub fn free(&self, h: Handle) {
         let slot = &self.slots[h.index() as usize];
         slot.state.store(
