@@ -167,6 +167,9 @@ static void slow_readers_hold_no_worker(void) {
     line_server_config(&s, &cfg);
     cfg.worker_threads = 4;
     cfg.write_timeout_ms = 3000;
+    /* Only the write timeout may close anything here: the fast client
+     * idles while the readers time out, longer than 5 s on a loaded run. */
+    cfg.keepalive_timeout_ms = 120000;
     s.command = sndbuf_command;
     line_server_start(&s, &cfg);
     close(line_client(&s));
