@@ -43,6 +43,13 @@ fn close_once() {
     c_test("test_close_once");
 }
 
+/// Stale handles racing slot reuse never reach the newer connection.
+#[test]
+fn stale() {
+    c_test("test_stale");
+    support::show_figures("test_stale");
+}
+
 /// Each case logs its rows (call, code) and a "figure:" line counting
 /// them; `-- --nocapture` shows the counts.
 #[test]
