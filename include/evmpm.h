@@ -614,6 +614,9 @@ int evmpm_close(evmpm_runtime *rt,
  Attaches the host's pointer to the connection. The runtime never
  dereferences it; the close callback receives it last.
 
+ Ownership: `user` stays the host's; free it in the close callback.
+ A stale handle never reaches a later connection in the same slot.
+
  Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`,
  `EVMPM_ESTOPPED`.
  */
@@ -634,6 +637,11 @@ int evmpm_conn_get_user(evmpm_runtime *rt,
 
 /*
  Reads the connection's descriptor into `*out`.
+
+ Ownership: the descriptor stays the runtime's; never close it. It is the
+ connection's for as long as the host holds the connection (its handler
+ runs, or it is suspended). A thread that does not hold it may see the
+ connection close as soon as this returns, and the number reused.
 
  Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt` or `out`),
  `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
