@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 /// thread does (Keepalive → Closing, `Table::free`), then a new connection
 /// is allocated into the same slot, also in Keepalive: the same state the old
 /// handle last saw, which only the generation tells apart. The main thread
-/// holds `old` (a readiness event for it, say) and claims it the way every
-/// claimer does: reads the state, and if it is Keepalive CASes it to Queued.
+/// holds `old` too (a message or a host call that names it, say) and claims
+/// it the way every claimer does: reads the state, and if it is Keepalive
+/// CASes it to Queued.
 /// In every interleaving either the old handle wins before the close (and
 /// the close is refused), or it is refused, with Closing while the slot is
 /// not yet freed and Stale after; the new connection's state and descriptor
