@@ -635,6 +635,12 @@ fn start_fileserver(root: &Path, workers: u32) -> Server {
     })
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JSON: &str = "application/json";
+const BINARY: &str = "application/octet-stream";
+
 /// A 200 with exactly the headers the server sends, in order.
 fn check_ok(r: &Response, content_type: &str, body: &[u8], keep: bool) {
     assert_eq!(r.status_line, "HTTP/1.1 200 OK");
@@ -665,64 +671,33 @@ fn get(path: &str) -> String {
 fn fileserver_serves_files() {
     let www = docroot("fileserver_serves_files");
     let server = start_fileserver(&www, 4);
-    let html = "text/html; charset=utf-8";
     let mut c = server.conn();
 
-    check_ok(
-        &c.request(&get("/a.txt")),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
-    check_ok(&c.request(&get("/")), html, b"<h1>index</h1>\n", true);
+    check_ok(&c.request(&get("/a.txt")), TEXT, b"alpha\n", true);
+    check_ok(&c.request(&get("/")), HTML, b"<h1>index</h1>\n", true);
     check_ok(
         &c.request(&get("/index.html?q=1")),
-        html,
+        HTML,
         b"<h1>index</h1>\n",
         true,
     );
     check_ok(
         &c.request(&get("/style.css")),
-        "text/css; charset=utf-8",
+        CSS,
         b"body { color: red }\n",
         true,
     );
-    check_ok(
-        &c.request(&get("/data.json")),
-        "application/json",
-        b"{\"k\": 1}\n",
-        true,
-    );
-    check_ok(
-        &c.request(&get("/noext")),
-        "application/octet-stream",
-        &[0, 1, 2, 255],
-        true,
-    );
-    check_ok(
-        &c.request(&get("/%61.txt")),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
-    check_ok(
-        &c.request(&get("/link-in.txt")),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
-    check_ok(&c.request(&get("/sub/")), html, b"<p>sub</p>\n", true);
+    check_ok(&c.request(&get("/data.json")), JSON, b"{\"k\": 1}\n", true);
+    check_ok(&c.request(&get("/noext")), BINARY, &[0, 1, 2, 255], true);
+    check_ok(&c.request(&get("/%61.txt")), TEXT, b"alpha\n", true);
+    check_ok(&c.request(&get("/link-in.txt")), TEXT, b"alpha\n", true);
+    check_ok(&c.request(&get("/sub/")), HTML, b"<p>sub</p>\n", true);
 
     // HEAD: the same head, no body (the next response starts right after).
     let r = c.request("HEAD /a.txt HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(r.body.is_empty());
-    check_ok(&r, "text/plain; charset=utf-8", b"alpha\n", true);
-    check_ok(
-        &c.request(&get("/a.txt")),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
+    check_ok(&r, TEXT, b"alpha\n", true);
+    check_ok(&c.request(&get("/a.txt")), TEXT, b"alpha\n", true);
 
     // A directory without its slash is redirected.
     let r = c.request(&get("/sub"));
@@ -734,23 +709,18 @@ fn fileserver_serves_files() {
         let r = c.request(&get(path));
         assert_eq!(r.status_line, "HTTP/1.1 404 Not Found", "{path}");
         assert_eq!(r.text(), "404 Not Found\n");
-        assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(r.header("Content-Type"), Some(TEXT));
     }
     for method in ["POST", "PUT", "DELETE", "OPTIONS", "get"] {
         let r = c.request(&format!("{method} /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert_eq!(r.status_line, "HTTP/1.1 405 Method Not Allowed", "{method}");
         assert_eq!(r.header("Allow"), Some("GET, HEAD"));
     }
-    check_ok(
-        &c.request(&get("/a.txt")),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
+    check_ok(&c.request(&get("/a.txt")), TEXT, b"alpha\n", true);
 
     // Connection: close is honoured.
     let r = c.request("GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    check_ok(&r, "text/plain; charset=utf-8", b"alpha\n", false);
+    check_ok(&r, TEXT, b"alpha\n", false);
     c.expect_eof();
 
     // Pipelined requests are answered in order.
@@ -762,32 +732,12 @@ fn fileserver_serves_files() {
         get("/style.css"),
         get("/")
     ));
-    check_ok(
-        &c.response(false),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
-    check_ok(
-        &c.response(true),
-        "text/css; charset=utf-8",
-        b"body { color: red }\n",
-        true,
-    );
+    check_ok(&c.response(false), TEXT, b"alpha\n", true);
+    check_ok(&c.response(true), CSS, b"body { color: red }\n", true);
     assert_eq!(c.response(false).status(), 404);
-    check_ok(
-        &c.response(false),
-        "text/css; charset=utf-8",
-        b"body { color: red }\n",
-        true,
-    );
-    check_ok(&c.response(false), html, b"<h1>index</h1>\n", true);
-    check_ok(
-        &c.response(false),
-        "application/json",
-        b"{\"k\": 1}\n",
-        false,
-    );
+    check_ok(&c.response(false), CSS, b"body { color: red }\n", true);
+    check_ok(&c.response(false), HTML, b"<h1>index</h1>\n", true);
+    check_ok(&c.response(false), JSON, b"{\"k\": 1}\n", false);
     c.expect_eof();
 
     // A request split anywhere, even inside its blank line, is still one
@@ -798,29 +748,14 @@ fn fileserver_serves_files() {
         c.send(&req[..cut]);
         c.expect_no_answer_yet();
         c.send(&req[cut..]);
-        check_ok(
-            &c.response(false),
-            "text/plain; charset=utf-8",
-            b"alpha\n",
-            true,
-        );
+        check_ok(&c.response(false), TEXT, b"alpha\n", true);
     }
     for cut in [3, req.len() - 2] {
         c.send(format!("{req}{}", &req[..cut]));
-        check_ok(
-            &c.response(false),
-            "text/plain; charset=utf-8",
-            b"alpha\n",
-            true,
-        );
+        check_ok(&c.response(false), TEXT, b"alpha\n", true);
         c.expect_no_answer_yet();
         c.send(&req[cut..]);
-        check_ok(
-            &c.response(false),
-            "text/plain; charset=utf-8",
-            b"alpha\n",
-            true,
-        );
+        check_ok(&c.response(false), TEXT, b"alpha\n", true);
     }
 
     // A client that sends its requests and then shuts down its side still
@@ -828,29 +763,14 @@ fn fileserver_serves_files() {
     let mut c = server.conn();
     c.send(format!("{}{}", get("/a.txt"), get("/style.css")));
     c.s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    check_ok(
-        &c.response(false),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
-    check_ok(
-        &c.response(false),
-        "text/css; charset=utf-8",
-        b"body { color: red }\n",
-        true,
-    );
+    check_ok(&c.response(false), TEXT, b"alpha\n", true);
+    check_ok(&c.response(false), CSS, b"body { color: red }\n", true);
     c.expect_eof();
 
     // HTTP/1.0: closes unless asked to keep alive.
     let mut c = server.conn();
     c.send("GET /a.txt HTTP/1.0\r\n\r\n");
-    check_ok(
-        &c.response(false),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        false,
-    );
+    check_ok(&c.response(false), TEXT, b"alpha\n", false);
     c.expect_eof();
     let mut c = server.conn();
     let r = c.request("GET /a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
@@ -950,7 +870,7 @@ fn fileserver_refuses_bad_requests() {
     // Still serving.
     check_ok(
         &server.conn().request(&get("/a.txt")),
-        "text/plain; charset=utf-8",
+        TEXT,
         b"alpha\n",
         true,
     );
@@ -1013,11 +933,11 @@ fn fileserver_stays_inside_the_root() {
     let r = server
         .conn()
         .request("GET http://127.0.0.1:1/a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    check_ok(&r, "text/plain; charset=utf-8", b"alpha\n", true);
+    check_ok(&r, TEXT, b"alpha\n", true);
     let r = server
         .conn()
         .request("GET http://127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    check_ok(&r, "text/html; charset=utf-8", b"<h1>index</h1>\n", true);
+    check_ok(&r, HTML, b"<h1>index</h1>\n", true);
     server.terminate();
 }
 
@@ -1032,7 +952,7 @@ fn status_page(server: &Server) -> String {
     let mut c = server.conn();
     let r = c.request(&get("/server-status"));
     assert_eq!(r.status(), 200);
-    assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(r.header("Content-Type"), Some(TEXT));
     r.text()
 }
 
@@ -1101,12 +1021,7 @@ fn fileserver_large_file_to_a_slow_reader() {
     assert!(got == data, "the body differs from the file");
 
     // The connection is parked for the next request once the write is done.
-    check_ok(
-        &c.request(&get("/a.txt")),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
+    check_ok(&c.request(&get("/a.txt")), TEXT, b"alpha\n", true);
     // HEAD of the big file: its length, no body.
     let r = c.request("HEAD /big.bin HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.header("Content-Length"), Some(size.to_string().as_str()));
@@ -1114,20 +1029,10 @@ fn fileserver_large_file_to_a_slow_reader() {
     c.send(format!("{}{}", get("/big.bin"), get("/a.txt")));
     let r = c.response(false);
     assert!(r.body == data, "pipelined big body differs");
-    check_ok(
-        &c.response(false),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
+    check_ok(&c.response(false), TEXT, b"alpha\n", true);
 
     slow.send("st: x\r\n\r\n");
-    check_ok(
-        &slow.response(false),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
+    check_ok(&slow.response(false), TEXT, b"alpha\n", true);
     server.terminate();
 }
 
@@ -1169,12 +1074,7 @@ fn fileserver_status_page_and_sigusr1() {
 
     // Counters move: a new connection and a request later.
     let mut idle = server.conn();
-    check_ok(
-        &idle.request(&get("/a.txt")),
-        "text/plain; charset=utf-8",
-        b"alpha\n",
-        true,
-    );
+    check_ok(&idle.request(&get("/a.txt")), TEXT, b"alpha\n", true);
     let mut second = String::new();
     wait_for(
         "the idle connection to show as keep-alive",
@@ -1216,19 +1116,9 @@ fn fileserver_serves_the_shipped_docroot() {
     let server = start_fileserver(&www, 2);
     let mut c = server.conn();
     let index = fs::read(www.join("index.html")).unwrap();
-    check_ok(
-        &c.request(&get("/")),
-        "text/html; charset=utf-8",
-        &index,
-        true,
-    );
+    check_ok(&c.request(&get("/")), HTML, &index, true);
     let css = fs::read(www.join("style.css")).unwrap();
-    check_ok(
-        &c.request(&get("/style.css")),
-        "text/css; charset=utf-8",
-        &css,
-        true,
-    );
+    check_ok(&c.request(&get("/style.css")), CSS, &css, true);
     let text = String::from_utf8_lossy(&index);
     assert!(
         text.contains("/server-status"),
