@@ -59,14 +59,31 @@ struct EventLoop {
     stop_deadline: Option<u64>,
     /// (jobs taken, since when) while every worker is busy with work waiting.
     stall: Option<(usize, u64)>,
+    /// The longest the event thread sleeps: the shortest timeout another
+    /// thread can hand it a connection under (keep-alive, write, linger).
+    /// A hand-over's deadline is then never before the planned wake-up, so
+    /// parking a connection does not have to wake this thread (see
+    /// `Runtime::nudge`); the timeout still counts from the hand-over.
+    max_sleep_ns: u64,
     now: u64,
 }
+
+/// `max_sleep_ns` is at least this, so very short timeouts do not turn an
+/// idle event thread into a busy one; they wake it per hand-over instead.
+const MIN_MAX_SLEEP_NS: u64 = 50_000_000;
 
 /// The event thread's body. Returns true when the stop deadline forced
 /// connections closed.
 pub fn run(rt: Arc<Runtime>) -> bool {
     mark_current_thread(&rt);
     let timeouts = TimeoutQueues::new(rt.table.capacity(), KINDS.map(|k| rt.timeout_ns(k)));
+    let max_sleep_ns = [Kind::Keepalive, Kind::Write, Kind::Linger]
+        .map(|k| rt.timeout_ns(k))
+        .into_iter()
+        .filter(|&ns| ns > 0)
+        .min()
+        .unwrap_or(u64::MAX)
+        .max(MIN_MAX_SLEEP_NS);
     let mut ev = EventLoop {
         now: rt.now_ns(),
         readiness: Readiness::new(&rt),
@@ -79,6 +96,7 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         backoff_next_ns: BACKOFF_FIRST_NS,
         stop_deadline: None,
         stall: None,
+        max_sleep_ns,
     };
     ev.sync_listeners();
     let forced = loop {
@@ -150,6 +168,7 @@ impl EventLoop {
             self.stall.map(|(_, since)| since + self.rt.config.shed_ns),
             // While stopping, look at the open count now and then.
             self.stop_deadline.map(|_| self.now + 10_000_000),
+            Some(self.now.saturating_add(self.max_sleep_ns)),
         ];
         match deadlines.iter().flatten().min() {
             None => -1,
@@ -208,7 +227,7 @@ impl EventLoop {
             State::Writing => {
                 self.timeouts.remove(h.index());
                 let next = self.rt.write_owned(h, slot, State::Writing);
-                self.adopt(h, next);
+                self.adopt(h, next, self.now);
             }
             State::Lingering => match self.rt.drain(slot.fd()) {
                 Drained::PeerDone => {
@@ -254,7 +273,9 @@ impl EventLoop {
     }
 
     /// Links a connection another thread armed into its timeout queue.
-    fn adopt(&mut self, h: Handle, handoff: Handoff) {
+    /// Links a connection handed over for watching into its timeout queue.
+    /// `since`: when it was handed over; its timeout counts from then.
+    fn adopt(&mut self, h: Handle, handoff: Handoff, since: u64) {
         let Handoff::Watch(kind) = handoff else {
             return;
         };
@@ -280,7 +301,7 @@ impl EventLoop {
         // readiness check saw part of the next request before this message
         // arrived and started the header clock, which must keep running.
         if self.timeouts.kind_of(h.index()).is_none() {
-            self.timeouts.insert(kind, h.index(), self.now);
+            self.timeouts.insert(kind, h.index(), since);
             if kind == Kind::Write {
                 self.write_queued[h.index() as usize] = socket::queued_output(slot.fd());
             }
@@ -302,13 +323,18 @@ impl EventLoop {
             return;
         }
         let next = self.rt.close_owned(h, slot, how);
-        self.adopt(h, next);
+        self.adopt(h, next, self.now);
     }
 
     fn drain_inbox(&mut self) {
         while let Some(msg) = self.rt.inbox.pop() {
             match msg {
-                Msg::Watch(h, kind) => self.adopt(h, Handoff::Watch(kind)),
+                Msg::Watch(h, kind) => {
+                    let since = self.rt.table.slot(h).map_or(0, |s| s.watch_since());
+                    // Not yet stamped (a slot reused meanwhile): count from now.
+                    let since = if since == 0 { self.now } else { since };
+                    self.adopt(h, Handoff::Watch(kind), since);
+                }
                 Msg::ListenersChanged => {
                     // Re-register from scratch on the next sync.
                     self.pause_listeners(false);

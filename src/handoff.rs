@@ -158,6 +158,9 @@ impl Runtime {
     /// the event thread, which links directly).
     pub fn hand_over(&self, h: Handle, handoff: Handoff) {
         if let Handoff::Watch(kind) = handoff {
+            if let Some(slot) = self.table.slot(h) {
+                slot.note_watch_since(self.now_ns());
+            }
             self.inbox.push(Msg::Watch(h, kind));
             self.nudge(kind);
         }

@@ -80,13 +80,22 @@ impl TimeoutQueues {
         }
     }
 
-    /// Appends `index` to `kind`'s list with deadline `now + timeout`,
+    /// Appends `index` to `kind`'s list with deadline `since + timeout`,
     /// unlinking it first from wherever it was (which also restarts its clock).
-    pub fn insert(&mut self, kind: Kind, index: u32, now_ns: u64) {
+    ///
+    /// Hand-overs from other threads reach the event thread a little out of
+    /// order, so `since` may be older than the tail's: the deadline is then
+    /// raised to the tail's, which keeps the list sorted (the invariant that
+    /// makes expiry O(1)) at the cost of a timeout that is late by that
+    /// difference, never early.
+    pub fn insert(&mut self, kind: Kind, index: u32, since_ns: u64) {
         self.remove(index);
         let k = kind as usize;
-        let deadline = now_ns.saturating_add(self.lists[k].timeout_ns);
         let tail = self.lists[k].tail;
+        let mut deadline = since_ns.saturating_add(self.lists[k].timeout_ns);
+        if tail != NIL {
+            deadline = deadline.max(self.links[tail as usize].deadline);
+        }
         self.links[index as usize] = Link {
             prev: tail,
             next: NIL,
@@ -189,6 +198,19 @@ mod tests {
         assert_eq!(q.pop_expired(Kind::Keepalive, 21 * MS), Some(1));
         assert_eq!(q.pop_expired(Kind::Keepalive, 21 * MS), None);
         assert_eq!(q.len(Kind::Keepalive), 1);
+    }
+
+    /// A hand-over stamped before the tail's keeps the list sorted: its
+    /// deadline rises to the tail's, it expires after the tail, never early.
+    #[test]
+    fn an_older_stamp_than_the_tail_is_never_expired_early() {
+        let mut q = queues();
+        q.insert(Kind::Keepalive, 1, 5 * MS);
+        q.insert(Kind::Keepalive, 2, 3 * MS);
+        assert_eq!(q.next_deadline(), Some(25 * MS));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 24 * MS), None);
+        assert_eq!(q.pop_expired(Kind::Keepalive, 25 * MS), Some(1));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 25 * MS), Some(2));
     }
 
     #[test]

@@ -101,6 +101,12 @@ pub struct Slot {
     user: AtomicPtr<c_void>,
     /// Threads inside `pinned` for this slot; `Table::free` waits for 0.
     pins: AtomicU32,
+    /// When the connection was last handed to the event thread to watch
+    /// (ns since the runtime's epoch). Its timeout counts from here, not from
+    /// when the event thread, which may sleep through a hand-over, links it.
+    /// Only grows while the slot holds one connection (`fetch_max`), so a
+    /// late writer from an earlier hand-over cannot move it back.
+    watch_since: AtomicU64,
     /// The pending write. Invariant: only the connection's current owner
     /// touches it, and only in Claimed, WriteReq, Writing or Closing; the
     /// AcqRel CAS that hands ownership over publishes it.
@@ -127,6 +133,7 @@ impl Slot {
             fd: AtomicI32::new(-1),
             user: AtomicPtr::new(ptr::null_mut()),
             pins: AtomicU32::new(0),
+            watch_since: AtomicU64::new(0),
             write: UnsafeCell::new(None),
         }
     }
@@ -229,6 +236,17 @@ impl Slot {
         self.user.store(p, Ordering::Release)
     }
 
+    /// Records that the connection was handed to the event thread to watch
+    /// at `now_ns`.
+    pub fn note_watch_since(&self, now_ns: u64) {
+        self.watch_since.fetch_max(now_ns, Ordering::AcqRel);
+    }
+
+    /// The time of the latest hand-over to the event thread (0: none yet).
+    pub fn watch_since(&self) -> u64 {
+        self.watch_since.load(Ordering::Acquire)
+    }
+
     /// Runs `f` on the slot while `h`'s connection is sure to occupy it:
     /// for the calls any thread may make with a handle, which must never
     /// reach a later connection in the same slot. Checking the generation
@@ -318,6 +336,7 @@ impl Table {
         let (generation, _) = unpack(slot.state.load(Ordering::Acquire));
         slot.fd.store(fd, Ordering::Relaxed);
         slot.user.store(ptr::null_mut(), Ordering::Relaxed);
+        slot.watch_since.store(0, Ordering::Relaxed);
         slot.state
             .store(pack(generation, initial), Ordering::Release);
         Some(Handle::new(index, generation))
