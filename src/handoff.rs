@@ -606,7 +606,7 @@ mod loom_tests {
     /// connection whose handler still runs (`Slot::while_in_handler`, as
     /// `shutdown_if_in_handler` does), while the handler returns without
     /// deciding and its worker closes the connection (`finish_step`:
-    /// Handler → Closing, then the descriptor is closed and the slot freed).
+    /// Handler → Closing, then the slot is freed and the descriptor closed).
     /// Either the event thread finds the connection no longer in a handler
     /// and leaves it alone, or the shutdown bit holds the worker's
     /// transition to Closing off until the shutdown is done: the shutdown
@@ -625,9 +625,9 @@ mod loom_tests {
                 let slot = t.slot(h).unwrap();
                 // The handler returned without deciding: close.
                 assert_eq!(finish_step(h, slot), Finish::Close);
-                // close_owned and final_close: the descriptor goes.
-                c.store(true, SeqCst);
+                // final_close: the slot is freed, then the descriptor closed.
                 t.free(h);
+                c.store(true, SeqCst);
             });
             let slot = table.slot(h).unwrap();
             let shut = slot.while_in_handler(h, |fd| {
