@@ -42,11 +42,13 @@ static const char BODY[] =
 _Static_assert(sizeof BODY - 1 == 100, "the body is 100 bytes");
 
 /* One client connection. buf holds bytes read but not yet served: the rest
-   of a request, or whole pipelined requests that came in the same read. */
+   of a request, or whole pipelined requests that came in the same read. It
+   exists only while there are such bytes, so an idle connection costs just
+   this small record. */
 struct conn {
     int fd;
     size_t len;
-    char buf[HEAD_MAX];
+    char *buf; /* HEAD_MAX bytes, or NULL */
 };
 
 /* ---- request reading and response writing -------------------------------- */
@@ -170,13 +172,15 @@ static enum next serve_one_request(struct conn *c) {
     size_t head;
     int n;
 
+    if (c->buf == NULL && (c->buf = malloc(HEAD_MAX)) == NULL)
+        return CLOSE;
     while ((head = head_length(c->buf, c->len)) == 0) {
         ssize_t got;
-        if (c->len == sizeof c->buf) {
+        if (c->len == HEAD_MAX) {
             send_all(c->fd, too_large, sizeof too_large - 1);
             return CLOSE;
         }
-        got = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
+        got = read(c->fd, c->buf + c->len, HEAD_MAX - c->len);
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0)
@@ -206,7 +210,11 @@ static enum next serve_one_request(struct conn *c) {
     }
     if (!send_all(c->fd, resp, (size_t)n) || !req.keep_alive)
         return CLOSE;
-    return c->len > 0 ? BUFFERED : KEEP;
+    if (c->len > 0)
+        return BUFFERED;
+    free(c->buf);
+    c->buf = NULL;
+    return KEEP;
 }
 
 /* A new connection's record. The socket timeouts bound how long a silent or
@@ -218,9 +226,16 @@ static struct conn *conn_new(int fd) {
         return NULL;
     c->fd = fd;
     c->len = 0;
+    c->buf = NULL;
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     return c;
+}
+
+static void conn_free(struct conn *c) {
+    if (c != NULL)
+        free(c->buf);
+    free(c);
 }
 
 /* A listening socket on 127.0.0.1:port, or -1. */
@@ -260,7 +275,7 @@ static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int wh
 /* The runtime closes the socket; the record is ours to free. */
 static void on_close(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, void *c) {
     (void)ud, (void)rt, (void)conn, (void)fd;
-    free(c);
+    conn_free(c);
 }
 
 static int request_ready(void *ud, evmpm_conn conn, void *c, const uint8_t *data, size_t len) {
