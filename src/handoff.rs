@@ -276,20 +276,27 @@ impl Runtime {
             return Handoff::None;
         }
         let _ = socket::shutdown_write(fd);
-        match self.drain(fd) {
-            Drained::PeerDone => {
+        let can_linger =
+            self.config.linger_ns != 0 && self.event_thread_alive.load(Ordering::Acquire);
+        // A lingering close drains on the event thread as the client's input
+        // arrives. Draining here first would cost a read that, in the usual
+        // case, finds nothing: the client has not read the response yet.
+        if how != CloseHow::Linger || !can_linger {
+            match self.drain(fd) {
+                Drained::PeerDone => {
+                    self.final_close(h, slot, false);
+                    return Handoff::None;
+                }
+                Drained::Nothing if how == CloseHow::Quick => {
+                    self.final_close(h, slot, false);
+                    return Handoff::None;
+                }
+                _ => {}
+            }
+            if !can_linger {
                 self.final_close(h, slot, false);
                 return Handoff::None;
             }
-            Drained::Nothing if how == CloseHow::Quick => {
-                self.final_close(h, slot, false);
-                return Handoff::None;
-            }
-            _ => {}
-        }
-        if self.config.linger_ns == 0 || !self.event_thread_alive.load(Ordering::Acquire) {
-            self.final_close(h, slot, false);
-            return Handoff::None;
         }
         self.lingering.fetch_add(1, Ordering::AcqRel);
         slot.set_state(h, State::Lingering);
@@ -333,9 +340,11 @@ impl Runtime {
         // lead to it. Events still queued for the old registration carry the
         // old handle and are dropped as stale.
         self.table.free(h);
-        // Explicit delete: a descriptor the host dup()ed would otherwise keep
-        // the registration alive after close.
-        let _ = self.epoll.delete(fd);
+        // No EPOLL_CTL_DEL: close() removes the registration. Only if the
+        // host holds a dup() of the descriptor does it outlive the close,
+        // and then, being one-shot like every connection registration, it
+        // reports at most one more event, under this connection's handle,
+        // which the event thread drops as stale.
         sys::close(fd);
         if was_lingering {
             self.lingering.fetch_sub(1, Ordering::AcqRel);
