@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include <string.h>
 #include <unistd.h>
 
 static void new_connection_reaches_handler(void) {
@@ -139,6 +140,57 @@ static void peer_close_while_parked_runs_close_callback(void) {
     CHECK_OK(line_server_stop(&s, 1000));
 }
 
+/* The host keeps a dup() of the descriptor, so the socket outlives the
+ * connection and so does its epoll registration, armed for the next
+ * request when the keep-alive timeout closes it. The client's late bytes
+ * then report one event under the dead connection's handle: the runtime
+ * drops it, and keeps serving, in the slot too. */
+static int dup_of_conn = -1;
+
+static enum line_command_result dup_command(struct line_server *s, evmpm_conn c, int fd,
+                                            const char *line) {
+    (void)c;
+    if (strcmp(line, "DUP") != 0)
+        return LINE_UNKNOWN;
+    dup_of_conn = dup(fd);
+    CHECK(dup_of_conn >= 0);
+    line_reply(fd, "DUPPED\n");
+    (void)s;
+    return LINE_PARK;
+}
+
+static void host_dup_outlives_the_connection(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    int fd, other, i;
+    line_server_config(&s, &cfg);
+    cfg.worker_threads = 1;
+    cfg.connection_limit = 1; /* the next client takes the same slot */
+    cfg.keepalive_timeout_ms = (uint32_t)(100 * harness_slowdown());
+    s.command = dup_command;
+    line_server_start(&s, &cfg);
+    fd = connect_loopback(s.port);
+    send_str(fd, "DUP\n");
+    EXPECT_LINE(fd, "DUPPED");
+    /* Closed by the keep-alive timeout: the write side is shut down, but
+     * the host's dup keeps the socket, and its read side, open. */
+    CHECK(wait_closed(fd, 5000));
+    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
+    WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
+    send_str(fd, "PING\n");
+    other = line_client(&s);
+    for (i = 0; i < 10; i++)
+        ping(other);
+    CHECK_EQ(line_server_stats(&s).accepted, 2);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+    /* The late PING was never served: nobody reads the dup. */
+    CHECK_EQ(atomic_load(&s.handler_calls), 1 + 1 + 10);
+    close(other);
+    close(dup_of_conn);
+    close(fd);
+    CHECK_OK(line_server_stop(&s, 1000));
+}
+
 int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"new_connection_reaches_handler", new_connection_reaches_handler},
@@ -149,6 +201,7 @@ int main(int argc, char **argv) {
         {"buffered_flag_skips_polling", buffered_flag_skips_polling},
         {"handler_returning_undecided_closes", handler_returning_undecided_closes},
         {"peer_close_while_parked_runs_close_callback", peer_close_while_parked_runs_close_callback},
+        {"host_dup_outlives_the_connection", host_dup_outlives_the_connection},
     };
     return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
