@@ -1065,7 +1065,7 @@ report() {
             fi
         done
         echo
-        echo "evmpm alone (the hand-off echo server of bench/handoff.c, which keeps no per-connection record): $(fmt_b "$(med b echo.rss_per_conn)") of RSS per idle connection, $(fmt_int "$(med b echo.open_end)") of $(fmt_int "$(med b echo.parked)") open at the end. The difference to hello_evmpm is the example's own per-connection record (\`struct conn\`, an 8 KiB read buffer allocated on the first request and kept while the connection is parked)."
+        echo "evmpm alone (the hand-off echo server of bench/handoff.c, which keeps no per-connection record): $(fmt_b "$(med b echo.rss_per_conn)") of RSS per idle connection, $(fmt_int "$(med b echo.open_end)") of $(fmt_int "$(med b echo.parked)") open at the end. The difference to hello_evmpm is the example's own per-connection record (\`struct conn\`: a descriptor, a length and a buffer pointer; its 8 KiB read buffer exists only while a request is read or pipelined bytes wait)."
     fi
     if want c; then
         echo
