@@ -13,30 +13,14 @@
 #include "harness.h"
 #include "hostile_util.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 enum { ESTABLISHED = 16, PENDING = 8, HEADROOM = 24 };
-
-static void connect_existing(int fd, int port) {
-    struct sockaddr_in a;
-    int one = 1;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons((uint16_t)port);
-    /* Blocking: the kernel completes the handshake into the backlog. */
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-        harness_fail(__FILE__, __LINE__, "connect: %s", strerror(errno));
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
 
 static void accept_backs_off_when_descriptors_run_out(void) {
     struct line_server s;
@@ -80,7 +64,8 @@ static void accept_backs_off_when_descriptors_run_out(void) {
     st = line_server_stats(&s);
     accepted = st.accepted;
     for (i = 0; i < PENDING; i++) {
-        connect_existing(pending[i], s.port);
+        /* Blocking: the kernel completes the handshake into the backlog. */
+        connect_socket_loopback(pending[i], s.port);
         send_str(pending[i], "PING\n");
     }
     WAIT_UNTIL(line_server_stats(&s).accept_backoffs >= 1, 5000);
