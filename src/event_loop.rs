@@ -227,7 +227,7 @@ impl EventLoop {
             State::Writing => {
                 self.timeouts.remove(h.index());
                 let next = self.rt.write_owned(h, slot, State::Writing);
-                self.adopt(h, next, self.now);
+                self.adopt(h, next);
             }
             State::Lingering => match self.rt.drain(slot.fd()) {
                 Drained::PeerDone => {
@@ -272,10 +272,9 @@ impl EventLoop {
         false
     }
 
-    /// Links a connection another thread armed into its timeout queue.
-    /// Links a connection handed over for watching into its timeout queue.
-    /// `since`: when it was handed over; its timeout counts from then.
-    fn adopt(&mut self, h: Handle, handoff: Handoff, since: u64) {
+    /// Links a connection handed over for watching into its timeout queue,
+    /// counting its timeout from the hand-over stamped in its slot.
+    fn adopt(&mut self, h: Handle, handoff: Handoff) {
         let Handoff::Watch(kind) = handoff else {
             return;
         };
@@ -301,7 +300,7 @@ impl EventLoop {
         // readiness check saw part of the next request before this message
         // arrived and started the header clock, which must keep running.
         if self.timeouts.kind_of(h.index()).is_none() {
-            self.timeouts.insert(kind, h.index(), since);
+            self.timeouts.insert(kind, h.index(), slot.watch_since());
             if kind == Kind::Write {
                 self.write_queued[h.index() as usize] = socket::queued_output(slot.fd());
             }
@@ -323,18 +322,13 @@ impl EventLoop {
             return;
         }
         let next = self.rt.close_owned(h, slot, how);
-        self.adopt(h, next, self.now);
+        self.adopt(h, next);
     }
 
     fn drain_inbox(&mut self) {
         while let Some(msg) = self.rt.inbox.pop() {
             match msg {
-                Msg::Watch(h, kind) => {
-                    let since = self.rt.table.slot(h).map_or(0, |s| s.watch_since());
-                    // Not yet stamped (a slot reused meanwhile): count from now.
-                    let since = if since == 0 { self.now } else { since };
-                    self.adopt(h, Handoff::Watch(kind), since);
-                }
+                Msg::Watch(h, kind) => self.adopt(h, Handoff::Watch(kind)),
                 Msg::ListenersChanged => {
                     // Re-register from scratch on the next sync.
                     self.pause_listeners(false);

@@ -47,7 +47,8 @@ pub enum Handoff {
     /// Nothing: the connection is closed, queued, or held elsewhere.
     None,
     /// The connection waits on the event thread: link it into this timeout
-    /// queue. Its epoll interest is already armed.
+    /// queue. Its epoll interest is already armed and the hand-over time
+    /// stamped in its slot (`Runtime::watch`).
     Watch(Kind),
 }
 
@@ -158,12 +159,17 @@ impl Runtime {
     /// the event thread, which links directly).
     pub fn hand_over(&self, h: Handle, handoff: Handoff) {
         if let Handoff::Watch(kind) = handoff {
-            if let Some(slot) = self.table.slot(h) {
-                slot.note_watch_since(self.now_ns());
-            }
             self.inbox.push(Msg::Watch(h, kind));
             self.nudge(kind);
         }
+    }
+
+    /// The hand-over of an armed connection to the event thread's `kind`
+    /// queue, its time stamped in the slot: the timeout counts from now,
+    /// however late the event thread links it.
+    fn watch(&self, slot: &Slot, kind: Kind) -> Handoff {
+        slot.note_watch_since(self.now_ns());
+        Handoff::Watch(kind)
     }
 
     /// Parks an owned connection in keep-alive, or closes it when the
@@ -182,7 +188,7 @@ impl Runtime {
         // thread never sees an event for a connection it does not own.
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
         match self.epoll.modify(slot.fd(), interest, h.0) {
-            Ok(()) => Handoff::Watch(Kind::Keepalive),
+            Ok(()) => self.watch(slot, Kind::Keepalive),
             Err(_) => self.reclaim_and_abort(h, slot, State::Keepalive),
         }
     }
@@ -215,7 +221,7 @@ impl Runtime {
                     unsafe { slot.put_write(w) };
                     let interest = epoll::WRITABLE | epoll::ONESHOT;
                     return match self.epoll.modify(fd, interest, h.0) {
-                        Ok(()) => Handoff::Watch(Kind::Write),
+                        Ok(()) => self.watch(slot, Kind::Write),
                         Err(_) => self.reclaim_and_abort(h, slot, State::Writing),
                     };
                 }
@@ -302,7 +308,7 @@ impl Runtime {
         slot.set_state(h, State::Lingering);
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
         match self.epoll.modify(fd, interest, h.0) {
-            Ok(()) => Handoff::Watch(Kind::Linger),
+            Ok(()) => self.watch(slot, Kind::Linger),
             Err(_) => {
                 if slot.transition(h, State::Lingering, State::Closing).is_ok() {
                     self.final_close(h, slot, true);
