@@ -149,13 +149,12 @@ static int dup_of_conn = -1;
 
 static enum line_command_result dup_command(struct line_server *s, evmpm_conn c, int fd,
                                             const char *line) {
-    (void)c;
+    (void)s, (void)c;
     if (strcmp(line, "DUP") != 0)
         return LINE_UNKNOWN;
     dup_of_conn = dup(fd);
     CHECK(dup_of_conn >= 0);
     line_reply(fd, "DUPPED\n");
-    (void)s;
     return LINE_PARK;
 }
 
