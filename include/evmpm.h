@@ -29,7 +29,7 @@ typedef struct evmpm_runtime evmpm_runtime;
 
 #define EVMPM_VERSION_MAJOR 0
 
-#define EVMPM_VERSION_MINOR 1
+#define EVMPM_VERSION_MINOR 2
 
 #define EVMPM_VERSION_PATCH 0
 

@@ -212,7 +212,7 @@ pub struct evmpm_stats {
 pub const EVMPM_CONFIG_VERSION: u32 = 1;
 
 pub const EVMPM_VERSION_MAJOR: u32 = 0;
-pub const EVMPM_VERSION_MINOR: u32 = 1;
+pub const EVMPM_VERSION_MINOR: u32 = 2;
 pub const EVMPM_VERSION_PATCH: u32 = 0;
 
 /// Handler wake reason: a new connection sent its first bytes.
