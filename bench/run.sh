@@ -261,14 +261,16 @@ RAW=$TMP/raw.tsv
 # goes into the programs (bench/results excepted), as they are at build time.
 GIT_COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=$(cd "$ROOT" && git status --porcelain -- src include examples-c bench Cargo.toml \
-    Cargo.lock build.rs cbindgen.toml ':(exclude)bench/results' 2>/dev/null | cut -c4- | tr '\n' ' ' |
+    Cargo.lock build.rs cbindgen.toml native-static-libs.txt ':(exclude)bench/results' \
+    2>/dev/null | cut -c4- | tr '\n' ' ' |
     sed 's/ $//' || true)
 
 log "building the library (cargo build --release)"
 (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
 LIB=$TARGET_DIR/release/libevmpm.a
 [ -f "$LIB" ] || die "$LIB is missing"
-NATIVE=(-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
+# What a program linking libevmpm.a needs after it (native-static-libs.txt).
+read -ra NATIVE <<<"$(sed '/^[[:space:]]*#/d' "$ROOT/native-static-libs.txt" | tr '\n' ' ')"
 CFLAGS=(-O2 -g -std=c11 -Wall -Wextra -pedantic -pthread -I"$ROOT/include")
 CC=${CC:-cc}
 log "building the C programs"

@@ -150,22 +150,26 @@ case $(od -An -tu1 -j4 -N1 "$built/libevmpm.so" | tr -d ' \n') in
     *) die "$built/libevmpm.so is not an ELF file" ;;
 esac
 
-# What `rustc --print native-static-libs` reports for libevmpm.a on Linux:
-# a program linking the static library needs these after it. The shared
-# library records its own dependencies.
-native_libs='-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc'
-# The same as CMake link items: threads through Threads::Threads, libc
-# implied.
+# The system libraries a program linking libevmpm.a needs after it, as
+# `rustc --print native-static-libs` reports them: native-static-libs.txt,
+# which tests/packaging.rs checks against rustc. The shared library records
+# its own dependencies. For CMake the same as link items: threads through
+# Threads::Threads, libc implied.
+libs_file=$root/native-static-libs.txt
+[ -f "$libs_file" ] || die "$libs_file is missing"
+native_libs=
 cmake_libs=
-for lib in $native_libs; do
+for lib in $(sed '/^[[:space:]]*#/d' "$libs_file"); do
+    native_libs=${native_libs:+$native_libs }$lib
     case $lib in
         -lpthread) item=Threads::Threads ;;
         -lc) continue ;;
         -l*) item=${lib#-l} ;;
-        *) die "unexpected native library flag: $lib" ;;
+        *) die "native-static-libs.txt: unexpected flag: $lib" ;;
     esac
     cmake_libs=${cmake_libs:+$cmake_libs;}$item
 done
+[ -n "$native_libs" ] || die "native-static-libs.txt lists no library"
 
 # ---- install -----------------------------------------------------------------
 dest=$destdir$prefix
@@ -208,8 +212,8 @@ render() { # render TEMPLATE DEST
         -e "s|@SONAME@|$soname|g" \
         -e "s|@SHARED_LIBRARY@|$shlib|g" \
         -e "s|@SIZEOF_VOID_P@|$sizeof_void_p|g" \
-        -e "s|@NATIVE_LIBS@|$native_libs|g" \
-        -e "s|@CMAKE_NATIVE_LIBS@|$cmake_libs|g" \
+        -e "s|@NATIVE_LIBS@|$(sed_value "$native_libs")|g" \
+        -e "s|@CMAKE_NATIVE_LIBS@|$(sed_value "$cmake_libs")|g" \
         "$root/cmake/$1" >"$2.tmp.$$"
     if grep -n '@[A-Z_]*@' "$2.tmp.$$" >&2; then
         rm -f "$2.tmp.$$"

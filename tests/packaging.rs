@@ -2,7 +2,9 @@
 //! installs into a scratch prefix (once per test run), then a C program,
 //! `cmake/test-consumer/consumer.c`, is built against it through pkg-config
 //! and through CMake's `find_package`, statically and against the shared
-//! library, and run.
+//! library, and run. `native-static-libs.txt`, the one list of what a static
+//! link needs that all of these take, is checked against rustc and against
+//! the README.
 //!
 //! cmake, pkg-config and readelf are optional here: a test (or check) whose
 //! tool is missing prints "skipped: <tool> not found" and passes, unless
@@ -113,18 +115,19 @@ fn prefix() -> &'static Path {
     }
 }
 
+/// The target directory of the cargo these tests run: the one they run from
+/// is locked by the cargo that runs them.
+fn cargo_target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("packaging-target")
+}
+
 fn install() -> Result<PathBuf, String> {
     let prefix = fresh_dir("prefix");
     let mut cmd = Command::new("sh");
     cmd.arg(support::repo().join("scripts/install.sh"))
         .arg("--prefix")
         .arg(&prefix)
-        // Its own target directory: the one this test runs from is locked
-        // by the cargo that runs it.
-        .env(
-            "CARGO_TARGET_DIR",
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("packaging-target"),
-        );
+        .env("CARGO_TARGET_DIR", cargo_target_dir());
     // An error is kept, not panicked, so every test reports it and none
     // starts the build again.
     try_run(cmd, "scripts/install.sh", Duration::from_secs(1800))?;
@@ -237,7 +240,7 @@ fn install_layout() {
 
     // pkg-config files: this prefix, Cargo.toml's version, and the system
     // libraries the static library needs, as the C test suite links them.
-    let native = support::NATIVE_LIBS.join(" ");
+    let native = support::native_libs().join(" ");
     let pc = read(&lib.join("pkgconfig/evmpm.pc"));
     let lines: Vec<&str> = pc.lines().collect();
     assert!(
@@ -253,6 +256,22 @@ fn install_layout() {
         pc.lines()
             .any(|l| l == format!("Libs: -L${{libdir}} -l:libevmpm.a {native}")),
         "{pc}"
+    );
+
+    // The static CMake target links the same libraries, as CMake items.
+    let items: Vec<&str> = support::native_libs()
+        .into_iter()
+        .filter(|lib| *lib != "-lc")
+        .map(|lib| match lib {
+            "-lpthread" => "Threads::Threads",
+            _ => lib.strip_prefix("-l").expect("a -l flag"),
+        })
+        .collect();
+    let config = read(&lib.join("cmake/evmpm/evmpmConfig.cmake"));
+    let expected = format!("INTERFACE_LINK_LIBRARIES \"{}\")", items.join(";"));
+    assert!(
+        config.lines().any(|l| l.trim() == expected),
+        "evmpmConfig.cmake lacks `{expected}`:\n{config}"
     );
 
     // The CMake files name no path: they work wherever the tree is moved.
@@ -302,9 +321,9 @@ fn pkg_config_consumer() {
     let flags = pkg_config(prefix, &["--cflags", "--libs", "--static", "evmpm"]);
     assert!(
         flags.ends_with(
-            &support::NATIVE_LIBS
-                .iter()
-                .map(|s| s.to_string())
+            &support::native_libs()
+                .into_iter()
+                .map(String::from)
                 .collect::<Vec<_>>()
         ),
         "{flags:?}"
@@ -401,6 +420,76 @@ fn cmake_find_package() {
         )
         .is_empty(),
         "the static consumer was not linked with the moved libevmpm.a"
+    );
+}
+
+/// native-static-libs.txt is what rustc reports for this crate, built as a
+/// static library: the list every static link here takes (pkg-config, CMake,
+/// the C tests, the README).
+#[test]
+fn native_libs_are_what_rustc_reports() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // Debug, beside install.sh's release build. When nothing changed, cargo
+    // does not run rustc again but replays its messages, the list too.
+    cmd.args([
+        "rustc",
+        "--lib",
+        "--crate-type",
+        "staticlib",
+        "--color",
+        "never",
+    ])
+    .arg("--manifest-path")
+    .arg(support::repo().join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(cargo_target_dir())
+    .args(["--", "--print", "native-static-libs"]);
+    let what = "cargo rustc --print native-static-libs";
+    let output = run(cmd, what, Duration::from_secs(1200));
+    let reported: Vec<&str> = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("note: native-static-libs:"))
+        .unwrap_or_else(|| panic!("{what} printed no list:\n{output}"))
+        .split_whitespace()
+        .collect();
+    let listed = support::native_libs();
+    assert!(
+        reported == listed,
+        "native-static-libs.txt lists `{}`, but rustc now reports `{}` for the \
+         crate: put rustc's list in native-static-libs.txt (install.sh, the \
+         tests and the README's link line take it from there)",
+        listed.join(" "),
+        reported.join(" "),
+    );
+}
+
+/// The README's plain compiler line links native-static-libs.txt's list.
+#[test]
+fn readme_links_the_native_libs() {
+    let readme = read(&support::repo().join("README.md"));
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cc ") && l.contains("/libevmpm.a "))
+        .expect("README.md has a compiler line linking libevmpm.a");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let start = words
+        .iter()
+        .position(|w| w.ends_with("/libevmpm.a"))
+        .unwrap()
+        + 1;
+    let end = start
+        + words[start..]
+            .iter()
+            .position(|w| *w == "-o")
+            .expect("the compiler line names its output with -o");
+    let listed = support::native_libs();
+    assert!(
+        words[start..end] == listed[..],
+        "README.md links `{}` after libevmpm.a, native-static-libs.txt lists \
+         `{}`: copy the file's list into the README's compiler line",
+        words[start..end].join(" "),
+        listed.join(" "),
     );
 }
 

@@ -15,17 +15,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The libraries a Rust static library needs on this target, as
-/// `rustc --print native-static-libs` reports them for the crate.
-pub const NATIVE_LIBS: &[&str] = &[
-    "-lgcc_s",
-    "-lutil",
-    "-lrt",
-    "-lpthread",
-    "-lm",
-    "-ldl",
-    "-lc",
-];
+/// The libraries a program linking `libevmpm.a` needs after it, from
+/// `native-static-libs.txt` (what `rustc --print native-static-libs`
+/// reports for the crate; tests/packaging.rs checks that it still is).
+pub fn native_libs() -> Vec<&'static str> {
+    include_str!("../../native-static-libs.txt")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .collect()
+}
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -118,7 +117,10 @@ pub fn build_c(name: &str, sources: &[&str], extra: &[&str]) -> PathBuf {
     for s in sources {
         cmd.arg(repo().join(s));
     }
-    cmd.arg(static_lib()).args(NATIVE_LIBS).arg("-o").arg(&out);
+    cmd.arg(static_lib())
+        .args(native_libs())
+        .arg("-o")
+        .arg(&out);
     run_compiler(cmd, name);
     out
 }
