@@ -110,7 +110,7 @@ static int serve_evmpm(int port, int workers, int ready) {
         fprintf(stderr, "handoff: cannot listen on %d: %s\n", port, strerror(errno));
         return 1;
     }
-    evmpm_config_init(&cfg);
+    evmpm_config_init(&cfg, sizeof cfg);
     cfg.worker_threads = (uint32_t)workers;
     cfg.keepalive_timeout_ms = 600000;
     cfg.handler = echo_handler;

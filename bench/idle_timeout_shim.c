@@ -27,11 +27,11 @@ static int keepalive_s(void) {
 }
 
 #ifdef WRAP_EVMPM_CONFIG_INIT
-int __real_evmpm_config_init(struct evmpm_config *cfg);
-int __wrap_evmpm_config_init(struct evmpm_config *cfg);
+int __real_evmpm_config_init(struct evmpm_config *cfg, size_t cfg_size);
+int __wrap_evmpm_config_init(struct evmpm_config *cfg, size_t cfg_size);
 
-int __wrap_evmpm_config_init(struct evmpm_config *cfg) {
-    int rc = __real_evmpm_config_init(cfg);
+int __wrap_evmpm_config_init(struct evmpm_config *cfg, size_t cfg_size) {
+    int rc = __real_evmpm_config_init(cfg, cfg_size);
     if (rc == 0 && keepalive_s() > 0)
         cfg->keepalive_timeout_ms = (uint32_t)keepalive_s() * 1000u;
     return rc;

@@ -534,7 +534,7 @@ static void line_close(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd,
 void line_server_config(struct line_server *s, evmpm_config *cfg) {
     memset(s, 0, sizeof *s);
     s->listen_fd = -1;
-    CHECK_OK(evmpm_config_init(cfg));
+    CHECK_OK(evmpm_config_init(cfg, sizeof *cfg));
     cfg->worker_threads = 4;
     cfg->handler = line_handler;
     cfg->on_close = line_close;
@@ -600,7 +600,7 @@ int line_server_resume_suspended(struct line_server *s) {
 
 evmpm_stats line_server_stats(struct line_server *s) {
     evmpm_stats st;
-    CHECK_OK(evmpm_get_stats(s->rt, &st));
+    CHECK_OK(evmpm_get_stats(s->rt, &st, sizeof st));
     return st;
 }
 

@@ -18,7 +18,7 @@ HEADER_ASSERT(verdicts_are_ordered,
               EVMPM_REQUEST_REJECT < EVMPM_REQUEST_INCOMPLETE &&
                   EVMPM_REQUEST_INCOMPLETE < EVMPM_REQUEST_COMPLETE);
 HEADER_ASSERT(write_flags_are_bits, (EVMPM_WRITE_KEEPALIVE & EVMPM_WRITE_BUFFERED) == 0);
-HEADER_ASSERT(version_is_set, EVMPM_CONFIG_VERSION > 0 && EVMPM_VERSION_MAJOR >= 0 &&
+HEADER_ASSERT(version_is_set, EVMPM_VERSION_MAJOR >= 0 &&
                                   EVMPM_VERSION_MINOR >= 0 && EVMPM_VERSION_PATCH >= 0);
 HEADER_ASSERT(stats_are_counters, sizeof(((evmpm_stats *)0)->accepted) == 8);
 
@@ -64,7 +64,7 @@ int header_c99_host(int listen_fd) {
     void *user = NULL;
     int fd = -1, rc;
     const char *text;
-    if (evmpm_config_init(&cfg) != EVMPM_OK || cfg.version != EVMPM_CONFIG_VERSION)
+    if (evmpm_config_init(&cfg, sizeof cfg) != EVMPM_OK || cfg.size != sizeof cfg)
         return EVMPM_EVERSION;
     cfg.worker_threads = 4;
     cfg.keepalive_timeout_ms = 5000;
@@ -92,7 +92,7 @@ int header_c99_host(int listen_fd) {
     evmpm_conn_fd(rt, conn, &fd);
     evmpm_hand_back_to_worker(rt, conn);
     evmpm_complete_write(rt, conn, "x", 1, rel, NULL, EVMPM_WRITE_BUFFERED);
-    evmpm_get_stats(rt, &st);
+    evmpm_get_stats(rt, &st, sizeof st);
     rc = (int)(st.connections + st.conns_reading + st.conns_queued + st.conns_in_handler +
                st.conns_writing + st.conns_keepalive + st.conns_lingering + st.conns_suspended +
                st.workers_busy + st.workers_idle + st.accepted + st.closed + st.timed_out +

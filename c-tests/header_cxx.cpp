@@ -53,7 +53,7 @@ static int ready(void *user_data, evmpm_conn conn, void *conn_user, const uint8_
 int header_cxx_host(int listen_fd);
 int header_cxx_host(int listen_fd) {
     evmpm_config cfg;
-    if (evmpm_config_init(&cfg) != EVMPM_OK)
+    if (evmpm_config_init(&cfg, sizeof cfg) != EVMPM_OK)
         return EVMPM_EINVAL;
     cfg.handler = handler;
     cfg.on_close = on_close;
@@ -76,7 +76,7 @@ int header_cxx_host(int listen_fd) {
     evmpm_hand_back_to_worker(rt, conn);
     evmpm_close(rt, conn);
     evmpm_stats st = evmpm_stats();
-    evmpm_get_stats(rt, &st);
+    evmpm_get_stats(rt, &st, sizeof st);
     evmpm_stop(rt, 1000);
     evmpm_destroy(rt);
     const char *text = evmpm_strerror(rc);

@@ -649,7 +649,7 @@ static void misuse_runtime_calls(struct misuse *m, int pipe_fd, int udp_fd, int 
         EXPECT_RC(evmpm_conn_set_user(NULL, 1, NULL), EVMPM_EINVAL);
         EXPECT_RC(evmpm_conn_get_user(NULL, 1, &user), EVMPM_EINVAL);
         EXPECT_RC(evmpm_conn_fd(NULL, 1, &fd), EVMPM_EINVAL);
-        EXPECT_RC(evmpm_get_stats(NULL, &st), EVMPM_EINVAL);
+        EXPECT_RC(evmpm_get_stats(NULL, &st, sizeof st), EVMPM_EINVAL);
         EXPECT_RC(evmpm_register_listener(NULL, server.listen_fd), EVMPM_EINVAL);
         EXPECT_RC(evmpm_start(NULL), EVMPM_EINVAL);
         EXPECT_RC(evmpm_stop(NULL, 0), EVMPM_EINVAL);
@@ -679,13 +679,13 @@ static void misuse_runtime_calls(struct misuse *m, int pipe_fd, int udp_fd, int 
         EXPECT_RC(evmpm_start(rt), EVMPM_ESTATE);
         break;
     case 5: /* stats: a consistent snapshot */
-        CHECK_OK(evmpm_get_stats(rt, &st));
+        CHECK_OK(evmpm_get_stats(rt, &st, sizeof st));
         CHECK(st.closed <= st.accepted);
         CHECK_EQ(st.conns_reading + st.conns_queued + st.conns_in_handler + st.conns_writing +
                      st.conns_keepalive + st.conns_lingering + st.conns_suspended,
                  st.connections);
         CHECK_EQ(st.workers_busy + st.workers_idle, WORKERS);
-        EXPECT_RC(evmpm_get_stats(rt, NULL), EVMPM_EINVAL);
+        EXPECT_RC(evmpm_get_stats(rt, NULL, sizeof(evmpm_stats)), EVMPM_EINVAL);
         break;
     case 6: /* every code has a description, unknown ones too */
         fd = (int)rng_next(r);
@@ -693,16 +693,16 @@ static void misuse_runtime_calls(struct misuse *m, int pipe_fd, int udp_fd, int 
         CHECK(evmpm_strerror(-(int)rng_below(r, 14)) != NULL);
         break;
     case 7: /* configurations that must be refused, and *out cleared */
-        EXPECT_RC(evmpm_config_init(NULL), EVMPM_EINVAL);
-        CHECK_OK(evmpm_config_init(&cfg));
+        EXPECT_RC(evmpm_config_init(NULL, sizeof(evmpm_config)), EVMPM_EINVAL);
+        CHECK_OK(evmpm_config_init(&cfg, sizeof cfg));
         other = rt;
         EXPECT_RC(evmpm_create(&cfg, &other), EVMPM_EINVAL); /* no handler */
         CHECK(other == NULL);
         cfg.handler = noop_handler;
         switch (rng_below(r, 5)) {
-        case 0: cfg.version = 1 + EVMPM_CONFIG_VERSION + rng_below(r, 100); break;
+        case 0: cfg.size = (uint32_t)rng_below(r, (uint32_t)sizeof cfg); break;
         case 1: cfg.worker_threads = rng_below(r, 2) ? 0 : 4097 + rng_below(r, 1000); break;
-        case 2: cfg.connection_limit = rng_below(r, 2) ? 0 : (1u << 24) + rng_below(r, 1000); break;
+        case 2: cfg.connection_limit = rng_below(r, 2) ? 0 : (1u << 20) + 1 + rng_below(r, 1000); break;
         case 3: cfg.request_peek_bytes = rng_below(r, 2) ? 0 : 32769 + rng_below(r, 1000); break;
         default: cfg.async_request_worker_factor = -1.0 - rng_below(r, 10); break;
         }
@@ -713,7 +713,7 @@ static void misuse_runtime_calls(struct misuse *m, int pipe_fd, int udp_fd, int 
         EXPECT_RC(evmpm_create(&cfg, NULL), EVMPM_EINVAL);
         break;
     case 8: /* a second runtime comes and goes beside the first */
-        CHECK_OK(evmpm_config_init(&cfg));
+        CHECK_OK(evmpm_config_init(&cfg, sizeof cfg));
         cfg.handler = noop_handler;
         cfg.worker_threads = 1;
         cfg.connection_limit = 16;
@@ -897,7 +897,7 @@ static void random_operations_from_many_threads(void) {
         EXPECT_RC_IN(evmpm_conn_get_user(server.rt, h, &user),
                      RC(EVMPM_ESTALE) | RC(EVMPM_ESTOPPED));
     }
-    CHECK_OK(evmpm_get_stats(server.rt, &st));
+    CHECK_OK(evmpm_get_stats(server.rt, &st, sizeof st));
     CHECK_EQ(st.connections, 0);
     CHECK_OK(evmpm_destroy(server.rt));
     server.rt = NULL;

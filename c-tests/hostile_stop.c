@@ -445,7 +445,7 @@ static void idle_stop_on_a_starved_machine_returns_ok(void) {
         evmpm_runtime *rt;
         int64_t t;
         int rc;
-        CHECK_OK(evmpm_config_init(&cfg));
+        CHECK_OK(evmpm_config_init(&cfg, sizeof cfg));
         cfg.handler = noop_handler;
         cfg.worker_threads = 4;
         cfg.connection_limit = 16;

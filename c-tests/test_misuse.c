@@ -37,7 +37,7 @@ static void noop_handler(void *user_data, evmpm_runtime *rt, evmpm_conn conn, in
 static evmpm_runtime *make_runtime(void) {
     evmpm_config cfg;
     evmpm_runtime *rt = NULL;
-    CHECK_OK(evmpm_config_init(&cfg));
+    CHECK_OK(evmpm_config_init(&cfg, sizeof cfg));
     cfg.worker_threads = 1;
     cfg.handler = noop_handler;
     CHECK_OK(evmpm_create(&cfg, &rt));
@@ -61,11 +61,11 @@ static void null_pointers(void) {
     evmpm_conn c = ((evmpm_conn)1 << 32) | 1; /* shaped like a handle */
     void *user;
     int fd;
-    CHECK_OK(evmpm_config_init(&cfg));
+    CHECK_OK(evmpm_config_init(&cfg, sizeof cfg));
     cfg.handler = noop_handler;
     rt = make_runtime();
 
-    EXPECT_CODE(evmpm_config_init(NULL), EVMPM_EINVAL);
+    EXPECT_CODE(evmpm_config_init(NULL, sizeof(evmpm_config)), EVMPM_EINVAL);
     out = rt; /* not NULL: must be cleared on error */
     EXPECT_CODE(evmpm_create(NULL, &out), EVMPM_EINVAL);
     CHECK(out == NULL);
@@ -84,8 +84,8 @@ static void null_pointers(void) {
     EXPECT_CODE(evmpm_conn_get_user(rt, c, NULL), EVMPM_EINVAL);
     EXPECT_CODE(evmpm_conn_fd(NULL, c, &fd), EVMPM_EINVAL);
     EXPECT_CODE(evmpm_conn_fd(rt, c, NULL), EVMPM_EINVAL);
-    EXPECT_CODE(evmpm_get_stats(NULL, &st), EVMPM_EINVAL);
-    EXPECT_CODE(evmpm_get_stats(rt, NULL), EVMPM_EINVAL);
+    EXPECT_CODE(evmpm_get_stats(NULL, &st, sizeof st), EVMPM_EINVAL);
+    EXPECT_CODE(evmpm_get_stats(rt, NULL, sizeof(evmpm_stats)), EVMPM_EINVAL);
     /* NULL data is only wrong with a length. */
     EXPECT_CODE(evmpm_complete_write(rt, 0, NULL, 1, NULL, NULL, 0), EVMPM_EINVAL);
     CHECK_OK(evmpm_destroy(rt));
@@ -103,13 +103,13 @@ static void cfg_zero_keepalive(evmpm_config *c) { c->keepalive_timeout_ms = 0; }
 static void cfg_zero_read_timeout(evmpm_config *c) { c->read_timeout_ms = 0; }
 static void cfg_zero_write_timeout(evmpm_config *c) { c->write_timeout_ms = 0; }
 static void cfg_zero_limit(evmpm_config *c) { c->connection_limit = 0; }
-static void cfg_huge_limit(evmpm_config *c) { c->connection_limit = 16777216; }
+static void cfg_huge_limit(evmpm_config *c) { c->connection_limit = (1u << 20) + 1; }
 static void cfg_tiny_stack(evmpm_config *c) { c->worker_stack_size = 4096; }
 static void cfg_zero_header_timeout(evmpm_config *c) { c->header_timeout_ms = 0; }
 static void cfg_zero_peek(evmpm_config *c) { c->request_peek_bytes = 0; }
 static void cfg_huge_peek(evmpm_config *c) { c->request_peek_bytes = 32769; }
-static void cfg_version_zero(evmpm_config *c) { c->version = 0; }
-static void cfg_version_next(evmpm_config *c) { c->version = EVMPM_CONFIG_VERSION + 1; }
+static void cfg_size_zero(evmpm_config *c) { c->size = 0; }
+static void cfg_size_short(evmpm_config *c) { c->size = (uint32_t)sizeof *c - 8; }
 static void cfg_never_initialised(evmpm_config *c) {
     evmpm_handler_fn h = c->handler;
     memset(c, 0, sizeof *c);
@@ -144,13 +144,13 @@ static void bad_configs(void) {
         {"read timeout 0", cfg_zero_read_timeout, EVMPM_EINVAL},
         {"write timeout 0", cfg_zero_write_timeout, EVMPM_EINVAL},
         {"connection limit 0", cfg_zero_limit, EVMPM_EINVAL},
-        {"connection limit 2^24", cfg_huge_limit, EVMPM_EINVAL},
+        {"connection limit 2^20 + 1", cfg_huge_limit, EVMPM_EINVAL},
         {"4 KiB worker stack", cfg_tiny_stack, EVMPM_EINVAL},
         {"header timeout 0", cfg_zero_header_timeout, EVMPM_EINVAL},
         {"peek bytes 0", cfg_zero_peek, EVMPM_EINVAL},
         {"peek bytes 32769", cfg_huge_peek, EVMPM_EINVAL},
-        {"version 0", cfg_version_zero, EVMPM_EVERSION},
-        {"version from the future", cfg_version_next, EVMPM_EVERSION},
+        {"size 0", cfg_size_zero, EVMPM_EVERSION},
+        {"size below the oldest layout", cfg_size_short, EVMPM_EVERSION},
         {"not filled by evmpm_config_init", cfg_never_initialised, EVMPM_EVERSION},
         {"1 worker", cfg_one_worker, EVMPM_OK},
         {"4096 workers of 64 KiB, factor 0", cfg_max_workers_zero_factor, EVMPM_OK},
@@ -162,7 +162,7 @@ static void bad_configs(void) {
         evmpm_runtime *rt = (evmpm_runtime *)&cfg; /* garbage: must be overwritten */
         char what[128];
         int rc;
-        CHECK_OK(evmpm_config_init(&cfg));
+        CHECK_OK(evmpm_config_init(&cfg, sizeof cfg));
         cfg.handler = noop_handler;
         table[i].mutate(&cfg);
         rc = evmpm_create(&cfg, &rt);
@@ -455,13 +455,19 @@ static void misuse_in_handler(void) {
 /* ---- in the close callback --------------------------------------------------- */
 
 static atomic_int close_stop_rc = 1, close_destroy_rc = 1, close_park_rc = 1;
+static atomic_int close_get_user_rc = 1, close_set_user_rc = 1, close_fd_rc = 1;
 
 static void misuse_in_close(struct line_server *s, evmpm_conn c, int fd) {
+    void *user = NULL;
+    int conn_fd = -1;
     (void)fd;
     atomic_store(&close_stop_rc, evmpm_stop(s->rt, 0));
     atomic_store(&close_destroy_rc, evmpm_destroy(s->rt));
-    /* Taken away from the host: no decision is possible any more. */
+    /* Taken away from the host: the handle is stale from here on. */
     atomic_store(&close_park_rc, evmpm_park_keepalive(s->rt, c, 0));
+    atomic_store(&close_get_user_rc, evmpm_conn_get_user(s->rt, c, &user));
+    atomic_store(&close_set_user_rc, evmpm_conn_set_user(s->rt, c, &user));
+    atomic_store(&close_fd_rc, evmpm_conn_fd(s->rt, c, &conn_fd));
 }
 
 static void misuse_in_close_callback(void) {
@@ -477,7 +483,10 @@ static void misuse_in_close_callback(void) {
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
     EXPECT_CODE(atomic_load(&close_stop_rc), EVMPM_ETHREAD);
     EXPECT_CODE(atomic_load(&close_destroy_rc), EVMPM_ETHREAD);
-    EXPECT_CODE(atomic_load(&close_park_rc), EVMPM_ESTATE);
+    EXPECT_CODE(atomic_load(&close_park_rc), EVMPM_ESTALE);
+    EXPECT_CODE(atomic_load(&close_get_user_rc), EVMPM_ESTALE);
+    EXPECT_CODE(atomic_load(&close_set_user_rc), EVMPM_ESTALE);
+    EXPECT_CODE(atomic_load(&close_fd_rc), EVMPM_ESTALE);
     /* And the runtime still serves. */
     close(fd);
     s.close_hook = NULL;
@@ -533,7 +542,7 @@ static void lifecycle(void) {
     EXPECT_CODE(evmpm_stop(rt, 1000), EVMPM_ESTOPPED);
     EXPECT_CODE(evmpm_start(rt), EVMPM_ESTOPPED);
     EXPECT_CODE(evmpm_register_listener(rt, listener), EVMPM_ESTOPPED);
-    EXPECT_CODE(evmpm_get_stats(rt, &st), EVMPM_OK);
+    EXPECT_CODE(evmpm_get_stats(rt, &st, sizeof st), EVMPM_OK);
     EXPECT_CODE(evmpm_destroy(rt), EVMPM_OK);
     /* Stopped before it ever started: nothing to wait for, and no start. */
     EXPECT_CODE(evmpm_stop(never_started, 0), EVMPM_OK);

@@ -121,7 +121,7 @@ static void stale_handles_never_reach_a_newer_connection(void) {
      * same, only run fewer times. */
     run.per_client = CONNECTIONS / CLIENTS / harness_slowdown();
     lfd = listen_loopback(128, &run.port);
-    CHECK_OK(evmpm_config_init(&cfg));
+    CHECK_OK(evmpm_config_init(&cfg, sizeof cfg));
     cfg.handler = churn_handler;
     cfg.on_close = churn_on_close;
     cfg.user_data = &run;
@@ -141,7 +141,7 @@ static void stale_handles_never_reach_a_newer_connection(void) {
         CHECK(pthread_join(hammers[i], NULL) == 0);
 
     WAIT_UNTIL(atomic_load(&run.closes) == run.per_client * CLIENTS, 10000);
-    CHECK_OK(evmpm_get_stats(run.rt, &st));
+    CHECK_OK(evmpm_get_stats(run.rt, &st, sizeof st));
     CHECK_EQ(st.accepted, (uint64_t)(run.per_client * CLIENTS));
     printf("figure: %d connections through %d slots; %ld accessor calls with recent handles "
            "(%ld on live connections, %ld refused as stale); %ld foreign pointers seen\n",

@@ -190,7 +190,7 @@ static void calls_after_stop_return_estopped(void) {
     CHECK_EQ(evmpm_suspend(s.rt, conn), EVMPM_ESTOPPED);
     CHECK_EQ(evmpm_hand_back_to_worker(s.rt, conn), EVMPM_ESTOPPED);
     /* Stats stay readable until destroy. */
-    CHECK_OK(evmpm_get_stats(s.rt, &st));
+    CHECK_OK(evmpm_get_stats(s.rt, &st, sizeof st));
     CHECK_EQ(st.connections, 0);
     CHECK_EQ(st.accepted, 1);
     line_server_destroy(&s);

@@ -499,7 +499,7 @@ static size_t format_status(struct server *s, char *buf, size_t cap) {
     struct evmpm_stats st;
     int n;
     memset(&st, 0, sizeof st);
-    evmpm_get_stats(s->rt, &st);
+    evmpm_get_stats(s->rt, &st, sizeof st);
     n = snprintf(buf, cap,
                  "evmpm fileserver status (evmpm %s)\n"
                  "Uptime: %lld\n"
@@ -826,7 +826,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
         return 1;
     }
-    evmpm_config_init(&cfg);
+    evmpm_config_init(&cfg, sizeof cfg);
     cfg.worker_threads = (uint32_t)workers;
     cfg.handler = handler;
     cfg.on_close = on_close;

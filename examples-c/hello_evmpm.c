@@ -306,7 +306,7 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    evmpm_config_init(&cfg);
+    evmpm_config_init(&cfg, sizeof cfg);
     cfg.worker_threads = (uint32_t)workers;
     cfg.handler = handler;
     cfg.on_close = on_close;

@@ -345,7 +345,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
         return 1;
     }
-    evmpm_config_init(&cfg);
+    evmpm_config_init(&cfg, sizeof cfg);
     cfg.worker_threads = (uint32_t)workers;
     cfg.handler = handler;
     cfg.on_close = on_close;

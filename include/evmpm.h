@@ -5,10 +5,13 @@
  * change the Rust doc comments and run
  * `EVMPM_UPDATE_HEADER=1 cargo test --test header`.
  *
- * Conventions: every function returns 0 or a negative EVMPM_E* code
- * (evmpm_strerror describes it); results come back through out-parameters;
- * evmpm_runtime is opaque; connections are evmpm_conn values, checked on
- * every use.
+ * Conventions: every function that can fail returns an evmpm_error, 0 or a
+ * negative EVMPM_E* code (evmpm_strerror describes it); results come back
+ * through out-parameters; evmpm_runtime is opaque; connections are
+ * evmpm_conn values, checked on every use; structs that may grow carry or
+ * take their size. Callbacks must return normally: never throw a C++
+ * exception or longjmp out of one (evmpm's frames would be skipped, its
+ * locks and connections left mid-change).
  */
 
 #ifndef EVMPM_H
@@ -16,17 +19,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-/*
- An evmpm runtime: one event thread, a pool of worker threads and the
- connections they share. Opaque: create it with evmpm_create, free it with
- evmpm_destroy.
- */
-typedef struct evmpm_runtime evmpm_runtime;
-
-/*
- `evmpm_config.version` for this header.
- */
-#define EVMPM_CONFIG_VERSION 1
 
 #define EVMPM_VERSION_MAJOR 0
 
@@ -94,81 +86,111 @@ typedef struct evmpm_runtime evmpm_runtime;
 #define EVMPM_WRITE_BUFFERED 2
 
 /*
- Success.
+ Log level: evmpm hit an internal error or a host mistake.
  */
-#define EVMPM_OK 0
+#define EVMPM_LOG_ERROR 1
 
 /*
- A required pointer was NULL, or an argument or config value is out of
- range.
+ Log level: something an operator should know of.
  */
-#define EVMPM_EINVAL -1
+#define EVMPM_LOG_WARNING 2
 
 /*
- The descriptor is not an open stream socket.
+ The result of every evmpm function that can fail: `EVMPM_OK` (0) or a
+ negative code. `evmpm_strerror` describes each. New codes may be added in
+ later versions; treat an unknown negative value as a failure.
  */
-#define EVMPM_ENOTSOCK -2
+enum evmpm_error
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /*
+   Success.
+   */
+  EVMPM_OK = 0,
+  /*
+   A required pointer was NULL, or an argument or config value is out of
+   range.
+   */
+  EVMPM_EINVAL = -1,
+  /*
+   The descriptor is not an open stream socket.
+   */
+  EVMPM_ENOTSOCK = -2,
+  /*
+   The socket is not listening (`listen()` was not called).
+   */
+  EVMPM_ENOTLISTENER = -3,
+  /*
+   The connection handle is 0, belongs to another runtime, or its
+   connection is closing or closed.
+   */
+  EVMPM_ESTALE = -4,
+  /*
+   The call does not fit the connection's or runtime's current state
+   (park twice, hand back a connection that is not suspended, start
+   twice, ...).
+   */
+  EVMPM_ESTATE = -5,
+  /*
+   The runtime is stopping or stopped.
+   */
+  EVMPM_ESTOPPED = -6,
+  /*
+   `evmpm_stop`'s deadline passed before every connection had closed;
+   the rest were closed by force.
+   */
+  EVMPM_ETIMEDOUT = -7,
+  /*
+   The call would deadlock or free the runtime under its own feet:
+   `evmpm_stop` or `evmpm_destroy` from a thread of the runtime or from
+   inside any of its callbacks, on whatever thread it runs.
+   */
+  EVMPM_ETHREAD = -8,
+  /*
+   An OS call failed; `errno` holds its cause.
+   */
+  EVMPM_EOS = -9,
+  /*
+   The listener is already registered with this runtime.
+   */
+  EVMPM_EEXIST = -10,
+  /*
+   The `size` a struct was passed with (`evmpm_config.size`, a size
+   argument) is smaller than this library's oldest layout, or larger than
+   its newest with non-zero bytes in the fields it does not know.
+   */
+  EVMPM_EVERSION = -11,
+  /*
+   A bug inside evmpm was caught. The call had no effect or only part of
+   it; the runtime stops itself (see `evmpm_stop`) and counts it in
+   `evmpm_stats.internal_errors`.
+   */
+  EVMPM_EINTERNAL = -12,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum evmpm_error evmpm_error;
+#else
+typedef int32_t evmpm_error;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /*
- The socket is not listening (`listen()` was not called).
+ An evmpm runtime: one event thread, a pool of worker threads and the
+ connections they share. Opaque: create it with `evmpm_create`, free it
+ with `evmpm_destroy`.
  */
-#define EVMPM_ENOTLISTENER -3
+typedef struct evmpm_runtime evmpm_runtime;
 
 /*
- The connection handle is 0, or its connection has closed.
- */
-#define EVMPM_ESTALE -4
-
-/*
- The call does not fit the connection's or runtime's current state (park
- twice, hand back a connection that is not suspended, start twice, ...).
- */
-#define EVMPM_ESTATE -5
-
-/*
- The runtime is stopping or stopped.
- */
-#define EVMPM_ESTOPPED -6
-
-/*
- `evmpm_stop`'s deadline passed before every connection had closed; the
- rest were closed by force.
- */
-#define EVMPM_ETIMEDOUT -7
-
-/*
- The call would deadlock on this thread (`evmpm_stop` or `evmpm_destroy`
- from a handler or callback of the same runtime).
- */
-#define EVMPM_ETHREAD -8
-
-/*
- An OS call failed; `errno` holds its cause.
- */
-#define EVMPM_EOS -9
-
-/*
- The listener is already registered with this runtime.
- */
-#define EVMPM_EEXIST -10
-
-/*
- `evmpm_config.version` is not one this library knows.
- */
-#define EVMPM_EVERSION -11
-
-/*
- A bug inside evmpm was caught at the C boundary; the call had no effect
- or only part of it.
- */
-#define EVMPM_EINTERNAL -12
-
-/*
- A connection handle: the connection's slot in the runtime's table and the
- slot's generation. Handles are plain values, cheap to copy and safe to
- keep: once the connection closes, every call that takes the handle returns
- `EVMPM_ESTALE` and never touches another connection. 0 is never a valid
- handle.
+ A connection handle: the connection's slot in its runtime's table, the
+ runtime's tag and the slot's generation. Handles are plain values, cheap
+ to copy and safe to keep: from the moment the connection's close begins
+ (its close callback starts), every call that takes the handle returns
+ `EVMPM_ESTALE` and never touches another connection; so does every
+ other runtime given this handle. 0 is never a valid handle.
  */
 typedef uint64_t evmpm_conn;
 
@@ -185,7 +207,7 @@ typedef uint64_t evmpm_conn;
  `evmpm_config.user_data`.
  */
 typedef void (*evmpm_handler_fn)(void *user_data,
-                                 evmpm_runtime *rt,
+                                 struct evmpm_runtime *rt,
                                  evmpm_conn conn,
                                  int fd,
                                  int reason);
@@ -193,15 +215,30 @@ typedef void (*evmpm_handler_fn)(void *user_data,
 /*
  Runs exactly once for every accepted connection, when the runtime takes
  it away from the host for good (the host closed it, a timeout, an error,
- shedding or stop). `fd` is still open and is closed by the runtime after
+ shedding, stop). `fd` is still open and is closed by the runtime after
  the callback: do not close it. `conn_user` is the pointer last set with
- `evmpm_conn_set_user` (NULL if none). Runs on a worker, on the event
- thread or on the thread that called `evmpm_close`/`evmpm_stop`; it must
- not block. Calls that take `conn` return `EVMPM_ESTATE` or `EVMPM_ESTALE`
- from here on.
+ `evmpm_conn_set_user` (NULL if none): free it here.
+
+ From the moment this callback starts, every call that takes `conn`
+ returns `EVMPM_ESTALE`, inside the callback too: its arguments carry
+ everything the connection had. `evmpm_stop` and `evmpm_destroy` return
+ `EVMPM_ETHREAD` here.
+
+ Threads: a worker, the event thread, or the host thread whose call closed
+ the connection (`evmpm_close` on a suspended connection; any call that
+ finds the runtime stopping; `evmpm_stop`/`evmpm_destroy` for what was
+ still open). It must not block for long: on the event thread it holds up
+ every idle connection. A short mutex is fine.
+
+ Order: a connection closed with a write still pending (write timeout,
+ failed send, stop) runs this callback first, then the write's `release`;
+ a write that completed released its buffer before the connection was
+ parked or closed. `evmpm_stats.closed` counts the connection once its
+ descriptor is closed, which a lingering close delays by up to
+ `linger_timeout_ms` after this callback.
  */
 typedef void (*evmpm_close_fn)(void *user_data,
-                               evmpm_runtime *rt,
+                               struct evmpm_runtime *rt,
                                evmpm_conn conn,
                                int fd,
                                void *conn_user);
@@ -223,14 +260,21 @@ typedef void (*evmpm_close_fn)(void *user_data,
  - `EVMPM_REQUEST_REJECT`: close without running the handler (counted in
    `rejected`).
 
+ Any other value is a host bug: the connection is closed as with
+ `EVMPM_REQUEST_REJECT` (counted in `rejected`) and the log callback is
+ told once per runtime, at `EVMPM_LOG_ERROR`.
+
  When the peek window is full the handler runs whatever the callback says
  (so it can answer "header too large"). A client that closes its side
  with an incomplete request is closed.
 
+ This check is what keeps clients that send a request slowly (or only
+ part of one) off the workers: without it a connection goes to a worker at
+ its first byte, and a handler blocked reading the rest holds that worker.
+
  Runs on the event thread: it must be fast and must not block or call
- evmpm functions. `user_data` is
- `evmpm_config.user_data`. Not useful for protocols the event thread
- cannot read (TLS): leave it NULL there.
+ evmpm functions. `user_data` is `evmpm_config.user_data`. Not useful for
+ protocols the event thread cannot read (TLS): leave it NULL there.
  */
 typedef int (*evmpm_request_ready_fn)(void *user_data,
                                       evmpm_conn conn,
@@ -239,8 +283,34 @@ typedef int (*evmpm_request_ready_fn)(void *user_data,
                                       size_t len);
 
 /*
- Runtime settings. Always fill with `evmpm_config_init` first, then change
- what you need: new fields get defaults there.
+ The log callback (optional, `evmpm_config.log`). evmpm never writes to
+ the process's stderr or stdout; what it has to say goes here: internal
+ errors (`EVMPM_LOG_ERROR`, with the runtime stopping itself), host
+ mistakes it recovered from (`EVMPM_LOG_ERROR`), and conditions an
+ operator should know of (`EVMPM_LOG_WARNING`).
+
+ `level` is an `EVMPM_LOG_*` value; `message` is a NUL-terminated line
+ without a trailing newline, valid only during the call (copy it to keep
+ it). `user_data` is `evmpm_config.user_data`.
+
+ Threads: any thread of the runtime, or a host thread inside an evmpm
+ call. It must not block for long and must not call `evmpm_stop` or
+ `evmpm_destroy` (they return `EVMPM_ETHREAD`).
+ */
+typedef void (*evmpm_log_fn)(void *user_data,
+                             int level,
+                             const char *message);
+
+/*
+ Runtime settings. Fill with `evmpm_config_init(&cfg, sizeof cfg)` first,
+ then change what you need.
+
+ The struct may gain fields at its end in later versions (the ABI policy
+ in the README): `size` tells the library which layout the caller was
+ built with, so a program built against an older header keeps working with
+ a newer library (fields it does not know get their defaults), and one
+ built against a newer header fails cleanly with `EVMPM_EVERSION` on an
+ older library if it set a field that library does not know.
 
  | field | default | Apache httpd |
  |---|---|---|
@@ -256,12 +326,14 @@ typedef int (*evmpm_request_ready_fn)(void *user_data,
  | request_ready | NULL (off) | mod_reqtimeout's purpose, without a worker |
  | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
  | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
+ | log | NULL (silent) | ErrorLog |
  */
 typedef struct evmpm_config {
   /*
-   `EVMPM_CONFIG_VERSION`, set by `evmpm_config_init`.
+   `sizeof(evmpm_config)` as the caller's header declares it, set by
+   `evmpm_config_init`. Read first, before any other field.
    */
-  uint32_t version;
+  uint32_t size;
   /*
    Worker threads that run the handler. 1 to 4096.
    */
@@ -276,7 +348,8 @@ typedef struct evmpm_config {
    */
   uint32_t read_timeout_ms;
   /*
-   How long write completion may go without sending a byte. 1 ms or more.
+   How long write completion may go without the client acknowledging a
+   byte. 1 ms or more.
    */
   uint32_t write_timeout_ms;
   /*
@@ -290,14 +363,19 @@ typedef struct evmpm_config {
    */
   double async_request_worker_factor;
   /*
-   Hard cap on open connections; the connection table has this many
-   slots. 1 to 16777215.
+   Hard cap on open connections. 1 to 1048576 (2^20, the kernel's
+   default ceiling on descriptors per process). The connection table is
+   allocated at `evmpm_create` for this many connections, about 150
+   bytes each (16384: 2.4 MiB; 1048576: 150 MiB); the pages of slots
+   never used are never touched.
    */
   uint32_t connection_limit;
   /*
    Shedding: when every worker is busy, work is waiting, and no worker has
    taken new work for this long, the oldest idle keep-alive connections
-   are closed, one for each waiting connection. 0 turns shedding off.
+   are closed, one for each waiting connection (at most 64 at a time).
+   This repeats every `keepalive_shed_ms` for as long as the stall lasts.
+   0 turns shedding off.
    */
   uint32_t keepalive_shed_ms;
   /*
@@ -313,8 +391,7 @@ typedef struct evmpm_config {
    */
   evmpm_close_fn on_close;
   /*
-   Passed unchanged to `handler`, `on_close` and `request_ready`. Owned
-   by the host.
+   Passed unchanged to every callback. Owned by the host.
    */
   void *user_data;
   /*
@@ -333,19 +410,28 @@ typedef struct evmpm_config {
    connection quiet until more bytes come, is capped near there).
    */
   uint32_t request_peek_bytes;
+  /*
+   The log callback. Optional (NULL: evmpm says nothing).
+   */
+  evmpm_log_fn log;
 } evmpm_config;
 
 /*
  Gives back a buffer passed to `evmpm_complete_write`. Called exactly once,
- after the last byte was sent or when the write was abandoned, on a worker
- or the event thread; it must not block.
+ after the last byte was sent or when the write was abandoned (then after
+ the connection's close callback). Runs on a worker, the event thread, or
+ the host thread inside `evmpm_complete_write`/`evmpm_close`/`evmpm_stop`/
+ `evmpm_destroy`; it must not block. `evmpm_stop` and `evmpm_destroy`
+ return `EVMPM_ETHREAD` here.
  */
 typedef void (*evmpm_release_fn)(void *release_arg);
 
 /*
  A snapshot of a runtime's counters, as mod_status shows them and more.
  Gauges (`conns_*`, `workers_*`) are read one by one without a lock, so
- under load they may not add up exactly; counters only grow.
+ under load they may not add up exactly; counters only grow. May gain
+ fields at its end in later versions: pass `sizeof` your copy to
+ `evmpm_get_stats`.
  */
 typedef struct evmpm_stats {
   /*
@@ -393,11 +479,12 @@ typedef struct evmpm_stats {
    */
   uint64_t accepted;
   /*
-   Connections closed since start (the close callback ran for each).
+   Connections whose descriptor is closed, since start. Lags the close
+   callback by the lingering close (up to `linger_timeout_ms`).
    */
   uint64_t closed;
   /*
-   Connections closed by the read, write or keep-alive timeout.
+   Connections closed by the read, write, header or keep-alive timeout.
    */
   uint64_t timed_out;
   /*
@@ -414,7 +501,8 @@ typedef struct evmpm_stats {
    */
   uint64_t refused;
   /*
-   Requests `request_ready` rejected (their connections were closed).
+   Requests `request_ready` rejected, or answered with a value it may
+   not return (their connections were closed).
    */
   uint64_t rejected;
   /*
@@ -429,6 +517,11 @@ typedef struct evmpm_stats {
    1 while the runtime is not accepting new connections.
    */
   uint64_t accepting_paused;
+  /*
+   Internal errors (bugs in evmpm) caught. After the first the runtime
+   stops itself; the log callback has the details.
+   */
+  uint64_t internal_errors;
 } evmpm_stats;
 
 #ifdef __cplusplus
@@ -436,27 +529,38 @@ extern "C" {
 #endif // __cplusplus
 
 /*
- Fills `*cfg` with the defaults (see `evmpm_config`). Call it before
- setting any field, so fields added in later versions get their defaults.
+ Fills `*cfg` with the defaults (see `evmpm_config`) and sets
+ `cfg->size`. Call it before setting any field, as
+ `evmpm_config_init(&cfg, sizeof cfg)`: `cfg_size` is the size of the
+ struct your header declares, which lets a newer library fill exactly the
+ fields your program knows.
 
- Threads: any. Ownership: `cfg` is the caller's.
- Errors: `EVMPM_EINVAL` if `cfg` is NULL.
+ Threads: any. Ownership: `cfg` is the caller's; `cfg_size` bytes at it
+ are written.
+ Errors: `EVMPM_EINVAL` (NULL `cfg`), `EVMPM_EVERSION` (`cfg_size` is
+ smaller than any layout this library knows).
  */
-int evmpm_config_init(struct evmpm_config *cfg);
+evmpm_error evmpm_config_init(struct evmpm_config *cfg,
+                              size_t cfg_size);
 
 /*
  Creates a runtime from `*cfg` and stores it in `*out`. No thread runs
  until `evmpm_start`.
 
+ `cfg->size` is read first, then only that many bytes of `*cfg`.
+
  Threads: any. Ownership: `cfg` stays the caller's (it is copied); the
  runtime in `*out` is the caller's, to free with `evmpm_destroy`.
  Errors: `EVMPM_EINVAL` (NULL `cfg`/`out`, no handler, a value out of
- range), `EVMPM_EVERSION` (`cfg` not filled by `evmpm_config_init`),
- `EVMPM_EOS` (epoll or eventfd creation failed; see errno). On error
- `*out` is set to NULL when `out` is not NULL.
+ range: the field ranges are in `evmpm_config`), `EVMPM_EVERSION`
+ (`cfg->size` unknown to this library: `cfg` was not filled by
+ `evmpm_config_init`, or sets fields this older library lacks),
+ `EVMPM_EOS` (epoll or eventfd creation failed, or 4,095 runtimes exist
+ already (`EMFILE`); see errno). On error `*out` is set to NULL when
+ `out` is not NULL.
  */
-int evmpm_create(const struct evmpm_config *cfg,
-                 evmpm_runtime **out);
+evmpm_error evmpm_create(const struct evmpm_config *cfg,
+                         struct evmpm_runtime **out);
 
 /*
  Hands the runtime a listening socket the host created, bound and
@@ -466,15 +570,16 @@ int evmpm_create(const struct evmpm_config *cfg,
  worker. The runtime sets O_NONBLOCK on `fd`. Several runtimes, or
  several processes, may share one listener (EPOLLEXCLUSIVE).
 
- Threads: any but the runtime's own, before or after `evmpm_start`.
+ Threads: any, before or after `evmpm_start`, a handler included (the
+ new listener is accepted on from the event thread's next turn).
  Ownership: `fd` stays the host's; the runtime never closes it, and the
  host must not close it before `evmpm_stop` returns.
  Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ENOTSOCK` (`fd` is not an
  open stream socket), `EVMPM_ENOTLISTENER` (not listening), `EVMPM_EEXIST`
  (already registered), `EVMPM_ESTOPPED` (stop was called), `EVMPM_EOS`.
  */
-int evmpm_register_listener(evmpm_runtime *rt,
-                            int fd);
+evmpm_error evmpm_register_listener(struct evmpm_runtime *rt,
+                                    int fd);
 
 /*
  Starts the event thread and the worker threads. The threads inherit the
@@ -486,7 +591,7 @@ int evmpm_register_listener(evmpm_runtime *rt,
  `EVMPM_ESTOPPED` (stopped), `EVMPM_EOS` (a thread could not be created;
  the runtime is then stopped).
  */
-int evmpm_start(evmpm_runtime *rt);
+evmpm_error evmpm_start(struct evmpm_runtime *rt);
 
 /*
  Graceful stop. Stops accepting at once and closes idle connections
@@ -496,30 +601,40 @@ int evmpm_start(evmpm_runtime *rt);
  Returns when every connection is closed, or at the deadline
  `timeout_ms` from now: then every remaining connection is closed by
  force (sockets of handlers still running are shut down so blocked reads
- return), and the call returns after at most ~100 ms more.
+ return), and the call returns after at most ~100 ms more. Before it
+ returns, every connection not held by a stuck handler is closed and its
+ close callback has run, on this thread if no other closed it; host calls
+ from then on return `EVMPM_ESTOPPED`.
 
- Threads: any but the runtime's own (handlers, callbacks).
- Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ETHREAD` (called from a
- handler or callback of this runtime), `EVMPM_ESTOPPED` (already stopped),
- `EVMPM_ETIMEDOUT` (the deadline forced connections closed, or a handler
- had not returned; the runtime is stopped all the same, and such a
- handler's connection is closed when it returns).
+ Threads: any but the runtime's own, and not from inside any callback of
+ this runtime on whatever thread it runs (a close callback run by a host
+ thread's `evmpm_close`, say): those get `EVMPM_ETHREAD` and nothing
+ happens.
+ Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ETHREAD` (see Threads),
+ `EVMPM_ESTOPPED` (already stopped), `EVMPM_ETIMEDOUT` (the deadline
+ forced connections closed, or a handler had not returned; the runtime is
+ stopped all the same, and such a handler's connection is closed when it
+ returns), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
+ internal error, as `evmpm_stats.internal_errors` and the log callback
+ tell; it is stopped, every connection closed).
  */
-int evmpm_stop(evmpm_runtime *rt,
-               uint32_t timeout_ms);
+evmpm_error evmpm_stop(struct evmpm_runtime *rt,
+                       uint32_t timeout_ms);
 
 /*
  Frees the runtime. If it is still running it is first stopped with a
  deadline of 0 (every connection closed at once, close callbacks run).
  NULL is accepted and ignored.
 
- Threads: any but the runtime's own; a call from a handler or callback of
- this runtime does nothing and returns `EVMPM_ETHREAD`.
+ Threads: any but the runtime's own, and not from inside any callback of
+ this runtime on whatever thread it runs: such a call does nothing and
+ returns `EVMPM_ETHREAD`. No other call with `rt` may be in progress or
+ follow on any thread.
  Ownership: `rt` is invalid afterwards. A handler that was stuck past
  `evmpm_stop`'s deadline keeps the runtime's memory alive until it returns.
  Errors: `EVMPM_ETHREAD`.
  */
-int evmpm_destroy(evmpm_runtime *rt);
+evmpm_error evmpm_destroy(struct evmpm_runtime *rt);
 
 /*
  The handler's request is done and the connection stays open. The worker
@@ -536,9 +651,9 @@ int evmpm_destroy(evmpm_runtime *rt);
  parked, written, closed, or its handler already returned),
  `EVMPM_ESTOPPED` (runtime stopped).
  */
-int evmpm_park_keepalive(evmpm_runtime *rt,
-                         evmpm_conn conn,
-                         uint32_t flags);
+evmpm_error evmpm_park_keepalive(struct evmpm_runtime *rt,
+                                 evmpm_conn conn,
+                                 uint32_t flags);
 
 /*
  Runs the handler for a suspended connection on a worker again
@@ -550,8 +665,8 @@ int evmpm_park_keepalive(evmpm_runtime *rt,
  Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (the
  connection is not suspended), `EVMPM_ESTOPPED`.
  */
-int evmpm_hand_back_to_worker(evmpm_runtime *rt,
-                              evmpm_conn conn);
+evmpm_error evmpm_hand_back_to_worker(struct evmpm_runtime *rt,
+                                      evmpm_conn conn);
 
 /*
  Gives the runtime the rest of the response: `len` bytes at `data`. The
@@ -574,13 +689,13 @@ int evmpm_hand_back_to_worker(evmpm_runtime *rt,
  flag), `EVMPM_ESTALE`, `EVMPM_ESTATE` (not held by the host, or already
  parked/written/closed), `EVMPM_ESTOPPED`.
  */
-int evmpm_complete_write(evmpm_runtime *rt,
-                         evmpm_conn conn,
-                         const void *data,
-                         size_t len,
-                         evmpm_release_fn release,
-                         void *release_arg,
-                         uint32_t flags);
+evmpm_error evmpm_complete_write(struct evmpm_runtime *rt,
+                                 evmpm_conn conn,
+                                 const void *data,
+                                 size_t len,
+                                 evmpm_release_fn release,
+                                 void *release_arg,
+                                 uint32_t flags);
 
 /*
  The host keeps the connection for now: when the handler returns the
@@ -593,8 +708,8 @@ int evmpm_complete_write(evmpm_runtime *rt,
  Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (no
  handler is running for it, or it already decided), `EVMPM_ESTOPPED`.
  */
-int evmpm_suspend(evmpm_runtime *rt,
-                  evmpm_conn conn);
+evmpm_error evmpm_suspend(struct evmpm_runtime *rt,
+                          evmpm_conn conn);
 
 /*
  Closes the connection, off the worker: the close callback runs, then the
@@ -608,8 +723,8 @@ int evmpm_suspend(evmpm_runtime *rt,
  Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (not
  held by the host, or already decided), `EVMPM_ESTOPPED`.
  */
-int evmpm_close(evmpm_runtime *rt,
-                evmpm_conn conn);
+evmpm_error evmpm_close(struct evmpm_runtime *rt,
+                        evmpm_conn conn);
 
 /*
  Attaches the host's pointer to the connection. The runtime never
@@ -621,9 +736,9 @@ int evmpm_close(evmpm_runtime *rt,
  Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`,
  `EVMPM_ESTOPPED`.
  */
-int evmpm_conn_set_user(evmpm_runtime *rt,
-                        evmpm_conn conn,
-                        void *user);
+evmpm_error evmpm_conn_set_user(struct evmpm_runtime *rt,
+                                evmpm_conn conn,
+                                void *user);
 
 /*
  Reads the pointer set with `evmpm_conn_set_user` (NULL if none) into
@@ -632,9 +747,9 @@ int evmpm_conn_set_user(evmpm_runtime *rt,
  Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt` or `out`),
  `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
  */
-int evmpm_conn_get_user(evmpm_runtime *rt,
-                        evmpm_conn conn,
-                        void **out);
+evmpm_error evmpm_conn_get_user(struct evmpm_runtime *rt,
+                                evmpm_conn conn,
+                                void **out);
 
 /*
  Reads the connection's descriptor into `*out`.
@@ -647,18 +762,24 @@ int evmpm_conn_get_user(evmpm_runtime *rt,
  Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt` or `out`),
  `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
  */
-int evmpm_conn_fd(evmpm_runtime *rt,
-                  evmpm_conn conn,
-                  int *out);
+evmpm_error evmpm_conn_fd(struct evmpm_runtime *rt,
+                          evmpm_conn conn,
+                          int *out);
 
 /*
- Writes a snapshot of the runtime's counters to `*out`.
+ Writes a snapshot of the runtime's counters to `*out`, as
+ `evmpm_get_stats(rt, &st, sizeof st)`: `out_size` is the size of the
+ struct your header declares. The first `out_size` bytes are written:
+ counters this library does not have (a newer header's) read 0, counters
+ your header does not have are left out.
 
- Threads: any, at any time until `evmpm_destroy` (also after stop).
+ Threads: any, at any time until `evmpm_destroy` (also after stop, and
+ from callbacks).
  Errors: `EVMPM_EINVAL` (NULL `rt` or `out`).
  */
-int evmpm_get_stats(evmpm_runtime *rt,
-                    struct evmpm_stats *out);
+evmpm_error evmpm_get_stats(struct evmpm_runtime *rt,
+                            struct evmpm_stats *out,
+                            size_t out_size);
 
 /*
  A static, NUL-terminated English description of an `EVMPM_E*` code (or

@@ -3,9 +3,10 @@
 
 use crate::error::Error;
 use crate::ffi::types::{
-    evmpm_close_fn, evmpm_config, evmpm_request_ready_fn, EVMPM_CONFIG_VERSION,
+    evmpm_close_fn, evmpm_config, evmpm_log_fn, evmpm_request_ready_fn, evmpm_runtime,
 };
 use libc::{c_int, c_void};
+use std::mem::size_of;
 
 /// The host's `user_data`, handed back to its callbacks on any thread.
 #[derive(Clone, Copy)]
@@ -17,12 +18,16 @@ unsafe impl Send for HostPtr {}
 // SAFETY: as above; the runtime never dereferences it.
 unsafe impl Sync for HostPtr {}
 
-pub type Handler =
-    unsafe extern "C" fn(*mut c_void, *mut crate::runtime::Runtime, u64, c_int, c_int);
+pub type Handler = unsafe extern "C" fn(*mut c_void, *mut evmpm_runtime, u64, c_int, c_int);
+
+/// The smallest `evmpm_config.size` this library accepts: the layout of
+/// 0.2.0, the first with a size. Later versions append fields and keep
+/// accepting this one.
+pub(crate) const MIN_CONFIG_SIZE: usize = size_of::<evmpm_config>();
 
 pub fn defaults() -> evmpm_config {
     evmpm_config {
-        version: EVMPM_CONFIG_VERSION,
+        size: size_of::<evmpm_config>() as u32,
         worker_threads: 16,
         keepalive_timeout_ms: 5_000,
         read_timeout_ms: 60_000,
@@ -38,7 +43,60 @@ pub fn defaults() -> evmpm_config {
         request_ready: None,
         header_timeout_ms: 20_000,
         request_peek_bytes: 8192,
+        log: None,
     }
+}
+
+/// `evmpm_config_init`: writes the defaults into the caller's `size` bytes,
+/// with `size` in the `size` field. Bytes past this library's layout (a
+/// caller built against a newer header) are zeroed: "not set".
+///
+/// # Safety
+/// `cfg` is writable for `size` bytes.
+pub unsafe fn init(cfg: *mut evmpm_config, size: usize) -> Result<(), Error> {
+    if size < MIN_CONFIG_SIZE || size > u32::MAX as usize {
+        return Err(Error::Version);
+    }
+    let mut d = defaults();
+    d.size = size as u32;
+    let known = size.min(size_of::<evmpm_config>());
+    let dst = cfg.cast::<u8>();
+    // SAFETY: `d` is a live evmpm_config, readable for `known` bytes; the
+    // caller's struct is writable for `size` >= `known` bytes (contract).
+    unsafe { std::ptr::copy_nonoverlapping((&d as *const evmpm_config).cast::<u8>(), dst, known) };
+    // SAFETY: as above, the caller's bytes `known..size` are writable.
+    unsafe { std::ptr::write_bytes(dst.add(known), 0, size - known) };
+    Ok(())
+}
+
+/// `evmpm_create`'s read of the caller's config: the `size` field first,
+/// then only that many bytes. Fields past the caller's layout keep their
+/// defaults; a tail past this library's layout must be all zero (nothing set
+/// that this library would ignore).
+///
+/// # Safety
+/// `cfg` is readable for 4 bytes, and for its `size` field's bytes.
+pub unsafe fn read(cfg: *const evmpm_config) -> Result<evmpm_config, Error> {
+    // SAFETY: the `size` field is the struct's first, readable (contract).
+    let size = unsafe { cfg.cast::<u32>().read_unaligned() } as usize;
+    if size < MIN_CONFIG_SIZE {
+        return Err(Error::Version);
+    }
+    let known = size.min(size_of::<evmpm_config>());
+    let src = cfg.cast::<u8>();
+    // SAFETY: the caller's struct is readable for `size` bytes (contract).
+    let tail = unsafe { std::slice::from_raw_parts(src.add(known), size - known) };
+    if tail.iter().any(|&b| b != 0) {
+        return Err(Error::Version);
+    }
+    let mut c = defaults();
+    // SAFETY: `known` bytes of the caller's struct over the defaults. Every
+    // field is valid for any bit pattern C can put there (integers, a
+    // double, nullable pointers and function pointers).
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, (&mut c as *mut evmpm_config).cast::<u8>(), known)
+    };
+    Ok(c)
 }
 
 /// A checked configuration, durations in nanoseconds.
@@ -60,20 +118,21 @@ pub struct Config {
     pub request_ready: evmpm_request_ready_fn,
     pub header_ns: u64,
     pub peek_bytes: usize,
+    pub log: evmpm_log_fn,
 }
 
 const MS: u64 = 1_000_000;
 pub(crate) const MAX_WORKERS: u32 = 4096;
-pub(crate) const MAX_CONNECTIONS: u32 = (1 << 24) - 1;
+/// The connection handle has 20 bits for the slot (see `conn::handle`); and
+/// 2^20 is also the kernel's default `nr_open`, the most descriptors a
+/// process may have.
+pub(crate) const MAX_CONNECTIONS: u32 = crate::conn::handle::MAX_SLOTS;
 /// SO_RCVLOWAT is capped at half the receive buffer; past that a waiting
 /// connection would poll readable at once, again and again.
 pub(crate) const MAX_PEEK_BYTES: u32 = 32 << 10;
 
 impl Config {
     pub fn from_c(c: &evmpm_config) -> Result<Config, Error> {
-        if c.version != EVMPM_CONFIG_VERSION {
-            return Err(Error::Version);
-        }
         let handler = c.handler.ok_or(Error::Invalid)?;
         let valid = (1..=MAX_WORKERS).contains(&c.worker_threads)
             && c.keepalive_timeout_ms >= 1
@@ -104,6 +163,7 @@ impl Config {
             request_ready: c.request_ready,
             header_ns: u64::from(c.header_timeout_ms) * MS,
             peek_bytes: c.request_peek_bytes as usize,
+            log: c.log,
         })
     }
 }
@@ -112,14 +172,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    unsafe extern "C" fn noop(
-        _: *mut c_void,
-        _: *mut crate::runtime::Runtime,
-        _: u64,
-        _: c_int,
-        _: c_int,
-    ) {
-    }
+    unsafe extern "C" fn noop(_: *mut c_void, _: *mut evmpm_runtime, _: u64, _: c_int, _: c_int) {}
 
     fn valid() -> evmpm_config {
         evmpm_config {
@@ -162,8 +215,41 @@ mod tests {
                 "case {i} was accepted"
             );
         }
+    }
+
+    /// A caller built against a newer header: its extra fields, zeroed by
+    /// init, are accepted; set, they are refused rather than ignored.
+    #[test]
+    fn a_larger_struct_is_read_only_while_its_tail_is_zero() {
+        #[repr(C)]
+        struct Grown {
+            base: evmpm_config,
+            future: u64,
+        }
+        let mut g = Grown {
+            base: valid(),
+            future: 7,
+        };
+        // SAFETY: `g` is writable for its whole size.
+        unsafe { init(&mut g.base, size_of::<Grown>()) }.unwrap();
+        assert_eq!(g.future, 0);
+        assert_eq!(g.base.size as usize, size_of::<Grown>());
+        g.base.handler = Some(noop);
+        // SAFETY: readable for `size` bytes.
+        let c = unsafe { read(&g.base) }.ok().unwrap();
+        assert_eq!(c.worker_threads, 16);
+        g.future = 1;
+        // SAFETY: as above.
+        assert!(matches!(unsafe { read(&g.base) }, Err(Error::Version)));
+    }
+
+    #[test]
+    fn a_size_below_the_oldest_layout_is_refused() {
         let mut c = valid();
-        c.version = 99;
-        assert!(matches!(Config::from_c(&c), Err(Error::Version)));
+        // SAFETY: writable for its size, which is more than asked.
+        assert!(matches!(unsafe { init(&mut c, 8) }, Err(Error::Version)));
+        c.size = 8;
+        // SAFETY: readable for its full size.
+        assert!(matches!(unsafe { read(&c) }, Err(Error::Version)));
     }
 }

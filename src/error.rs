@@ -1,6 +1,6 @@
 //! Errors and their C codes.
 
-use crate::ffi::types::*;
+use crate::ffi::types::evmpm_error::{self, *};
 use libc::c_int;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -21,7 +21,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn code(self) -> c_int {
+    pub fn code(self) -> evmpm_error {
         match self {
             Error::Invalid => EVMPM_EINVAL,
             Error::NotSocket => EVMPM_ENOTSOCK,
@@ -45,20 +45,44 @@ impl Error {
 
 /// The text for a code, as `evmpm_strerror` returns it. NUL-terminated.
 pub fn describe(code: c_int) -> &'static str {
-    match code {
-        EVMPM_OK => "success\0",
-        EVMPM_EINVAL => "invalid argument (NULL pointer or value out of range)\0",
-        EVMPM_ENOTSOCK => "descriptor is not an open stream socket\0",
-        EVMPM_ENOTLISTENER => "socket is not listening\0",
-        EVMPM_ESTALE => "connection handle is stale (the connection has closed)\0",
-        EVMPM_ESTATE => "call does not fit the connection's or runtime's state\0",
-        EVMPM_ESTOPPED => "runtime is stopping or stopped\0",
-        EVMPM_ETIMEDOUT => "stop deadline passed; remaining connections were closed by force\0",
-        EVMPM_ETHREAD => "call would deadlock on this thread\0",
-        EVMPM_EOS => "operating system call failed (see errno)\0",
-        EVMPM_EEXIST => "listener already registered\0",
-        EVMPM_EVERSION => "unknown evmpm_config version\0",
-        EVMPM_EINTERNAL => "internal error in evmpm\0",
-        _ => "unknown evmpm error code\0",
-    }
+    const TEXTS: [(evmpm_error, &str); 13] = [
+        (EVMPM_OK, "success\0"),
+        (
+            EVMPM_EINVAL,
+            "invalid argument (NULL pointer or value out of range)\0",
+        ),
+        (EVMPM_ENOTSOCK, "descriptor is not an open stream socket\0"),
+        (EVMPM_ENOTLISTENER, "socket is not listening\0"),
+        (
+            EVMPM_ESTALE,
+            "connection handle is stale (closing, closed, or another runtime's)\0",
+        ),
+        (
+            EVMPM_ESTATE,
+            "call does not fit the connection's or runtime's state\0",
+        ),
+        (EVMPM_ESTOPPED, "runtime is stopping or stopped\0"),
+        (
+            EVMPM_ETIMEDOUT,
+            "stop deadline passed; remaining connections were closed by force\0",
+        ),
+        (
+            EVMPM_ETHREAD,
+            "call not allowed on this thread or inside this runtime's callbacks\0",
+        ),
+        (EVMPM_EOS, "operating system call failed (see errno)\0"),
+        (EVMPM_EEXIST, "listener already registered\0"),
+        (
+            EVMPM_EVERSION,
+            "struct size not supported by this library version\0",
+        ),
+        (
+            EVMPM_EINTERNAL,
+            "internal error in evmpm; the runtime stopped itself\0",
+        ),
+    ];
+    TEXTS
+        .iter()
+        .find(|(c, _)| *c as c_int == code)
+        .map_or("unknown evmpm error code\0", |(_, text)| text)
 }

@@ -7,7 +7,7 @@
 //! needs (a peek tells a closed peer from a request).
 
 use crate::conn::{Handle, State};
-use crate::ffi::types::{EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
+use crate::ffi::types::{EVMPM_LOG_WARNING, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
 use crate::handoff::{CloseHow, Drained, Handoff};
 use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
@@ -99,16 +99,31 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         max_sleep_ns,
     };
     ev.sync_listeners();
+    let mut panics = 0;
     let forced = loop {
-        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ev.turn()));
-        match turn {
+        match crate::failure::catch(|| ev.turn()) {
             Ok(Some(forced)) => break forced,
             Ok(None) => {}
-            Err(_) => eprintln!("evmpm: internal panic in the event thread; it continues"),
+            Err(panic) => {
+                // The runtime stops itself (a Stop message is queued). The
+                // timeout lists may be half linked: start again with empty
+                // ones; the stop closes every connection by scanning the
+                // table, not the lists. A second panic, during that stop,
+                // ends the thread: `evmpm_stop`'s sweep closes the rest.
+                ev.rt.internal_error("the event thread", &panic);
+                panics += 1;
+                if panics > 1 {
+                    break true;
+                }
+                ev.timeouts =
+                    TimeoutQueues::new(ev.rt.table.capacity(), KINDS.map(|k| ev.rt.timeout_ns(k)));
+            }
         }
     };
-    ev.rt.event_thread_alive.store(false, Ordering::Release);
-    // Anything handed over while we were exiting: close it here.
+    // Dekker with `Runtime::hand_over`: cleared before the last drain, so a
+    // hand-over either lands in that drain or sees the thread gone.
+    ev.rt.event_thread_alive.store(false, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
     abort_leftovers(&ev.rt);
     forced
 }
@@ -133,7 +148,8 @@ impl EventLoop {
             0
         };
         if let Err(e) = self.rt.epoll.wait(&mut self.events, timeout_ms) {
-            eprintln!("evmpm: epoll_wait failed: {e}");
+            self.rt
+                .log(EVMPM_LOG_WARNING, &format!("evmpm: epoll_wait failed: {e}"));
         }
         self.rt.event_wake_at.store(0, Ordering::SeqCst);
         self.now = self.rt.now_ns();
@@ -292,6 +308,7 @@ impl EventLoop {
         if slot.state_of(h) != Ok(expected) {
             return; // stale message: the connection moved on already
         }
+        crate::failure::hit(&self.rt, crate::failure::Site::EventAdopt);
         if self.stop_deadline.is_some() && matches!(kind, Kind::Reading | Kind::Keepalive) {
             self.close(h, expected, CloseHow::Quick);
             return;
@@ -342,7 +359,7 @@ impl EventLoop {
         for kind in KINDS {
             while let Some(index) = self.timeouts.pop_expired(kind, self.now) {
                 let slot = self.rt.table.slot_at(index);
-                let Some(h) = slot.current_handle(index) else {
+                let Some(h) = self.rt.table.current_handle(index) else {
                     continue;
                 };
                 let c = &self.rt.counters;
@@ -489,8 +506,7 @@ impl EventLoop {
                     let Some(index) = self.timeouts.pop_oldest(Kind::Keepalive) else {
                         break;
                     };
-                    let slot = self.rt.table.slot_at(index);
-                    let Some(h) = slot.current_handle(index) else {
+                    let Some(h) = self.rt.table.current_handle(index) else {
                         continue;
                     };
                     Counters::bump(&self.rt.counters.shed);
@@ -510,7 +526,7 @@ impl EventLoop {
         for kind in [Kind::Reading, Kind::Keepalive, Kind::Header] {
             while let Some(index) = self.timeouts.pop_oldest(kind) {
                 let slot = self.rt.table.slot_at(index);
-                let Some(h) = slot.current_handle(index) else {
+                let Some(h) = self.rt.table.current_handle(index) else {
                     continue;
                 };
                 if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
@@ -529,11 +545,11 @@ impl EventLoop {
             return None;
         }
         // Deadline: nothing new may be handed to us from here on.
-        self.rt.event_thread_alive.store(false, Ordering::Release);
+        self.rt.event_thread_alive.store(false, Ordering::SeqCst);
         self.drain_inbox();
         for index in 0..self.rt.table.capacity() as u32 {
             let slot = self.rt.table.slot_at(index);
-            let Some(h) = slot.current_handle(index) else {
+            let Some(h) = self.rt.table.current_handle(index) else {
                 continue;
             };
             let Ok(state) = slot.state_of(h) else {

@@ -23,7 +23,7 @@ use crate::sys::{self, epoll, socket};
 use crate::timeouts::Kind;
 use crate::workers::Job;
 use libc::c_int;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
 /// How to close a connection.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -160,6 +160,15 @@ impl Runtime {
     pub fn hand_over(&self, h: Handle, handoff: Handoff) {
         if let Handoff::Watch(kind) = handoff {
             self.inbox.push(Msg::Watch(h, kind));
+            // Dekker with the event thread's exit: either it drains this
+            // message before it goes (it clears `event_thread_alive`, then
+            // drains), or this thread sees it gone and closes what it handed
+            // over (a worker whose handler outlived a forced stop).
+            fence(Ordering::SeqCst);
+            if !self.event_thread_alive.load(Ordering::SeqCst) {
+                crate::event_loop::abort_leftovers(self);
+                return;
+            }
             self.nudge(kind);
         }
     }
@@ -261,6 +270,8 @@ impl Runtime {
     /// says, handing a lingering close to the event thread.
     pub fn close_owned(&self, h: Handle, slot: &Slot, how: CloseHow) -> Handoff {
         let fd = slot.fd();
+        crate::failure::hit(self, crate::failure::Site::Closing);
+        slot.mark_notified();
         if let Some(on_close) = self.config.on_close {
             // SAFETY: the host's callback, with the documented arguments;
             // runs once because only the owner of a Closing slot gets here
@@ -366,7 +377,9 @@ impl Runtime {
 /// returns the state it came from.
 fn claim_in(h: Handle, slot: &Slot, allowed: &[State], to: State) -> Result<State, Error> {
     loop {
-        let from = slot.state_of(h).map_err(|_| Error::Stale)?;
+        // Stale from the moment the close begins: the close callback owns
+        // what the connection had.
+        let from = slot.host_state_of(h).map_err(|_| Error::Stale)?;
         if !allowed.contains(&from) {
             return Err(Error::State);
         }

@@ -15,6 +15,7 @@
 //! - `handoff.rs`: passing connections between host, workers and event thread;
 //! - `conn/`: the connection table, handles and state machine;
 //! - `timeouts.rs`: the timeout queues;
+//! - `failure.rs`: what an internal panic does (fail-stop);
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
 //! - `readiness.rs`: the optional check that a whole request has arrived;
 //! - `sys/`: every system call;
@@ -28,6 +29,7 @@ pub(crate) mod config;
 pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod event_loop;
+pub(crate) mod failure;
 pub mod ffi;
 pub(crate) mod handoff;
 pub(crate) mod readiness;

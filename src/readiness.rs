@@ -13,11 +13,14 @@
 //! worker, so the host's blocking read behaves exactly as without evmpm.
 
 use crate::conn::Handle;
-use crate::ffi::types::{EVMPM_REQUEST_COMPLETE, EVMPM_REQUEST_INCOMPLETE};
+use crate::ffi::types::{
+    EVMPM_LOG_ERROR, EVMPM_REQUEST_COMPLETE, EVMPM_REQUEST_INCOMPLETE, EVMPM_REQUEST_REJECT,
+};
 use crate::handoff::CloseHow;
 use crate::runtime::Runtime;
 use crate::stats::Counters;
 use crate::sys::{self, socket};
+use std::sync::atomic::Ordering;
 
 /// What to do with a connection that polled readable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -81,14 +84,29 @@ impl Readiness {
                 )
             }
         };
-        if verdict > EVMPM_REQUEST_INCOMPLETE {
-            self.lower_mark(fd, index);
-            return Verdict::Run;
-        }
-        if verdict < EVMPM_REQUEST_INCOMPLETE {
-            Counters::bump(&rt.counters.rejected);
-            self.forget(index);
-            return Verdict::Close(CloseHow::Quick);
+        match verdict {
+            EVMPM_REQUEST_COMPLETE => {
+                self.lower_mark(fd, index);
+                return Verdict::Run;
+            }
+            EVMPM_REQUEST_INCOMPLETE => {}
+            other => {
+                if other != EVMPM_REQUEST_REJECT
+                    && !rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
+                {
+                    rt.log(
+                        EVMPM_LOG_ERROR,
+                        &format!(
+                            "evmpm: request_ready returned {other}, which is none of \
+                             EVMPM_REQUEST_COMPLETE/INCOMPLETE/REJECT; its connection \
+                             was closed as rejected (logged once)"
+                        ),
+                    );
+                }
+                Counters::bump(&rt.counters.rejected);
+                self.forget(index);
+                return Verdict::Close(CloseHow::Quick);
+            }
         }
         if peer_closed {
             // The rest can never arrive.

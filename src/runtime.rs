@@ -3,16 +3,19 @@
 
 use crate::admission::{self, Load};
 use crate::config::Config;
-use crate::conn::Table;
+use crate::conn::handle::RuntimeTags;
+use crate::conn::{Handle, State, Table};
 use crate::error::Error;
 use crate::event_loop::{self, Msg};
+use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR};
+use crate::handoff::CloseHow;
 use crate::stats::Counters;
 use crate::sys::{self, epoll::Epoll, socket, waker::Waker};
 use crate::timeouts::Kind;
 use crate::workers::Workers;
 use crossbeam_queue::SegQueue;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,6 +62,18 @@ pub struct Runtime {
     threads: Mutex<Threads>,
     /// Counts worker threads that have not exited; `stop` waits on it.
     pub workers_running: (Mutex<usize>, Condvar),
+    /// Set once an internal error made the runtime stop itself.
+    failed: AtomicBool,
+    /// Set by `stop` once every runtime thread has exited or been given up
+    /// on: from then on host calls are refused (see `HostCall`).
+    sealed: AtomicBool,
+    /// Host calls in progress on threads that are not this runtime's.
+    host_calls: AtomicUsize,
+    /// Host mistakes already logged (one line per kind and runtime).
+    pub logged_bad_verdict: AtomicBool,
+    /// The fault a test armed (see `failure::hit`).
+    #[cfg(test)]
+    pub armed_fault: AtomicU8,
 }
 
 #[derive(Default)]
@@ -68,24 +83,67 @@ struct Threads {
 }
 
 thread_local! {
-    /// The runtime whose thread this is, if any: `stop` must not wait for
-    /// itself.
-    static CURRENT: Cell<*const Runtime> = const { Cell::new(std::ptr::null()) };
+    /// The runtime whose thread this is, if any, for the thread's life.
+    static OWN: Cell<*const Runtime> = const { Cell::new(std::ptr::null()) };
+    /// Each runtime whose host call is on this thread's stack, innermost
+    /// last: a callback of that runtime may be running. `stop` and `destroy`
+    /// refuse to run for these and for `OWN`: they would wait for
+    /// themselves, or free the runtime under a caller.
+    static INSIDE: RefCell<Vec<*const Runtime>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Marks the calling thread as one of `rt`'s own, for good.
 pub fn mark_current_thread(rt: &Runtime) {
-    CURRENT.with(|c| c.set(rt as *const Runtime));
+    OWN.with(|c| c.set(rt as *const Runtime));
+}
+
+/// A host call in progress: marks the thread as inside the runtime and,
+/// on a thread that is not the runtime's, counts the call so `stop` can wait
+/// for it before its final sweep.
+pub struct HostCall<'a> {
+    rt: &'a Runtime,
+    counted: bool,
+}
+
+impl<'a> HostCall<'a> {
+    /// Enters a host call; Stopped once `stop` has sealed the runtime.
+    pub fn enter(rt: &'a Runtime) -> Result<HostCall<'a>, Error> {
+        let counted = !rt.is_own_thread();
+        if counted {
+            // Dekker with `stop`'s seal: either `stop` sees this count and
+            // waits for the call to end, or this call sees the seal.
+            rt.host_calls.fetch_add(1, Ordering::SeqCst);
+            if rt.sealed.load(Ordering::SeqCst) {
+                rt.host_calls.fetch_sub(1, Ordering::SeqCst);
+                return Err(Error::Stopped);
+            }
+        }
+        INSIDE.with(|v| v.borrow_mut().push(rt as *const Runtime));
+        Ok(HostCall { rt, counted })
+    }
+}
+
+impl Drop for HostCall<'_> {
+    fn drop(&mut self) {
+        INSIDE.with(|v| v.borrow_mut().pop());
+        if self.counted {
+            self.rt.host_calls.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Runtime {
     pub fn new(config: Config) -> Result<Arc<Runtime>, Error> {
+        crate::failure::install_hook();
         let epoll = Epoll::new().map_err(|e| Error::from_io(&e))?;
         let waker = Waker::new().map_err(|e| Error::from_io(&e))?;
         epoll
             .add(waker.fd(), sys::epoll::READABLE, event_loop::WAKER_TOKEN)
             .map_err(|e| Error::from_io(&e))?;
+        // More runtimes alive at once than handles can tell apart.
+        let tag = RuntimeTags::take().ok_or(Error::Os(libc::EMFILE))?;
         Ok(Arc::new(Runtime {
-            table: Table::new(config.connection_limit as u32),
+            table: Table::tagged(config.connection_limit as u32, tag),
             workers: Workers::new(config.workers, config.connection_limit),
             config,
             epoll,
@@ -102,7 +160,62 @@ impl Runtime {
             epoch: Instant::now(),
             threads: Mutex::new(Threads::default()),
             workers_running: (Mutex::new(0), Condvar::new()),
+            failed: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            host_calls: AtomicUsize::new(0),
+            logged_bad_verdict: AtomicBool::new(false),
+            #[cfg(test)]
+            armed_fault: AtomicU8::new(0),
         }))
+    }
+
+    /// Tells the host's log callback, if any.
+    pub fn log(&self, level: libc::c_int, message: &str) {
+        let Some(log) = self.config.log else { return };
+        let text = std::ffi::CString::new(message.replace('\0', " "))
+            .unwrap_or_else(|_| c"(unprintable message)".into());
+        // SAFETY: the host's callback with the documented arguments; the
+        // message lives until it returns.
+        unsafe { log(self.config.user_data.0, level, text.as_ptr()) };
+    }
+
+    /// An internal panic was caught: count it, say so, and stop the runtime
+    /// at once (see `failure`). Callable from any thread, any number of
+    /// times.
+    pub fn internal_error(&self, place: &str, panic: &str) {
+        Counters::bump(&self.counters.internal_errors);
+        let first = !self.failed.swap(true, Ordering::AcqRel);
+        let outcome = if first {
+            "the runtime stops itself"
+        } else {
+            "the runtime is already stopping"
+        };
+        self.log(
+            EVMPM_LOG_ERROR,
+            &format!("evmpm internal error in {place}: {panic}; {outcome}"),
+        );
+        // A stop already under way gets a deadline of now; a running
+        // runtime starts stopping. `stop` joins the threads later.
+        if self
+            .phase
+            .compare_exchange(
+                Phase::Running as u8,
+                Phase::Stopping as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+            || self.phase() == Phase::Stopping
+        {
+            self.inbox.push(Msg::Stop {
+                deadline_ns: self.now_ns(),
+            });
+            self.waker.wake();
+        }
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
     }
 
     pub fn phase(&self) -> Phase {
@@ -126,12 +239,20 @@ impl Runtime {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    pub fn as_c_ptr(&self) -> *mut Runtime {
-        self as *const Runtime as *mut Runtime
+    /// The pointer the host holds (see `ffi::api`).
+    pub fn as_c_ptr(&self) -> *mut evmpm_runtime {
+        self as *const Runtime as *mut evmpm_runtime
     }
 
+    /// True on the runtime's own threads.
     pub fn is_own_thread(&self) -> bool {
-        CURRENT.with(|c| std::ptr::eq(c.get(), self))
+        OWN.with(|c| std::ptr::eq(c.get(), self))
+    }
+
+    /// True on the runtime's own threads and inside any host call of it,
+    /// whatever thread it is on (a callback of this runtime may be running).
+    pub fn is_inside(&self) -> bool {
+        self.is_own_thread() || INSIDE.with(|v| v.borrow().iter().any(|&p| std::ptr::eq(p, self)))
     }
 
     pub fn accept_paused(&self) -> bool {
@@ -277,24 +398,35 @@ impl Runtime {
 
     /// Graceful stop; see `evmpm_stop` in the header for the contract.
     pub fn stop(&self, timeout_ms: u32) -> Result<(), Error> {
-        if self.is_own_thread() {
+        if self.is_inside() {
             return Err(Error::Thread);
         }
+        // Callbacks the final sweep runs on this thread are inside the
+        // runtime: a stop or destroy from one of them is refused.
+        let _inside = InsideStop::enter(self);
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         match self.phase() {
             Phase::Created => {
+                self.seal();
                 self.set_phase(Phase::Stopped);
                 return Ok(());
             }
-            Phase::Running => {}
+            Phase::Running => {
+                self.set_phase(Phase::Stopping);
+                self.inbox.push(Msg::Stop {
+                    deadline_ns: self
+                        .now_ns()
+                        .saturating_add(u64::from(timeout_ms) * 1_000_000),
+                });
+                self.waker.wake();
+            }
+            // Only a runtime that stopped itself after an internal error is
+            // still stopping here (a stop in progress holds `threads`): its
+            // threads are joined below.
+            Phase::Stopping if threads.event.is_some() || !threads.workers.is_empty() => {}
             Phase::Stopping | Phase::Stopped => return Err(Error::Stopped),
         }
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
-        self.set_phase(Phase::Stopping);
-        self.inbox.push(Msg::Stop {
-            deadline_ns: self.now_ns() + u64::from(timeout_ms) * 1_000_000,
-        });
-        self.waker.wake();
         let mut forced = false;
         if let Some(h) = threads.event.take() {
             // The event thread enforces the deadline itself, so this join
@@ -334,12 +466,94 @@ impl Runtime {
                 let _ = h.join();
             }
         }
-        event_loop::abort_leftovers(self);
+        self.seal();
+        self.sweep(stuck);
         self.set_phase(Phase::Stopped);
-        if forced || stuck {
+        if self.has_failed() {
+            Err(Error::Internal)
+        } else if forced || stuck {
             Err(Error::TimedOut)
         } else {
             Ok(())
         }
+    }
+
+    /// Refuses every host call from now on and waits for those in progress
+    /// (they are short: a host call never blocks, and callbacks must not).
+    fn seal(&self) {
+        self.sealed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        while self.host_calls.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+    }
+
+    /// The end of `stop`: no runtime thread runs (but workers stuck in a
+    /// handler) and no host call is in progress, so nothing can hand a
+    /// connection on any more. Closes every connection still open, with its
+    /// close callback: those a host call or a late hand-over queued after
+    /// the workers or the event thread had gone, and those an internal
+    /// error left with no owner. A stuck handler's connection is left to
+    /// its worker, which closes it when the handler returns; so is a
+    /// connection in Closing then, as that worker may be the one closing it.
+    fn sweep(&self, workers_stuck: bool) {
+        while self.inbox.pop().is_some() {}
+        for index in 0..self.table.capacity() as u32 {
+            let Some(h) = self.table.current_handle(index) else {
+                continue;
+            };
+            let slot = self.table.slot_at(index);
+            let Ok(state) = slot.state_of(h) else {
+                continue;
+            };
+            match state {
+                s if workers_stuck && (s.in_handler() || s == State::Closing) => {}
+                State::Lingering => {
+                    if slot.transition(h, state, State::Closing).is_ok() {
+                        self.final_close(h, slot, true);
+                    }
+                }
+                State::Closing => self.close_orphan(h, slot),
+                _ => {
+                    if slot.transition(h, state, State::Closing).is_ok() {
+                        let _ = self.close_owned(h, slot, CloseHow::Abort);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes a connection left in Closing by a closer that died in an
+    /// internal error: runs the close callback unless it already ran.
+    fn close_orphan(&self, h: Handle, slot: &crate::conn::Slot) {
+        if slot.was_notified() {
+            // SAFETY: Closing with no thread left to own it: the sweep does.
+            drop(unsafe { slot.take_write() });
+            self.final_close(h, slot, false);
+        } else {
+            let _ = self.close_owned(h, slot, CloseHow::Abort);
+        }
+    }
+}
+
+/// `stop` in progress on this thread: marks it inside the runtime.
+struct InsideStop;
+
+impl InsideStop {
+    fn enter(rt: &Runtime) -> InsideStop {
+        INSIDE.with(|v| v.borrow_mut().push(rt as *const Runtime));
+        InsideStop
+    }
+}
+
+impl Drop for InsideStop {
+    fn drop(&mut self) {
+        INSIDE.with(|v| v.borrow_mut().pop());
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        RuntimeTags::give_back(self.table.tag());
     }
 }

@@ -21,6 +21,7 @@ pub struct Counters {
     pub rejected: AtomicU64,
     pub accept_pauses: AtomicU64,
     pub accept_backoffs: AtomicU64,
+    pub internal_errors: AtomicU64,
 }
 
 impl Counters {
@@ -60,5 +61,6 @@ pub fn snapshot(rt: &Runtime) -> evmpm_stats {
     s.accept_pauses = c.accept_pauses.load(Relaxed);
     s.accept_backoffs = c.accept_backoffs.load(Relaxed);
     s.accepting_paused = u64::from(rt.accept_paused());
+    s.internal_errors = c.internal_errors.load(Relaxed);
     s
 }

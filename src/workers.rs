@@ -160,9 +160,11 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
     rt.workers.register(id, &parker);
     while let Some(job) = rt.workers.next_job(id, &parker) {
         rt.workers.busy.fetch_add(1, Ordering::AcqRel);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&rt, job)));
-        if outcome.is_err() {
-            eprintln!("evmpm: internal panic while running a connection; worker continues");
+        if let Err(panic) = crate::failure::catch(|| run_job(&rt, job)) {
+            // Fail-stop: the job's connection may be owned by nobody now;
+            // the stop closes it (see `failure`). This worker carries on
+            // until the stop ends it, serving what was already readable.
+            rt.internal_error("a worker", &panic);
         }
         rt.workers.busy.fetch_sub(1, Ordering::AcqRel);
         rt.capacity_freed();

@@ -90,7 +90,7 @@ int main(void) {
         return 1;
     }
 
-    if ((rc = evmpm_config_init(&cfg)) != EVMPM_OK)
+    if ((rc = evmpm_config_init(&cfg, sizeof cfg)) != EVMPM_OK)
         return evmpm_failed("evmpm_config_init", rc);
     cfg.worker_threads = 2;
     cfg.handler = handler;

@@ -70,13 +70,6 @@ impl State {
         ALL.get(v as usize).copied().unwrap_or(State::Closing)
     }
 
-    /// States in which the host may dispose of the connection (park, write,
-    /// close): its handler is running and has not decided yet, or it holds
-    /// the connection suspended.
-    pub fn host_may_dispose(self) -> bool {
-        matches!(self, State::Handler | State::SuspendReq | State::Suspended)
-    }
-
     /// States in which a handler is running on a worker.
     pub fn in_handler(self) -> bool {
         matches!(

@@ -7,7 +7,9 @@
 use super::handle::{next_generation, Handle};
 use super::state::{pack, unpack, State, SHUTDOWN_BIT};
 use crate::ffi::types::evmpm_release_fn;
-use crate::sync::atomic::{fence, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+};
 use crate::sync::cell::UnsafeCell;
 use crate::sync::hint;
 use crate::sync::{ArrayQueue, Backoff};
@@ -101,6 +103,9 @@ pub struct Slot {
     user: AtomicPtr<c_void>,
     /// Threads inside `pinned` for this slot; `Table::free` waits for 0.
     pins: AtomicU32,
+    /// Set by the closer just before the close callback runs, so a sweep
+    /// after an internal error knows whether the host was told.
+    notified: AtomicBool,
     /// When the connection was last handed to the event thread to watch
     /// (ns since the runtime's epoch). Its timeout counts from here, not from
     /// when the event thread, which may sleep through a hand-over, links it.
@@ -133,6 +138,7 @@ impl Slot {
             fd: AtomicI32::new(-1),
             user: AtomicPtr::new(ptr::null_mut()),
             pins: AtomicU32::new(0),
+            notified: AtomicBool::new(false),
             watch_since: AtomicU64::new(0),
             write: UnsafeCell::new(None),
         }
@@ -218,10 +224,24 @@ impl Slot {
         unpack(self.state.load(Ordering::Acquire)).1
     }
 
-    /// The handle of the connection now in the slot (None when free).
-    pub fn current_handle(&self, index: u32) -> Option<Handle> {
-        let (generation, state) = unpack(self.state.load(Ordering::Acquire));
-        (state != State::Free).then(|| Handle::new(index, generation))
+    /// The live state of `h`'s connection as the host may see it: Stale
+    /// from the moment its close begins (Closing, then Lingering), because
+    /// from then on the close callback owns what the connection had.
+    pub fn host_state_of(&self, h: Handle) -> Result<State, Refused> {
+        match self.state_of(h)? {
+            State::Closing | State::Lingering => Err(Refused::Stale),
+            state => Ok(state),
+        }
+    }
+
+    /// Marks that the close callback is about to run (the closer only).
+    pub fn mark_notified(&self) {
+        self.notified.store(true, Ordering::Relaxed);
+    }
+
+    /// True once the closer has marked the close callback as run.
+    pub fn was_notified(&self) -> bool {
+        self.notified.load(Ordering::Relaxed)
     }
 
     pub fn fd(&self) -> i32 {
@@ -258,12 +278,13 @@ impl Slot {
     fn pinned<R>(&self, h: Handle, f: impl FnOnce(&Slot) -> R) -> Result<R, Refused> {
         self.pins.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        let result = self.state_of(h).map(|_| f(self));
+        let result = self.host_state_of(h).map(|_| f(self));
         self.pins.fetch_sub(1, Ordering::Release);
         result
     }
 
-    /// `h`'s descriptor, for any thread holding the handle.
+    /// `h`'s descriptor, for any thread holding the handle, until its close
+    /// begins.
     pub fn fd_of(&self, h: Handle) -> Result<i32, Refused> {
         self.pinned(h, Slot::fd)
     }
@@ -296,6 +317,8 @@ impl Slot {
 /// The slab and its free list.
 pub struct Table {
     slots: Box<[Slot]>,
+    /// The owning runtime's tag, in every handle this table gives out.
+    tag: u16,
     /// Indices of free slots. FIFO, so a freed slot is reused as late as
     /// possible. Capacity = slot count, so a push never fails: each index is
     /// in the queue at most once (it is pushed only by the closer that owns
@@ -304,13 +327,25 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table whose handles carry tag 0 (the model checks' tables).
+    #[cfg(test)]
     pub fn new(capacity: u32) -> Table {
+        Table::tagged(capacity, 0)
+    }
+
+    /// A table for the runtime with `tag` (see `handle::RuntimeTags`).
+    pub fn tagged(capacity: u32, tag: u16) -> Table {
+        debug_assert!(capacity <= super::handle::MAX_SLOTS);
         let slots: Box<[Slot]> = (0..capacity).map(|_| Slot::new()).collect();
         let free = ArrayQueue::new(capacity.max(1) as usize);
         for i in 0..capacity {
             let _ = free.push(i);
         }
-        Table { slots, free }
+        Table { slots, tag, free }
+    }
+
+    pub fn tag(&self) -> u16 {
+        self.tag
     }
 
     pub fn capacity(&self) -> usize {
@@ -318,8 +353,9 @@ impl Table {
     }
 
     /// The slot `h` names, whether or not its connection is still alive.
+    /// None for 0, for event-thread tokens and for another runtime's handles.
     pub fn slot(&self, h: Handle) -> Option<&Slot> {
-        if !h.is_connection() {
+        if !h.is_connection() || h.tag() != self.tag {
             return None;
         }
         self.slots.get(h.index() as usize)
@@ -329,6 +365,12 @@ impl Table {
         &self.slots[index as usize]
     }
 
+    /// The handle of the connection now in slot `index` (None when free).
+    pub fn current_handle(&self, index: u32) -> Option<Handle> {
+        let (generation, state) = unpack(self.slots[index as usize].state.load(Ordering::Acquire));
+        (state != State::Free).then(|| Handle::tagged(self.tag, index, generation))
+    }
+
     /// Takes a free slot for a new connection in `initial` state.
     pub fn allocate(&self, fd: i32, initial: State) -> Option<Handle> {
         let index = self.free.pop()?;
@@ -336,10 +378,11 @@ impl Table {
         let (generation, _) = unpack(slot.state.load(Ordering::Acquire));
         slot.fd.store(fd, Ordering::Relaxed);
         slot.user.store(ptr::null_mut(), Ordering::Relaxed);
+        slot.notified.store(false, Ordering::Relaxed);
         slot.watch_since.store(0, Ordering::Relaxed);
         slot.state
             .store(pack(generation, initial), Ordering::Release);
-        Some(Handle::new(index, generation))
+        Some(Handle::tagged(self.tag, index, generation))
     }
 
     /// Frees `h`'s slot. The caller owns the connection (state Closing) and

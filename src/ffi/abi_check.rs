@@ -41,10 +41,17 @@ macro_rules! same_consts {
     };
 }
 
+/// The `evmpm_error` enumerators, which bindgen prefixes with the type name.
+macro_rules! same_errors {
+    ($($name:ident => $c:ident),* $(,)?) => {
+        $(assert_eq!(c::$c, rust::evmpm_error::$name as i32, "{}", stringify!($name));)*
+    };
+}
+
 #[test]
 fn struct_layouts_match() {
     same_layout!(evmpm_config {
-        version,
+        size,
         worker_threads,
         keepalive_timeout_ms,
         read_timeout_ms,
@@ -60,6 +67,7 @@ fn struct_layouts_match() {
         request_ready,
         header_timeout_ms,
         request_peek_bytes,
+        log,
     });
     same_layout!(evmpm_stats {
         connections,
@@ -82,14 +90,15 @@ fn struct_layouts_match() {
         accept_pauses,
         accept_backoffs,
         accepting_paused,
+        internal_errors,
     });
     assert_eq!(size_of::<c::evmpm_conn>(), size_of::<rust::evmpm_conn>());
+    assert_eq!(size_of::<c::evmpm_error>(), size_of::<rust::evmpm_error>());
 }
 
 #[test]
 fn constants_match() {
     same_consts!(
-        EVMPM_CONFIG_VERSION,
         EVMPM_VERSION_MAJOR,
         EVMPM_VERSION_MINOR,
         EVMPM_VERSION_PATCH,
@@ -103,19 +112,23 @@ fn constants_match() {
         EVMPM_PARK_BUFFERED,
         EVMPM_WRITE_KEEPALIVE,
         EVMPM_WRITE_BUFFERED,
-        EVMPM_OK,
-        EVMPM_EINVAL,
-        EVMPM_ENOTSOCK,
-        EVMPM_ENOTLISTENER,
-        EVMPM_ESTALE,
-        EVMPM_ESTATE,
-        EVMPM_ESTOPPED,
-        EVMPM_ETIMEDOUT,
-        EVMPM_ETHREAD,
-        EVMPM_EOS,
-        EVMPM_EEXIST,
-        EVMPM_EVERSION,
-        EVMPM_EINTERNAL,
+        EVMPM_LOG_ERROR,
+        EVMPM_LOG_WARNING,
+    );
+    same_errors!(
+        EVMPM_OK => evmpm_error_EVMPM_OK,
+        EVMPM_EINVAL => evmpm_error_EVMPM_EINVAL,
+        EVMPM_ENOTSOCK => evmpm_error_EVMPM_ENOTSOCK,
+        EVMPM_ENOTLISTENER => evmpm_error_EVMPM_ENOTLISTENER,
+        EVMPM_ESTALE => evmpm_error_EVMPM_ESTALE,
+        EVMPM_ESTATE => evmpm_error_EVMPM_ESTATE,
+        EVMPM_ESTOPPED => evmpm_error_EVMPM_ESTOPPED,
+        EVMPM_ETIMEDOUT => evmpm_error_EVMPM_ETIMEDOUT,
+        EVMPM_ETHREAD => evmpm_error_EVMPM_ETHREAD,
+        EVMPM_EOS => evmpm_error_EVMPM_EOS,
+        EVMPM_EEXIST => evmpm_error_EVMPM_EEXIST,
+        EVMPM_EVERSION => evmpm_error_EVMPM_EVERSION,
+        EVMPM_EINTERNAL => evmpm_error_EVMPM_EINTERNAL,
     );
 }
 
@@ -123,13 +136,12 @@ fn constants_match() {
 fn calls_through_the_header_declarations_work() {
     let mut cfg = std::mem::MaybeUninit::<c::evmpm_config>::uninit();
     // SAFETY: a writable evmpm_config, as the header's declaration asks.
-    let rc = unsafe { c::evmpm_config_init(cfg.as_mut_ptr()) };
-    // bindgen types a non-negative #define as unsigned.
-    assert_eq!(rc, c::EVMPM_OK as i32);
+    let rc = unsafe { c::evmpm_config_init(cfg.as_mut_ptr(), size_of::<c::evmpm_config>()) };
+    assert_eq!(rc, c::evmpm_error_EVMPM_OK);
     // SAFETY: evmpm_config_init filled every field.
     let cfg = unsafe { cfg.assume_init() };
     let defaults = crate::config::defaults();
-    assert_eq!(cfg.version, defaults.version);
+    assert_eq!(cfg.size, defaults.size);
     assert_eq!(cfg.worker_threads, defaults.worker_threads);
     assert_eq!(
         cfg.async_request_worker_factor,
@@ -139,9 +151,10 @@ fn calls_through_the_header_declarations_work() {
     assert_eq!(cfg.request_peek_bytes, defaults.request_peek_bytes);
     let mut rt = std::ptr::null_mut();
     // SAFETY: a valid config (no handler) and a writable out-pointer.
-    assert_eq!(unsafe { c::evmpm_create(&cfg, &mut rt) }, c::EVMPM_EINVAL);
+    let rc = unsafe { c::evmpm_create(&cfg, &mut rt) };
+    assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
     assert!(rt.is_null());
     // SAFETY: any code is accepted; the result is a static C string.
-    let text = unsafe { std::ffi::CStr::from_ptr(c::evmpm_strerror(c::EVMPM_ESTALE)) };
+    let text = unsafe { std::ffi::CStr::from_ptr(c::evmpm_strerror(c::evmpm_error_EVMPM_ESTALE)) };
     assert!(text.to_str().unwrap().contains("stale"));
 }

@@ -7,16 +7,17 @@
 #![allow(clippy::missing_safety_doc)]
 
 use super::ffi_guard;
+use super::types::evmpm_error::{self, *};
 use super::types::*;
 use crate::config::{self, Config};
 use crate::conn::{AfterWrite, Handle, PendingWrite};
 use crate::error::{self, Error};
-use crate::runtime::Runtime;
+use crate::runtime::{HostCall, Runtime};
 use crate::stats;
 use libc::{c_char, c_int, c_void};
 use std::sync::Arc;
 
-fn result_code(r: Result<(), Error>) -> c_int {
+fn result_code(r: Result<(), Error>) -> evmpm_error {
     match r {
         Ok(()) => EVMPM_OK,
         Err(e) => {
@@ -28,56 +29,100 @@ fn result_code(r: Result<(), Error>) -> c_int {
     }
 }
 
+/// The runtime behind the host's pointer. The host's pointer is
+/// `Arc::into_raw` of it (see `evmpm_create`).
+///
 /// # Safety
 /// `rt` is NULL or a pointer from `evmpm_create` not yet destroyed.
-unsafe fn runtime<'a>(rt: *mut Runtime) -> Result<&'a Runtime, Error> {
+unsafe fn runtime<'a>(rt: *mut evmpm_runtime) -> Result<&'a Runtime, Error> {
     // SAFETY: per this function's contract.
-    unsafe { rt.as_ref() }.ok_or(Error::Invalid)
+    unsafe { rt.cast::<Runtime>().as_ref() }.ok_or(Error::Invalid)
 }
 
-/// Fills `*cfg` with the defaults (see `evmpm_config`). Call it before
-/// setting any field, so fields added in later versions get their defaults.
+/// Runs a host call on `rt` (from `runtime`): refused once `evmpm_stop` has
+/// sealed the runtime, marked as inside it (so its callbacks cannot stop or
+/// destroy it under this call), and fail-stop on an internal panic.
+fn host_call(
+    rt: Result<&Runtime, Error>,
+    place: &str,
+    f: impl FnOnce(&Runtime) -> Result<(), Error>,
+) -> evmpm_error {
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => return e.code(),
+    };
+    let call = match HostCall::enter(rt) {
+        Ok(call) => call,
+        Err(e) => return e.code(),
+    };
+    let result = match crate::failure::catch(|| f(rt)) {
+        Ok(r) => result_code(r),
+        Err(panic) => {
+            rt.internal_error(place, &panic);
+            EVMPM_EINTERNAL
+        }
+    };
+    drop(call);
+    result
+}
+
+/// Fills `*cfg` with the defaults (see `evmpm_config`) and sets
+/// `cfg->size`. Call it before setting any field, as
+/// `evmpm_config_init(&cfg, sizeof cfg)`: `cfg_size` is the size of the
+/// struct your header declares, which lets a newer library fill exactly the
+/// fields your program knows.
 ///
-/// Threads: any. Ownership: `cfg` is the caller's.
-/// Errors: `EVMPM_EINVAL` if `cfg` is NULL.
+/// Threads: any. Ownership: `cfg` is the caller's; `cfg_size` bytes at it
+/// are written.
+/// Errors: `EVMPM_EINVAL` (NULL `cfg`), `EVMPM_EVERSION` (`cfg_size` is
+/// smaller than any layout this library knows).
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_config_init(cfg: *mut evmpm_config) -> c_int {
+pub unsafe extern "C" fn evmpm_config_init(cfg: *mut evmpm_config, cfg_size: usize) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if cfg.is_null() {
             return EVMPM_EINVAL;
         }
-        // SAFETY: non-NULL, and the caller provides a writable evmpm_config.
-        unsafe { cfg.write(config::defaults()) };
-        EVMPM_OK
+        // SAFETY: non-NULL, and the caller provides `cfg_size` writable bytes.
+        result_code(unsafe { config::init(cfg, cfg_size) })
     })
 }
 
 /// Creates a runtime from `*cfg` and stores it in `*out`. No thread runs
 /// until `evmpm_start`.
 ///
+/// `cfg->size` is read first, then only that many bytes of `*cfg`.
+///
 /// Threads: any. Ownership: `cfg` stays the caller's (it is copied); the
 /// runtime in `*out` is the caller's, to free with `evmpm_destroy`.
 /// Errors: `EVMPM_EINVAL` (NULL `cfg`/`out`, no handler, a value out of
-/// range), `EVMPM_EVERSION` (`cfg` not filled by `evmpm_config_init`),
-/// `EVMPM_EOS` (epoll or eventfd creation failed; see errno). On error
-/// `*out` is set to NULL when `out` is not NULL.
+/// range: the field ranges are in `evmpm_config`), `EVMPM_EVERSION`
+/// (`cfg->size` unknown to this library: `cfg` was not filled by
+/// `evmpm_config_init`, or sets fields this older library lacks),
+/// `EVMPM_EOS` (epoll or eventfd creation failed, or 4,095 runtimes exist
+/// already (`EMFILE`); see errno). On error `*out` is set to NULL when
+/// `out` is not NULL.
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_create(cfg: *const evmpm_config, out: *mut *mut Runtime) -> c_int {
+pub unsafe extern "C" fn evmpm_create(
+    cfg: *const evmpm_config,
+    out: *mut *mut evmpm_runtime,
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if out.is_null() {
             return EVMPM_EINVAL;
         }
         // SAFETY: non-NULL; the caller provides a writable pointer slot.
         unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: NULL or a readable evmpm_config, per the contract.
-        let Some(cfg) = (unsafe { cfg.as_ref() }) else {
+        if cfg.is_null() {
             return EVMPM_EINVAL;
-        };
-        let created = Config::from_c(cfg).and_then(Runtime::new);
+        }
+        // SAFETY: a readable evmpm_config of `cfg->size` bytes (contract).
+        let created = unsafe { config::read(cfg) }
+            .and_then(|c| Config::from_c(&c))
+            .and_then(Runtime::new);
         match created {
             Ok(rt) => {
                 // SAFETY: as above.
-                unsafe { out.write(Arc::into_raw(rt) as *mut Runtime) };
+                unsafe { out.write(Arc::into_raw(rt) as *mut evmpm_runtime) };
                 EVMPM_OK
             }
             Err(e) => result_code(Err(e)),
@@ -92,17 +137,20 @@ pub unsafe extern "C" fn evmpm_create(cfg: *const evmpm_config, out: *mut *mut R
 /// worker. The runtime sets O_NONBLOCK on `fd`. Several runtimes, or
 /// several processes, may share one listener (EPOLLEXCLUSIVE).
 ///
-/// Threads: any but the runtime's own, before or after `evmpm_start`.
+/// Threads: any, before or after `evmpm_start`, a handler included (the
+/// new listener is accepted on from the event thread's next turn).
 /// Ownership: `fd` stays the host's; the runtime never closes it, and the
 /// host must not close it before `evmpm_stop` returns.
 /// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ENOTSOCK` (`fd` is not an
 /// open stream socket), `EVMPM_ENOTLISTENER` (not listening), `EVMPM_EEXIST`
 /// (already registered), `EVMPM_ESTOPPED` (stop was called), `EVMPM_EOS`.
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_register_listener(rt: *mut Runtime, fd: c_int) -> c_int {
+pub unsafe extern "C" fn evmpm_register_listener(rt: *mut evmpm_runtime, fd: c_int) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
-        result_code(unsafe { runtime(rt) }.and_then(|rt| rt.register_listener(fd)))
+        host_call(unsafe { runtime(rt) }, "evmpm_register_listener", |rt| {
+            rt.register_listener(fd)
+        })
     })
 }
 
@@ -115,7 +163,7 @@ pub unsafe extern "C" fn evmpm_register_listener(rt: *mut Runtime, fd: c_int) ->
 /// `EVMPM_ESTOPPED` (stopped), `EVMPM_EOS` (a thread could not be created;
 /// the runtime is then stopped).
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_start(rt: *mut Runtime) -> c_int {
+pub unsafe extern "C" fn evmpm_start(rt: *mut evmpm_runtime) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if rt.is_null() {
             return EVMPM_EINVAL;
@@ -123,7 +171,7 @@ pub unsafe extern "C" fn evmpm_start(rt: *mut Runtime) -> c_int {
         // SAFETY: a live pointer from evmpm_create (contract): the host
         // holds one strong count, so borrowing it as an Arc is sound while
         // we do not drop that count.
-        let rt = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(rt as *const Runtime) });
+        let rt = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(rt.cast::<Runtime>()) });
         result_code(rt.start())
     })
 }
@@ -135,16 +183,24 @@ pub unsafe extern "C" fn evmpm_start(rt: *mut Runtime) -> c_int {
 /// Returns when every connection is closed, or at the deadline
 /// `timeout_ms` from now: then every remaining connection is closed by
 /// force (sockets of handlers still running are shut down so blocked reads
-/// return), and the call returns after at most ~100 ms more.
+/// return), and the call returns after at most ~100 ms more. Before it
+/// returns, every connection not held by a stuck handler is closed and its
+/// close callback has run, on this thread if no other closed it; host calls
+/// from then on return `EVMPM_ESTOPPED`.
 ///
-/// Threads: any but the runtime's own (handlers, callbacks).
-/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ETHREAD` (called from a
-/// handler or callback of this runtime), `EVMPM_ESTOPPED` (already stopped),
-/// `EVMPM_ETIMEDOUT` (the deadline forced connections closed, or a handler
-/// had not returned; the runtime is stopped all the same, and such a
-/// handler's connection is closed when it returns).
+/// Threads: any but the runtime's own, and not from inside any callback of
+/// this runtime on whatever thread it runs (a close callback run by a host
+/// thread's `evmpm_close`, say): those get `EVMPM_ETHREAD` and nothing
+/// happens.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ETHREAD` (see Threads),
+/// `EVMPM_ESTOPPED` (already stopped), `EVMPM_ETIMEDOUT` (the deadline
+/// forced connections closed, or a handler had not returned; the runtime is
+/// stopped all the same, and such a handler's connection is closed when it
+/// returns), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
+/// internal error, as `evmpm_stats.internal_errors` and the log callback
+/// tell; it is stopped, every connection closed).
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_stop(rt: *mut Runtime, timeout_ms: u32) -> c_int {
+pub unsafe extern "C" fn evmpm_stop(rt: *mut evmpm_runtime, timeout_ms: u32) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
         result_code(unsafe { runtime(rt) }.and_then(|rt| rt.stop(timeout_ms)))
@@ -155,44 +211,46 @@ pub unsafe extern "C" fn evmpm_stop(rt: *mut Runtime, timeout_ms: u32) -> c_int 
 /// deadline of 0 (every connection closed at once, close callbacks run).
 /// NULL is accepted and ignored.
 ///
-/// Threads: any but the runtime's own; a call from a handler or callback of
-/// this runtime does nothing and returns `EVMPM_ETHREAD`.
+/// Threads: any but the runtime's own, and not from inside any callback of
+/// this runtime on whatever thread it runs: such a call does nothing and
+/// returns `EVMPM_ETHREAD`. No other call with `rt` may be in progress or
+/// follow on any thread.
 /// Ownership: `rt` is invalid afterwards. A handler that was stuck past
 /// `evmpm_stop`'s deadline keeps the runtime's memory alive until it returns.
 /// Errors: `EVMPM_ETHREAD`.
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_destroy(rt: *mut Runtime) -> c_int {
+pub unsafe extern "C" fn evmpm_destroy(rt: *mut evmpm_runtime) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
-        if rt.is_null() {
+        // SAFETY: `rt` per this function's contract.
+        let Ok(borrowed) = (unsafe { runtime(rt) }) else {
             return EVMPM_OK;
-        }
-        // SAFETY: a live pointer from evmpm_create (contract).
-        let borrowed = unsafe { &*rt };
-        if borrowed.is_own_thread() {
+        };
+        if borrowed.is_inside() {
             return EVMPM_ETHREAD;
         }
         let _ = borrowed.stop(0);
         // SAFETY: takes back the strong count Arc::into_raw gave the host.
-        drop(unsafe { Arc::from_raw(rt as *const Runtime) });
+        drop(unsafe { Arc::from_raw(rt.cast::<Runtime>()) });
         EVMPM_OK
     })
 }
 
-/// Runs `f` on the runtime and the handle, and turns the result into a code.
+/// A host call on one connection (see `host_call`): 0 and values that are
+/// not handles are stale.
 fn with_conn(
     rt: Result<&Runtime, Error>,
+    place: &str,
     conn: evmpm_conn,
     f: impl FnOnce(&Runtime, Handle) -> Result<(), Error>,
-) -> c_int {
-    let rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => return e.code(),
-    };
-    let h = Handle(conn);
-    if !h.is_connection() {
-        return EVMPM_ESTALE;
-    }
-    result_code(f(rt, h))
+) -> evmpm_error {
+    host_call(rt, place, |rt| {
+        let h = Handle(conn);
+        if !h.is_connection() {
+            return Err(Error::Stale);
+        }
+        crate::failure::hit(rt, crate::failure::Site::HostCall);
+        f(rt, h)
+    })
 }
 
 /// The handler's request is done and the connection stays open. The worker
@@ -210,18 +268,21 @@ fn with_conn(
 /// `EVMPM_ESTOPPED` (runtime stopped).
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_park_keepalive(
-    rt: *mut Runtime,
+    rt: *mut evmpm_runtime,
     conn: evmpm_conn,
     flags: u32,
-) -> c_int {
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if flags & !EVMPM_PARK_BUFFERED != 0 {
             return EVMPM_EINVAL;
         }
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            rt.host_park(h, flags & EVMPM_PARK_BUFFERED != 0)
-        })
+        with_conn(
+            unsafe { runtime(rt) },
+            "evmpm_park_keepalive",
+            conn,
+            |rt, h| rt.host_park(h, flags & EVMPM_PARK_BUFFERED != 0),
+        )
     })
 }
 
@@ -234,10 +295,18 @@ pub unsafe extern "C" fn evmpm_park_keepalive(
 /// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (the
 /// connection is not suspended), `EVMPM_ESTOPPED`.
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_hand_back_to_worker(rt: *mut Runtime, conn: evmpm_conn) -> c_int {
+pub unsafe extern "C" fn evmpm_hand_back_to_worker(
+    rt: *mut evmpm_runtime,
+    conn: evmpm_conn,
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| rt.host_hand_back(h))
+        with_conn(
+            unsafe { runtime(rt) },
+            "evmpm_hand_back_to_worker",
+            conn,
+            |rt, h| rt.host_hand_back(h),
+        )
     })
 }
 
@@ -262,14 +331,14 @@ pub unsafe extern "C" fn evmpm_hand_back_to_worker(rt: *mut Runtime, conn: evmpm
 /// parked/written/closed), `EVMPM_ESTOPPED`.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_complete_write(
-    rt: *mut Runtime,
+    rt: *mut evmpm_runtime,
     conn: evmpm_conn,
     data: *const c_void,
     len: usize,
     release: evmpm_release_fn,
     release_arg: *mut c_void,
     flags: u32,
-) -> c_int {
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if flags & !(EVMPM_WRITE_KEEPALIVE | EVMPM_WRITE_BUFFERED) != 0
             || (data.is_null() && len > 0)
@@ -284,13 +353,18 @@ pub unsafe extern "C" fn evmpm_complete_write(
             AfterWrite::Close
         };
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            rt.host_complete_write(h, || {
-                // SAFETY: the host lends `data` (readable for `len`) until
-                // release, per this function's contract.
-                unsafe { PendingWrite::new(data.cast(), len, release, release_arg, after) }
-            })
-        })
+        with_conn(
+            unsafe { runtime(rt) },
+            "evmpm_complete_write",
+            conn,
+            |rt, h| {
+                rt.host_complete_write(h, || {
+                    // SAFETY: the host lends `data` (readable for `len`) until
+                    // release, per this function's contract.
+                    unsafe { PendingWrite::new(data.cast(), len, release, release_arg, after) }
+                })
+            },
+        )
     })
 }
 
@@ -304,10 +378,12 @@ pub unsafe extern "C" fn evmpm_complete_write(
 /// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (no
 /// handler is running for it, or it already decided), `EVMPM_ESTOPPED`.
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_suspend(rt: *mut Runtime, conn: evmpm_conn) -> c_int {
+pub unsafe extern "C" fn evmpm_suspend(rt: *mut evmpm_runtime, conn: evmpm_conn) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| rt.host_suspend(h))
+        with_conn(unsafe { runtime(rt) }, "evmpm_suspend", conn, |rt, h| {
+            rt.host_suspend(h)
+        })
     })
 }
 
@@ -322,10 +398,12 @@ pub unsafe extern "C" fn evmpm_suspend(rt: *mut Runtime, conn: evmpm_conn) -> c_
 /// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTATE` (not
 /// held by the host, or already decided), `EVMPM_ESTOPPED`.
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_close(rt: *mut Runtime, conn: evmpm_conn) -> c_int {
+pub unsafe extern "C" fn evmpm_close(rt: *mut evmpm_runtime, conn: evmpm_conn) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| rt.host_close(h))
+        with_conn(unsafe { runtime(rt) }, "evmpm_close", conn, |rt, h| {
+            rt.host_close(h)
+        })
     })
 }
 
@@ -339,16 +417,21 @@ pub unsafe extern "C" fn evmpm_close(rt: *mut Runtime, conn: evmpm_conn) -> c_in
 /// `EVMPM_ESTOPPED`.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_conn_set_user(
-    rt: *mut Runtime,
+    rt: *mut evmpm_runtime,
     conn: evmpm_conn,
     user: *mut c_void,
-) -> c_int {
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            let slot = rt.slot_for(h)?;
-            slot.set_user_of(h, user).map_err(|_| Error::Stale)
-        })
+        with_conn(
+            unsafe { runtime(rt) },
+            "evmpm_conn_set_user",
+            conn,
+            |rt, h| {
+                let slot = rt.slot_for(h)?;
+                slot.set_user_of(h, user).map_err(|_| Error::Stale)
+            },
+        )
     })
 }
 
@@ -359,21 +442,26 @@ pub unsafe extern "C" fn evmpm_conn_set_user(
 /// `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_conn_get_user(
-    rt: *mut Runtime,
+    rt: *mut evmpm_runtime,
     conn: evmpm_conn,
     out: *mut *mut c_void,
-) -> c_int {
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if out.is_null() {
             return EVMPM_EINVAL;
         }
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
-            let user = rt.slot_for(h)?.user_of(h).map_err(|_| Error::Stale)?;
-            // SAFETY: non-NULL, writable per the contract.
-            unsafe { out.write(user) };
-            Ok(())
-        })
+        with_conn(
+            unsafe { runtime(rt) },
+            "evmpm_conn_get_user",
+            conn,
+            |rt, h| {
+                let user = rt.slot_for(h)?.user_of(h).map_err(|_| Error::Stale)?;
+                // SAFETY: non-NULL, writable per the contract.
+                unsafe { out.write(user) };
+                Ok(())
+            },
+        )
     })
 }
 
@@ -388,16 +476,16 @@ pub unsafe extern "C" fn evmpm_conn_get_user(
 /// `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_conn_fd(
-    rt: *mut Runtime,
+    rt: *mut evmpm_runtime,
     conn: evmpm_conn,
     out: *mut c_int,
-) -> c_int {
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if out.is_null() {
             return EVMPM_EINVAL;
         }
         // SAFETY: `rt` per this function's contract.
-        with_conn(unsafe { runtime(rt) }, conn, |rt, h| {
+        with_conn(unsafe { runtime(rt) }, "evmpm_conn_fd", conn, |rt, h| {
             let fd = rt.slot_for(h)?.fd_of(h).map_err(|_| Error::Stale)?;
             // SAFETY: non-NULL, writable per the contract.
             unsafe { out.write(fd) };
@@ -406,12 +494,21 @@ pub unsafe extern "C" fn evmpm_conn_fd(
     })
 }
 
-/// Writes a snapshot of the runtime's counters to `*out`.
+/// Writes a snapshot of the runtime's counters to `*out`, as
+/// `evmpm_get_stats(rt, &st, sizeof st)`: `out_size` is the size of the
+/// struct your header declares. The first `out_size` bytes are written:
+/// counters this library does not have (a newer header's) read 0, counters
+/// your header does not have are left out.
 ///
-/// Threads: any, at any time until `evmpm_destroy` (also after stop).
+/// Threads: any, at any time until `evmpm_destroy` (also after stop, and
+/// from callbacks).
 /// Errors: `EVMPM_EINVAL` (NULL `rt` or `out`).
 #[no_mangle]
-pub unsafe extern "C" fn evmpm_get_stats(rt: *mut Runtime, out: *mut evmpm_stats) -> c_int {
+pub unsafe extern "C" fn evmpm_get_stats(
+    rt: *mut evmpm_runtime,
+    out: *mut evmpm_stats,
+    out_size: usize,
+) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
         if out.is_null() {
             return EVMPM_EINVAL;
@@ -419,8 +516,19 @@ pub unsafe extern "C" fn evmpm_get_stats(rt: *mut Runtime, out: *mut evmpm_stats
         // SAFETY: `rt` per this function's contract.
         match unsafe { runtime(rt) } {
             Ok(rt) => {
-                // SAFETY: non-NULL, writable per the contract.
-                unsafe { out.write(stats::snapshot(rt)) };
+                let snapshot = stats::snapshot(rt);
+                let known = out_size.min(std::mem::size_of::<evmpm_stats>());
+                let dst = out.cast::<u8>();
+                // SAFETY: the caller's struct is writable for `out_size`
+                // bytes (contract); the snapshot is readable for `known`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (&snapshot as *const evmpm_stats).cast::<u8>(),
+                        dst,
+                        known,
+                    );
+                    std::ptr::write_bytes(dst.add(known), 0, out_size - known);
+                }
                 EVMPM_OK
             }
             Err(e) => e.code(),

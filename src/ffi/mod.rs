@@ -10,10 +10,12 @@ mod abi_check;
 /// Runs an exported function's body, turning a panic into `$on_panic`.
 ///
 /// Every `extern "C"` function in `api.rs` goes through this, so no unwind
-/// ever reaches C (which would be undefined behaviour).
+/// ever reaches C (which would be undefined behaviour), and no panic
+/// message reaches the host's stderr (see `failure`). A call on a runtime
+/// also goes through `api::host_call`, which makes that runtime stop itself.
 macro_rules! ffi_guard {
     ($on_panic:expr, $body:block) => {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $body)) {
+        match crate::failure::catch(|| $body) {
             Ok(v) => v,
             Err(_) => $on_panic,
         }

@@ -3,19 +3,70 @@
 //! cbindgen reads this file: doc comments here become the header's comments.
 #![allow(non_camel_case_types)]
 
-use libc::{c_int, c_void};
+use libc::{c_char, c_int, c_void};
 
-/// A connection handle: the connection's slot in the runtime's table and the
-/// slot's generation. Handles are plain values, cheap to copy and safe to
-/// keep: once the connection closes, every call that takes the handle returns
-/// `EVMPM_ESTALE` and never touches another connection. 0 is never a valid
-/// handle.
+/// A connection handle: the connection's slot in its runtime's table, the
+/// runtime's tag and the slot's generation. Handles are plain values, cheap
+/// to copy and safe to keep: from the moment the connection's close begins
+/// (its close callback starts), every call that takes the handle returns
+/// `EVMPM_ESTALE` and never touches another connection; so does every
+/// other runtime given this handle. 0 is never a valid handle.
 pub type evmpm_conn = u64;
 
-/// An evmpm runtime (opaque, `evmpm_runtime` in C): one event thread, a
-/// pool of worker threads and the connections they share. Create with
-/// `evmpm_create`, free with `evmpm_destroy`.
-pub use crate::runtime::Runtime;
+/// An evmpm runtime: one event thread, a pool of worker threads and the
+/// connections they share. Opaque: create it with `evmpm_create`, free it
+/// with `evmpm_destroy`.
+// Not `repr(C)`, so cbindgen declares it as an incomplete struct. The
+// pointer the host holds is `Arc::into_raw` of the Rust runtime, cast; only
+// src/ffi/api.rs turns one into the other.
+pub struct evmpm_runtime {
+    _opaque: [u8; 0],
+}
+
+/// The result of every evmpm function that can fail: `EVMPM_OK` (0) or a
+/// negative code. `evmpm_strerror` describes each. New codes may be added in
+/// later versions; treat an unknown negative value as a failure.
+#[repr(i32)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum evmpm_error {
+    /// Success.
+    EVMPM_OK = 0,
+    /// A required pointer was NULL, or an argument or config value is out of
+    /// range.
+    EVMPM_EINVAL = -1,
+    /// The descriptor is not an open stream socket.
+    EVMPM_ENOTSOCK = -2,
+    /// The socket is not listening (`listen()` was not called).
+    EVMPM_ENOTLISTENER = -3,
+    /// The connection handle is 0, belongs to another runtime, or its
+    /// connection is closing or closed.
+    EVMPM_ESTALE = -4,
+    /// The call does not fit the connection's or runtime's current state
+    /// (park twice, hand back a connection that is not suspended, start
+    /// twice, ...).
+    EVMPM_ESTATE = -5,
+    /// The runtime is stopping or stopped.
+    EVMPM_ESTOPPED = -6,
+    /// `evmpm_stop`'s deadline passed before every connection had closed;
+    /// the rest were closed by force.
+    EVMPM_ETIMEDOUT = -7,
+    /// The call would deadlock or free the runtime under its own feet:
+    /// `evmpm_stop` or `evmpm_destroy` from a thread of the runtime or from
+    /// inside any of its callbacks, on whatever thread it runs.
+    EVMPM_ETHREAD = -8,
+    /// An OS call failed; `errno` holds its cause.
+    EVMPM_EOS = -9,
+    /// The listener is already registered with this runtime.
+    EVMPM_EEXIST = -10,
+    /// The `size` a struct was passed with (`evmpm_config.size`, a size
+    /// argument) is smaller than this library's oldest layout, or larger than
+    /// its newest with non-zero bytes in the fields it does not know.
+    EVMPM_EVERSION = -11,
+    /// A bug inside evmpm was caught. The call had no effect or only part of
+    /// it; the runtime stops itself (see `evmpm_stop`) and counts it in
+    /// `evmpm_stats.internal_errors`.
+    EVMPM_EINTERNAL = -12,
+}
 
 /// The host's request handler. Runs on a worker thread, with the connection's
 /// descriptor `fd` in blocking mode unless the host changed it.
@@ -30,7 +81,7 @@ pub use crate::runtime::Runtime;
 pub type evmpm_handler_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
-        rt: *mut Runtime,
+        rt: *mut evmpm_runtime,
         conn: evmpm_conn,
         fd: c_int,
         reason: c_int,
@@ -39,16 +90,31 @@ pub type evmpm_handler_fn = Option<
 
 /// Runs exactly once for every accepted connection, when the runtime takes
 /// it away from the host for good (the host closed it, a timeout, an error,
-/// shedding or stop). `fd` is still open and is closed by the runtime after
+/// shedding, stop). `fd` is still open and is closed by the runtime after
 /// the callback: do not close it. `conn_user` is the pointer last set with
-/// `evmpm_conn_set_user` (NULL if none). Runs on a worker, on the event
-/// thread or on the thread that called `evmpm_close`/`evmpm_stop`; it must
-/// not block. Calls that take `conn` return `EVMPM_ESTATE` or `EVMPM_ESTALE`
-/// from here on.
+/// `evmpm_conn_set_user` (NULL if none): free it here.
+///
+/// From the moment this callback starts, every call that takes `conn`
+/// returns `EVMPM_ESTALE`, inside the callback too: its arguments carry
+/// everything the connection had. `evmpm_stop` and `evmpm_destroy` return
+/// `EVMPM_ETHREAD` here.
+///
+/// Threads: a worker, the event thread, or the host thread whose call closed
+/// the connection (`evmpm_close` on a suspended connection; any call that
+/// finds the runtime stopping; `evmpm_stop`/`evmpm_destroy` for what was
+/// still open). It must not block for long: on the event thread it holds up
+/// every idle connection. A short mutex is fine.
+///
+/// Order: a connection closed with a write still pending (write timeout,
+/// failed send, stop) runs this callback first, then the write's `release`;
+/// a write that completed released its buffer before the connection was
+/// parked or closed. `evmpm_stats.closed` counts the connection once its
+/// descriptor is closed, which a lingering close delays by up to
+/// `linger_timeout_ms` after this callback.
 pub type evmpm_close_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
-        rt: *mut Runtime,
+        rt: *mut evmpm_runtime,
         conn: evmpm_conn,
         fd: c_int,
         conn_user: *mut c_void,
@@ -56,8 +122,11 @@ pub type evmpm_close_fn = Option<
 >;
 
 /// Gives back a buffer passed to `evmpm_complete_write`. Called exactly once,
-/// after the last byte was sent or when the write was abandoned, on a worker
-/// or the event thread; it must not block.
+/// after the last byte was sent or when the write was abandoned (then after
+/// the connection's close callback). Runs on a worker, the event thread, or
+/// the host thread inside `evmpm_complete_write`/`evmpm_close`/`evmpm_stop`/
+/// `evmpm_destroy`; it must not block. `evmpm_stop` and `evmpm_destroy`
+/// return `EVMPM_ETHREAD` here.
 pub type evmpm_release_fn = Option<unsafe extern "C" fn(release_arg: *mut c_void)>;
 
 /// Request-readiness check (optional, `evmpm_config.request_ready`).
@@ -76,14 +145,21 @@ pub type evmpm_release_fn = Option<unsafe extern "C" fn(release_arg: *mut c_void
 /// - `EVMPM_REQUEST_REJECT`: close without running the handler (counted in
 ///   `rejected`).
 ///
+/// Any other value is a host bug: the connection is closed as with
+/// `EVMPM_REQUEST_REJECT` (counted in `rejected`) and the log callback is
+/// told once per runtime, at `EVMPM_LOG_ERROR`.
+///
 /// When the peek window is full the handler runs whatever the callback says
 /// (so it can answer "header too large"). A client that closes its side
 /// with an incomplete request is closed.
 ///
+/// This check is what keeps clients that send a request slowly (or only
+/// part of one) off the workers: without it a connection goes to a worker at
+/// its first byte, and a handler blocked reading the rest holds that worker.
+///
 /// Runs on the event thread: it must be fast and must not block or call
-/// evmpm functions. `user_data` is
-/// `evmpm_config.user_data`. Not useful for protocols the event thread
-/// cannot read (TLS): leave it NULL there.
+/// evmpm functions. `user_data` is `evmpm_config.user_data`. Not useful for
+/// protocols the event thread cannot read (TLS): leave it NULL there.
 pub type evmpm_request_ready_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -94,8 +170,31 @@ pub type evmpm_request_ready_fn = Option<
     ) -> c_int,
 >;
 
-/// Runtime settings. Always fill with `evmpm_config_init` first, then change
-/// what you need: new fields get defaults there.
+/// The log callback (optional, `evmpm_config.log`). evmpm never writes to
+/// the process's stderr or stdout; what it has to say goes here: internal
+/// errors (`EVMPM_LOG_ERROR`, with the runtime stopping itself), host
+/// mistakes it recovered from (`EVMPM_LOG_ERROR`), and conditions an
+/// operator should know of (`EVMPM_LOG_WARNING`).
+///
+/// `level` is an `EVMPM_LOG_*` value; `message` is a NUL-terminated line
+/// without a trailing newline, valid only during the call (copy it to keep
+/// it). `user_data` is `evmpm_config.user_data`.
+///
+/// Threads: any thread of the runtime, or a host thread inside an evmpm
+/// call. It must not block for long and must not call `evmpm_stop` or
+/// `evmpm_destroy` (they return `EVMPM_ETHREAD`).
+pub type evmpm_log_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, level: c_int, message: *const c_char)>;
+
+/// Runtime settings. Fill with `evmpm_config_init(&cfg, sizeof cfg)` first,
+/// then change what you need.
+///
+/// The struct may gain fields at its end in later versions (the ABI policy
+/// in the README): `size` tells the library which layout the caller was
+/// built with, so a program built against an older header keeps working with
+/// a newer library (fields it does not know get their defaults), and one
+/// built against a newer header fails cleanly with `EVMPM_EVERSION` on an
+/// older library if it set a field that library does not know.
 ///
 /// | field | default | Apache httpd |
 /// |---|---|---|
@@ -111,11 +210,13 @@ pub type evmpm_request_ready_fn = Option<
 /// | request_ready | NULL (off) | mod_reqtimeout's purpose, without a worker |
 /// | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
 /// | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
+/// | log | NULL (silent) | ErrorLog |
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct evmpm_config {
-    /// `EVMPM_CONFIG_VERSION`, set by `evmpm_config_init`.
-    pub version: u32,
+    /// `sizeof(evmpm_config)` as the caller's header declares it, set by
+    /// `evmpm_config_init`. Read first, before any other field.
+    pub size: u32,
     /// Worker threads that run the handler. 1 to 4096.
     pub worker_threads: u32,
     /// How long a parked keep-alive connection may stay idle. 1 ms or more.
@@ -123,7 +224,8 @@ pub struct evmpm_config {
     /// How long a new connection may stay silent before its first byte.
     /// 1 ms or more.
     pub read_timeout_ms: u32,
-    /// How long write completion may go without sending a byte. 1 ms or more.
+    /// How long write completion may go without the client acknowledging a
+    /// byte. 1 ms or more.
     pub write_timeout_ms: u32,
     /// How long a lingering close drains the client's input. 0 closes at once.
     pub linger_timeout_ms: u32,
@@ -131,12 +233,17 @@ pub struct evmpm_config {
     /// those in lingering close) < worker_threads + factor × idle workers.
     /// Fractions work as written (1.5 is 1.5). 0 or more, finite.
     pub async_request_worker_factor: f64,
-    /// Hard cap on open connections; the connection table has this many
-    /// slots. 1 to 16777215.
+    /// Hard cap on open connections. 1 to 1048576 (2^20, the kernel's
+    /// default ceiling on descriptors per process). The connection table is
+    /// allocated at `evmpm_create` for this many connections, about 150
+    /// bytes each (16384: 2.4 MiB; 1048576: 150 MiB); the pages of slots
+    /// never used are never touched.
     pub connection_limit: u32,
     /// Shedding: when every worker is busy, work is waiting, and no worker has
     /// taken new work for this long, the oldest idle keep-alive connections
-    /// are closed, one for each waiting connection. 0 turns shedding off.
+    /// are closed, one for each waiting connection (at most 64 at a time).
+    /// This repeats every `keepalive_shed_ms` for as long as the stall lasts.
+    /// 0 turns shedding off.
     pub keepalive_shed_ms: u32,
     /// Stack size of each worker thread in bytes. 64 KiB or more.
     pub worker_stack_size: usize,
@@ -144,8 +251,7 @@ pub struct evmpm_config {
     pub handler: evmpm_handler_fn,
     /// The close callback. Optional (NULL).
     pub on_close: evmpm_close_fn,
-    /// Passed unchanged to `handler`, `on_close` and `request_ready`. Owned
-    /// by the host.
+    /// Passed unchanged to every callback. Owned by the host.
     pub user_data: *mut c_void,
     /// The request-readiness check. Optional (NULL: a connection goes to a
     /// worker as soon as it is readable).
@@ -157,11 +263,15 @@ pub struct evmpm_config {
     /// 32768 (the kernel's receive low-water mark, which keeps a waiting
     /// connection quiet until more bytes come, is capped near there).
     pub request_peek_bytes: u32,
+    /// The log callback. Optional (NULL: evmpm says nothing).
+    pub log: evmpm_log_fn,
 }
 
 /// A snapshot of a runtime's counters, as mod_status shows them and more.
 /// Gauges (`conns_*`, `workers_*`) are read one by one without a lock, so
-/// under load they may not add up exactly; counters only grow.
+/// under load they may not add up exactly; counters only grow. May gain
+/// fields at its end in later versions: pass `sizeof` your copy to
+/// `evmpm_get_stats`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 pub struct evmpm_stats {
@@ -187,9 +297,10 @@ pub struct evmpm_stats {
     pub workers_idle: u64,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Connections closed since start (the close callback ran for each).
+    /// Connections whose descriptor is closed, since start. Lags the close
+    /// callback by the lingering close (up to `linger_timeout_ms`).
     pub closed: u64,
-    /// Connections closed by the read, write or keep-alive timeout.
+    /// Connections closed by the read, write, header or keep-alive timeout.
     pub timed_out: u64,
     /// Of `timed_out`: keep-alive connections that stayed idle too long.
     pub keepalive_expired: u64,
@@ -198,7 +309,8 @@ pub struct evmpm_stats {
     /// Accepted connections closed before any handler saw them (the runtime
     /// was stopping, or the OS refused to watch them).
     pub refused: u64,
-    /// Requests `request_ready` rejected (their connections were closed).
+    /// Requests `request_ready` rejected, or answered with a value it may
+    /// not return (their connections were closed).
     pub rejected: u64,
     /// Times accepting was paused by the admission rule or connection limit.
     pub accept_pauses: u64,
@@ -206,10 +318,10 @@ pub struct evmpm_stats {
     pub accept_backoffs: u64,
     /// 1 while the runtime is not accepting new connections.
     pub accepting_paused: u64,
+    /// Internal errors (bugs in evmpm) caught. After the first the runtime
+    /// stops itself; the log callback has the details.
+    pub internal_errors: u64,
 }
-
-/// `evmpm_config.version` for this header.
-pub const EVMPM_CONFIG_VERSION: u32 = 1;
 
 pub const EVMPM_VERSION_MAJOR: u32 = 0;
 pub const EVMPM_VERSION_MINOR: u32 = 2;
@@ -248,34 +360,7 @@ pub const EVMPM_WRITE_KEEPALIVE: u32 = 1;
 /// (pipelined) request. Implies keep-alive.
 pub const EVMPM_WRITE_BUFFERED: u32 = 2;
 
-/// Success.
-pub const EVMPM_OK: c_int = 0;
-/// A required pointer was NULL, or an argument or config value is out of
-/// range.
-pub const EVMPM_EINVAL: c_int = -1;
-/// The descriptor is not an open stream socket.
-pub const EVMPM_ENOTSOCK: c_int = -2;
-/// The socket is not listening (`listen()` was not called).
-pub const EVMPM_ENOTLISTENER: c_int = -3;
-/// The connection handle is 0, or its connection has closed.
-pub const EVMPM_ESTALE: c_int = -4;
-/// The call does not fit the connection's or runtime's current state (park
-/// twice, hand back a connection that is not suspended, start twice, ...).
-pub const EVMPM_ESTATE: c_int = -5;
-/// The runtime is stopping or stopped.
-pub const EVMPM_ESTOPPED: c_int = -6;
-/// `evmpm_stop`'s deadline passed before every connection had closed; the
-/// rest were closed by force.
-pub const EVMPM_ETIMEDOUT: c_int = -7;
-/// The call would deadlock on this thread (`evmpm_stop` or `evmpm_destroy`
-/// from a handler or callback of the same runtime).
-pub const EVMPM_ETHREAD: c_int = -8;
-/// An OS call failed; `errno` holds its cause.
-pub const EVMPM_EOS: c_int = -9;
-/// The listener is already registered with this runtime.
-pub const EVMPM_EEXIST: c_int = -10;
-/// `evmpm_config.version` is not one this library knows.
-pub const EVMPM_EVERSION: c_int = -11;
-/// A bug inside evmpm was caught at the C boundary; the call had no effect
-/// or only part of it.
-pub const EVMPM_EINTERNAL: c_int = -12;
+/// Log level: evmpm hit an internal error or a host mistake.
+pub const EVMPM_LOG_ERROR: c_int = 1;
+/// Log level: something an operator should know of.
+pub const EVMPM_LOG_WARNING: c_int = 2;
