@@ -30,6 +30,8 @@ pub(crate) mod conn;
 pub(crate) mod error;
 pub(crate) mod event_loop;
 pub(crate) mod failure;
+#[cfg(all(test, not(loom)))]
+mod failure_tests;
 pub mod ffi;
 pub(crate) mod handoff;
 pub(crate) mod readiness;
