@@ -8,7 +8,7 @@
 
 use crate::conn::{Handle, State};
 use crate::ffi::types::{EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
-use crate::handoff::{CloseHow, Drained, Handoff};
+use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
@@ -17,19 +17,6 @@ use crate::timeouts::{Kind, TimeoutQueues, KINDS};
 use crate::workers::Job;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-
-/// Messages to the event thread.
-#[derive(Clone, Copy, Debug)]
-pub enum Msg {
-    /// The connection is armed in epoll and waits in the state that matches
-    /// this timeout kind: link it into that queue.
-    Watch(Handle, Kind),
-    /// `evmpm_register_listener` added a listener after start.
-    ListenersChanged,
-    /// `evmpm_stop`: stop accepting, close idle connections, finish the rest
-    /// by this deadline (ns since the runtime's epoch).
-    Stop { deadline_ns: u64 },
-}
 
 /// epoll token of the waker. Listener tokens are 1..=listeners; connection
 /// handles are all >= 2^32 (see `conn::handle`).

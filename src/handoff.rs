@@ -14,8 +14,8 @@
 use crate::conn::table::Refused;
 use crate::conn::{AfterWrite, Handle, PendingWrite, Slot, State};
 use crate::error::Error;
-use crate::event_loop::Msg;
 use crate::ffi::types::{EVMPM_WAKE_BUFFERED, EVMPM_WAKE_RESUMED};
+use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::runtime::{Phase, Runtime};
 use crate::stats::Counters;
 use crate::sync::Backoff;
@@ -24,33 +24,6 @@ use crate::timeouts::Kind;
 use crate::workers::Job;
 use libc::c_int;
 use std::sync::atomic::Ordering;
-
-/// How to close a connection.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum CloseHow {
-    /// Shut down the write side, then drain the client's input until it
-    /// closes or the linger timeout passes (Apache's lingering close), so
-    /// late client bytes cannot turn into a reset that destroys the response.
-    Linger,
-    /// Shut down the write side and drain what is there; linger only if the
-    /// client had sent something. For idle connections (timeouts, shedding,
-    /// stop).
-    Quick,
-    /// Close at once: the connection is already broken.
-    Abort,
-}
-
-/// What the event thread must take over after an owner acted.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[must_use]
-pub enum Handoff {
-    /// Nothing: the connection is closed, queued, or held elsewhere.
-    None,
-    /// The connection waits on the event thread: link it into this timeout
-    /// queue. Its epoll interest is already armed and the hand-over time
-    /// stamped in its slot (`Runtime::watch`).
-    Watch(Kind),
-}
 
 /// Bytes read and thrown away per readiness event during lingering close.
 const LINGER_DRAIN_LIMIT: usize = 64 * 1024;
@@ -482,16 +455,6 @@ fn finish_step(h: Handle, slot: &Slot) -> Finish {
             _ => Finish::Suspended,
         };
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Drained {
-    /// The client closed its side (or the socket failed).
-    PeerDone,
-    /// Nothing was waiting.
-    Nothing,
-    /// Some bytes were discarded; the client may send more.
-    Some,
 }
 
 #[cfg(all(test, loom))]

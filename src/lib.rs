@@ -13,6 +13,9 @@
 //! - `event_loop.rs`: the event thread;
 //! - `workers.rs`: the worker pool and its run queue;
 //! - `handoff.rs`: passing connections between host, workers and event thread;
+//! - `message.rs`: what the threads tell each other (the event thread's
+//!   messages, hand-overs, how a connection closes): plain values, no
+//!   imports but a handle and a timeout kind;
 //! - `conn/`: the connection table, handles and state machine;
 //! - `timeouts.rs`: the timeout queues;
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
@@ -30,6 +33,7 @@ pub(crate) mod error;
 pub(crate) mod event_loop;
 pub mod ffi;
 pub(crate) mod handoff;
+pub(crate) mod message;
 pub(crate) mod readiness;
 pub(crate) mod runtime;
 pub(crate) mod stats;

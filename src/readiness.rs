@@ -14,7 +14,7 @@
 
 use crate::conn::Handle;
 use crate::ffi::types::{EVMPM_REQUEST_COMPLETE, EVMPM_REQUEST_INCOMPLETE};
-use crate::handoff::CloseHow;
+use crate::message::CloseHow;
 use crate::runtime::Runtime;
 use crate::stats::Counters;
 use crate::sys::{self, socket};
