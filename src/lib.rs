@@ -12,11 +12,14 @@
 //! - `runtime.rs`: shared state and lifecycle;
 //! - `event_loop.rs`: the event thread;
 //! - `workers.rs`: the worker pool and its run queue;
-//! - `handoff.rs`: passing connections between host, workers and event thread;
+//! - `handoff.rs`: carrying out host calls and handler returns: the close
+//!   path (`on_close`, lingering, final close) and the hand-over to the
+//!   event thread;
 //! - `message.rs`: what the threads tell each other (the event thread's
 //!   messages, hand-overs, how a connection closes): plain values, no
 //!   imports but a handle and a timeout kind;
-//! - `conn/`: the connection table, handles and state machine;
+//! - `conn/`: the connection table, handles, states and the transitions
+//!   between them (`transitions.rs`: who owns a connection next);
 //! - `timeouts.rs`: the timeout queues;
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
 //! - `readiness.rs`: the optional check that a whole request has arrived;
