@@ -73,7 +73,7 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         .max(MIN_MAX_SLEEP_NS);
     let mut ev = EventLoop {
         now: rt.now_ns(),
-        readiness: Readiness::new(&rt),
+        readiness: Readiness::new(&rt.config, rt.table.capacity()),
         write_queued: vec![0; rt.table.capacity()],
         rt,
         timeouts,
@@ -178,9 +178,13 @@ impl EventLoop {
                     self.close(h, state, CloseHow::Abort);
                     return;
                 }
-                match self.readiness.check(&self.rt, h, fd, peer_closed) {
+                match self.readiness.check(&self.rt.table, h, fd, peer_closed) {
                     Verdict::Run => {}
                     Verdict::Close(how) => return self.close(h, state, how),
+                    Verdict::Reject => {
+                        Counters::bump(&self.rt.counters.rejected);
+                        return self.close(h, state, CloseHow::Quick);
+                    }
                     _ if self.stop_deadline.is_some() => {
                         // Stopping: an incomplete request is idle.
                         return self.close(h, state, CloseHow::Quick);
