@@ -15,7 +15,7 @@ use crate::stats::Counters;
 use crate::sys::{self, epoll, socket};
 use crate::timeouts::{Kind, TimeoutQueues, KINDS};
 use crate::workers::Job;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// epoll token of the waker. Listener tokens are 1..=listeners; connection
@@ -110,11 +110,11 @@ impl EventLoop {
         } else {
             self.now + timeout_ms as u64 * 1_000_000
         };
-        self.rt
-            .event_wake_at
-            .store(wake_at.max(1), Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let timeout_ms = if self.rt.inbox.is_empty() {
+        let timeout_ms = if self
+            .rt
+            .wake_plan
+            .may_sleep(wake_at, || self.rt.inbox.is_empty())
+        {
             timeout_ms
         } else {
             0
@@ -122,7 +122,7 @@ impl EventLoop {
         if let Err(e) = self.rt.epoll.wait(&mut self.events, timeout_ms) {
             eprintln!("evmpm: epoll_wait failed: {e}");
         }
-        self.rt.event_wake_at.store(0, Ordering::SeqCst);
+        self.rt.wake_plan.awake();
         self.now = self.rt.now_ns();
 
         let mut listener_ready = false;

@@ -24,6 +24,7 @@
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
 //! - `readiness.rs`: the optional check that a whole request has arrived;
 //! - `sys/`: every system call;
+//! - `wake.rs`: when another thread must wake the event thread;
 //! - `sync.rs`: the atomics and parking the hand-off uses (loom's under
 //!   `--cfg loom`).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -43,6 +44,7 @@ pub(crate) mod stats;
 pub(crate) mod sync;
 pub(crate) mod sys;
 pub(crate) mod timeouts;
+pub(crate) mod wake;
 pub(crate) mod workers;
 
 pub use ffi::api::*;
