@@ -1,15 +1,21 @@
-//! When another thread must wake the event thread.
+//! Waking the event thread: when another thread must, and how the
+//! wake-up reaches it.
 //!
 //! The event thread sleeps in `epoll_wait` until its next deadline. A
 //! thread that hands it a connection to watch (`Runtime::hand_over`) wakes
 //! it only when the connection's timeout would expire before that planned
 //! wake-up; otherwise the event thread links the connection when it next
 //! wakes anyway, and the hand-over costs no system call (`WakePlan`).
+//! Wake-ups themselves coalesce: only the first after the event thread
+//! last reset the signal pays for raising it (`Waker`).
 //!
-//! Built on `crate::sync::atomic`, so the protocol runs under loom (see
-//! `loom_tests` below).
+//! Both protocols are built on `crate::sync::atomic`, so they run under
+//! loom (see `loom_tests` below); the signal's system calls are in
+//! `sys::waker`.
 
-use crate::sync::atomic::{fence, AtomicU64, Ordering};
+use crate::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use crate::sys::waker::EventFd;
+use std::io;
 
 /// The event thread's planned wake-up, in ns since the runtime's epoch:
 /// `AWAKE` (0) while it is awake, u64::MAX while it sleeps without a
@@ -69,6 +75,77 @@ impl WakePlan {
     }
 }
 
+/// What a `Waker` raises to wake the event thread: something its wait
+/// returns for, at once, from when it is raised until it is cleared.
+pub trait Signal {
+    fn raise(&self);
+    fn clear(&self);
+}
+
+/// The eventfd the event thread polls.
+impl Signal for EventFd {
+    fn raise(&self) {
+        self.signal();
+    }
+
+    fn clear(&self) {
+        self.drain();
+    }
+}
+
+/// Wakes the event thread out of its wait.
+///
+/// Wake-ups are coalesced: only the first `wake` after the event thread
+/// last cleared the signal pays for raising it (a `write` to the eventfd);
+/// later ones are a single atomic swap.
+pub struct Waker<S = EventFd> {
+    signal: S,
+    /// True from the first `wake` until the event thread calls `reset`.
+    pending: AtomicBool,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        Ok(Waker::with_signal(EventFd::new()?))
+    }
+
+    /// The eventfd, for the event thread's epoll set.
+    pub fn fd(&self) -> i32 {
+        self.signal.fd()
+    }
+}
+
+impl<S: Signal> Waker<S> {
+    pub fn with_signal(signal: S) -> Waker<S> {
+        Waker {
+            signal,
+            pending: AtomicBool::new(false),
+        }
+    }
+
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            self.signal.raise();
+        }
+    }
+
+    /// Called by the event thread when the eventfd polled readable, before it
+    /// looks at its inbox and state, so no wake is lost:
+    /// - drain first, then clear `pending`: a `wake` racing with the drain
+    ///   still sees `pending` set and skips its write, but the event thread
+    ///   has not looked at the state yet, so it sees that wake's effect;
+    /// - a `wake` after the clear writes the eventfd, so the next
+    ///   `epoll_wait` returns at once.
+    ///
+    /// (Clearing first would let a wake's write land between the clear and
+    /// the drain: the drain eats it and `pending` stays set forever, so
+    /// every later wake is skipped and the event thread goes deaf.)
+    pub fn reset(&self) {
+        self.signal.clear();
+        self.pending.store(false, Ordering::SeqCst);
+    }
+}
+
 // Not under loom: loom's atomics only work inside a model (see loom_tests).
 #[cfg(all(test, not(loom)))]
 mod tests {
@@ -84,6 +161,37 @@ mod tests {
         assert!(!plan.may_sleep(100, || false), "a message waits");
         plan.awake();
         assert!(!plan.must_wake(|| 5));
+    }
+
+    /// A signal that counts its raises, and is set from a raise to a clear.
+    #[derive(Default)]
+    struct Counted {
+        raises: std::cell::Cell<u32>,
+        set: std::cell::Cell<bool>,
+    }
+
+    impl Signal for Counted {
+        fn raise(&self) {
+            self.raises.set(self.raises.get() + 1);
+            self.set.set(true);
+        }
+
+        fn clear(&self) {
+            self.set.set(false);
+        }
+    }
+
+    #[test]
+    fn wake_ups_coalesce_until_the_reset() {
+        let waker = Waker::with_signal(Counted::default());
+        waker.wake();
+        waker.wake();
+        assert_eq!(waker.signal.raises.get(), 1, "the second wake is free");
+        waker.reset();
+        assert!(!waker.signal.set.get());
+        waker.wake();
+        assert_eq!(waker.signal.raises.get(), 2);
+        assert!(waker.signal.set.get());
     }
 
     #[test]
