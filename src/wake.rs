@@ -137,12 +137,18 @@ impl<S: Signal> Waker<S> {
     /// - a `wake` after the clear writes the eventfd, so the next
     ///   `epoll_wait` returns at once.
     ///
+    /// The clear is a swap, not a store: a read-modify-write reads the
+    /// flag the skipping `wake` wrote with its own swap, and so
+    /// synchronizes with it, which is what makes that wake's effect
+    /// visible to the look that follows. A store reads nothing: the memory
+    /// model would let the look miss the effect, and the wake be lost.
+    ///
     /// (Clearing first would let a wake's write land between the clear and
     /// the drain: the drain eats it and `pending` stays set forever, so
     /// every later wake is skipped and the event thread goes deaf.)
     pub fn reset(&self) {
         self.signal.clear();
-        self.pending.store(false, Ordering::SeqCst);
+        self.pending.swap(false, Ordering::SeqCst);
     }
 }
 
