@@ -141,7 +141,8 @@ impl<S: Signal> Waker<S> {
     /// flag the skipping `wake` wrote with its own swap, and so
     /// synchronizes with it, which is what makes that wake's effect
     /// visible to the look that follows. A store reads nothing: the memory
-    /// model would let the look miss the effect, and the wake be lost.
+    /// model would let the look miss the effect, and the wake be lost
+    /// (loom finds that interleaving; see `loom_tests`).
     ///
     /// (Clearing first would let a wake's write land between the clear and
     /// the drain: the drain eats it and `pending` stays set forever, so
@@ -290,5 +291,83 @@ mod loom_tests {
             }
         });
         assert!(SEEN.load(Relaxed) > 0 && WOKEN.load(Relaxed) > 0);
+    }
+
+    /// Loom's stand-in for the eventfd: its counter. A raise adds one, a
+    /// clear reads it to zero, as `write` and `read` do under the kernel's
+    /// lock; the event thread's wait returns at once while it is not zero.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Counter {
+        fn raised(&self) -> bool {
+            self.0.load(Ordering::Acquire) != 0
+        }
+    }
+
+    impl Signal for Counter {
+        fn raise(&self) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+
+        fn clear(&self) {
+            self.0.swap(0, Ordering::AcqRel);
+        }
+    }
+
+    /// Property: a `wake` racing the event thread's `reset` is never lost:
+    /// after the reset and its look at the shared state, either the event
+    /// thread saw what the waking thread did, or the signal is raised, so
+    /// its next wait returns at once. And the race never leaves the flag
+    /// set with the signal cleared, which would make every later `wake`
+    /// skip its raise: a later `wake` always raises the signal.
+    ///
+    /// An earlier wake has raised the signal and set the flag; the event
+    /// thread found the eventfd readable and resets (`reset`), then looks
+    /// at the shared state, while two other threads each change their part
+    /// of that state (a Release store, as pushing to the inbox publishes a
+    /// message) and wake it (`wake`). Two, because a wake that skips its
+    /// raise can follow another that skipped too.
+    ///
+    /// With the flag cleared by a store instead of a swap, loom finds an
+    /// interleaving in which the event thread's look misses a change whose
+    /// wake skipped its raise; with the flag cleared before the eventfd is
+    /// drained, one in which a wake is lost too.
+    #[test]
+    fn loom_a_wake_racing_the_reset_is_never_lost() {
+        static SAW: Tally = Tally::new(0);
+        static RAISED: Tally = Tally::new(0);
+        model("wake vs reset", || {
+            let waker = Arc::new(Waker::with_signal(Counter::default()));
+            waker.wake();
+            let state = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+
+            let producers = [0, 1].map(|i| {
+                let (w, st) = (Arc::clone(&waker), Arc::clone(&state));
+                thread::spawn(move || {
+                    st[i].store(true, Ordering::Release);
+                    w.wake();
+                })
+            });
+            waker.reset();
+            let saw = state.each_ref().map(|s| s.load(Ordering::Acquire));
+            for p in producers {
+                p.join().unwrap();
+            }
+
+            let raised = waker.signal.raised();
+            assert!(saw.iter().all(|&s| s) || raised, "a wake was lost: {saw:?}");
+            SAW.fetch_add(usize::from(saw == [true, true]), Relaxed);
+            RAISED.fetch_add(usize::from(raised), Relaxed);
+
+            // The event thread's next round, if the signal is raised; then
+            // a later wake must raise it.
+            if raised {
+                waker.reset();
+            }
+            waker.wake();
+            assert!(waker.signal.raised(), "a later wake was skipped");
+        });
+        assert!(SAW.load(Relaxed) > 0 && RAISED.load(Relaxed) > 0);
     }
 }
