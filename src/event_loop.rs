@@ -7,8 +7,10 @@
 //! needs (a peek tells a closed peer from a request).
 
 use crate::conn::{Handle, State};
-use crate::ffi::types::{EVMPM_LOG_WARNING, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
-use crate::handoff::{CloseHow, Drained, Handoff};
+use crate::ffi::types::{
+    EVMPM_LOG_ERROR, EVMPM_LOG_WARNING, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
+};
+use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
@@ -17,19 +19,6 @@ use crate::timeouts::{Kind, TimeoutQueues, KINDS};
 use crate::workers::Job;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-
-/// Messages to the event thread.
-#[derive(Clone, Copy, Debug)]
-pub enum Msg {
-    /// The connection is armed in epoll and waits in the state that matches
-    /// this timeout kind: link it into that queue.
-    Watch(Handle, Kind),
-    /// `evmpm_register_listener` added a listener after start.
-    ListenersChanged,
-    /// `evmpm_stop`: stop accepting, close idle connections, finish the rest
-    /// by this deadline (ns since the runtime's epoch).
-    Stop { deadline_ns: u64 },
-}
 
 /// epoll token of the waker. Listener tokens are 1..=listeners; connection
 /// handles are all >= 2^32 (see `conn::handle`).
@@ -86,7 +75,7 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         .max(MIN_MAX_SLEEP_NS);
     let mut ev = EventLoop {
         now: rt.now_ns(),
-        readiness: Readiness::new(&rt),
+        readiness: Readiness::new(&rt.config, rt.table.capacity()),
         write_queued: vec![0; rt.table.capacity()],
         rt,
         timeouts,
@@ -138,11 +127,11 @@ impl EventLoop {
         } else {
             self.now + timeout_ms as u64 * 1_000_000
         };
-        self.rt
-            .event_wake_at
-            .store(wake_at.max(1), Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let timeout_ms = if self.rt.inbox.is_empty() {
+        let timeout_ms = if self
+            .rt
+            .wake_plan
+            .may_sleep(wake_at, || self.rt.inbox.is_empty())
+        {
             timeout_ms
         } else {
             0
@@ -151,7 +140,7 @@ impl EventLoop {
             self.rt
                 .log(EVMPM_LOG_WARNING, &format!("evmpm: epoll_wait failed: {e}"));
         }
-        self.rt.event_wake_at.store(0, Ordering::SeqCst);
+        self.rt.wake_plan.awake();
         self.now = self.rt.now_ns();
 
         let mut listener_ready = false;
@@ -207,9 +196,25 @@ impl EventLoop {
                     self.close(h, state, CloseHow::Abort);
                     return;
                 }
-                match self.readiness.check(&self.rt, h, fd, peer_closed) {
+                match self.readiness.check(&self.rt.table, h, fd, peer_closed) {
                     Verdict::Run => {}
                     Verdict::Close(how) => return self.close(h, state, how),
+                    Verdict::Reject(value) => {
+                        Counters::bump(&self.rt.counters.rejected);
+                        if value != EVMPM_REQUEST_REJECT
+                            && !self.rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
+                        {
+                            self.rt.log(
+                                EVMPM_LOG_ERROR,
+                                &format!(
+                                    "evmpm: request_ready returned {value}, none of \
+                                     EVMPM_REQUEST_COMPLETE/INCOMPLETE/REJECT; its \
+                                     connection was closed as rejected (logged once)"
+                                ),
+                            );
+                        }
+                        return self.close(h, state, CloseHow::Quick);
+                    }
                     _ if self.stop_deadline.is_some() => {
                         // Stopping: an incomplete request is idle.
                         return self.close(h, state, CloseHow::Quick);

@@ -12,13 +12,20 @@
 //! - `runtime.rs`: shared state and lifecycle;
 //! - `event_loop.rs`: the event thread;
 //! - `workers.rs`: the worker pool and its run queue;
-//! - `handoff.rs`: passing connections between host, workers and event thread;
-//! - `conn/`: the connection table, handles and state machine;
+//! - `handoff.rs`: carrying out host calls and handler returns: the close
+//!   path (`on_close`, lingering, final close) and the hand-over to the
+//!   event thread;
+//! - `message.rs`: what the threads tell each other (the event thread's
+//!   messages, hand-overs, how a connection closes): plain values, no
+//!   imports but a handle and a timeout kind;
+//! - `conn/`: the connection table, handles, states and the transitions
+//!   between them (`transitions.rs`: who owns a connection next);
 //! - `timeouts.rs`: the timeout queues;
 //! - `failure.rs`: what an internal panic does (fail-stop);
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
 //! - `readiness.rs`: the optional check that a whole request has arrived;
 //! - `sys/`: every system call;
+//! - `wake.rs`: when another thread must wake the event thread;
 //! - `sync.rs`: the atomics and parking the hand-off uses (loom's under
 //!   `--cfg loom`).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -34,12 +41,14 @@ pub(crate) mod failure;
 mod failure_tests;
 pub mod ffi;
 pub(crate) mod handoff;
+pub(crate) mod message;
 pub(crate) mod readiness;
 pub(crate) mod runtime;
 pub(crate) mod stats;
 pub(crate) mod sync;
 pub(crate) mod sys;
 pub(crate) mod timeouts;
+pub(crate) mod wake;
 pub(crate) mod workers;
 
 pub use ffi::api::*;

@@ -12,15 +12,12 @@
 //! The low-water mark is put back to 1 before the connection goes to a
 //! worker, so the host's blocking read behaves exactly as without evmpm.
 
-use crate::conn::Handle;
-use crate::ffi::types::{
-    EVMPM_LOG_ERROR, EVMPM_REQUEST_COMPLETE, EVMPM_REQUEST_INCOMPLETE, EVMPM_REQUEST_REJECT,
-};
-use crate::handoff::CloseHow;
-use crate::runtime::Runtime;
-use crate::stats::Counters;
+use crate::config::{Config, HostPtr};
+use crate::conn::{Handle, Table};
+use crate::ffi::types::{evmpm_request_ready_fn, EVMPM_REQUEST_COMPLETE, EVMPM_REQUEST_INCOMPLETE};
+use crate::message::CloseHow;
 use crate::sys::{self, socket};
-use std::sync::atomic::Ordering;
+use libc::c_int;
 
 /// What to do with a connection that polled readable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -34,9 +31,16 @@ pub(crate) enum Verdict {
     Rearm,
     /// Close it without running the handler.
     Close(CloseHow),
+    /// The host's check refused the request, with this value (which is
+    /// `EVMPM_REQUEST_REJECT` unless the host broke the contract): count it
+    /// as rejected and close quickly, without running the handler.
+    Reject(c_int),
 }
 
 pub(crate) struct Readiness {
+    /// The host's check (`request_ready`) and its `user_data`.
+    ready: evmpm_request_ready_fn,
+    user_data: HostPtr,
     /// The peek window, `request_peek_bytes` long.
     window: Vec<u8>,
     /// Per slot: bytes queued at the last incomplete peek, 0 if none.
@@ -45,18 +49,27 @@ pub(crate) struct Readiness {
 }
 
 impl Readiness {
-    pub(crate) fn new(rt: &Runtime) -> Readiness {
-        let enabled = rt.config.request_ready.is_some();
+    /// For a table of `capacity` slots.
+    pub(crate) fn new(config: &Config, capacity: usize) -> Readiness {
+        let enabled = config.request_ready.is_some();
         Readiness {
-            window: vec![0; if enabled { rt.config.peek_bytes } else { 0 }],
-            seen: vec![0; if enabled { rt.table.capacity() } else { 0 }],
+            ready: config.request_ready,
+            user_data: config.user_data,
+            window: vec![0; if enabled { config.peek_bytes } else { 0 }],
+            seen: vec![0; if enabled { capacity } else { 0 }],
         }
     }
 
     /// Decides for `h`, whose descriptor `fd` polled readable; `peer_closed`
-    /// when the client has shut down its side.
-    pub(crate) fn check(&mut self, rt: &Runtime, h: Handle, fd: i32, peer_closed: bool) -> Verdict {
-        let Some(ready) = rt.config.request_ready else {
+    /// when the client has shut down its side. `table` is the runtime's.
+    pub(crate) fn check(
+        &mut self,
+        table: &Table,
+        h: Handle,
+        fd: i32,
+        peer_closed: bool,
+    ) -> Verdict {
+        let Some(ready) = self.ready else {
             return Verdict::Run;
         };
         let index = h.index() as usize;
@@ -76,9 +89,9 @@ impl Readiness {
             // the one its handler last set (published by the state CAS).
             unsafe {
                 ready(
-                    rt.config.user_data.0,
+                    self.user_data.0,
                     h.0,
-                    rt.table.slot_at(h.index()).user(),
+                    table.slot_at(h.index()).user(),
                     self.window.as_ptr(),
                     queued,
                 )
@@ -90,22 +103,11 @@ impl Readiness {
                 return Verdict::Run;
             }
             EVMPM_REQUEST_INCOMPLETE => {}
+            // REJECT, or a value the header does not allow: a host bug,
+            // which the caller reports.
             other => {
-                if other != EVMPM_REQUEST_REJECT
-                    && !rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
-                {
-                    rt.log(
-                        EVMPM_LOG_ERROR,
-                        &format!(
-                            "evmpm: request_ready returned {other}, which is none of \
-                             EVMPM_REQUEST_COMPLETE/INCOMPLETE/REJECT; its connection \
-                             was closed as rejected (logged once)"
-                        ),
-                    );
-                }
-                Counters::bump(&rt.counters.rejected);
                 self.forget(index);
-                return Verdict::Close(CloseHow::Quick);
+                return Verdict::Reject(other);
             }
         }
         if peer_closed {

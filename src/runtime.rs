@@ -6,12 +6,13 @@ use crate::config::Config;
 use crate::conn::handle::RuntimeTags;
 use crate::conn::{Handle, State, Table};
 use crate::error::Error;
-use crate::event_loop::{self, Msg};
+use crate::event_loop;
 use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR};
-use crate::handoff::CloseHow;
+use crate::message::{CloseHow, Msg};
 use crate::stats::Counters;
-use crate::sys::{self, epoll::Epoll, socket, waker::Waker};
+use crate::sys::{self, epoll::Epoll, socket};
 use crate::timeouts::Kind;
+use crate::wake::{WakePlan, Waker};
 use crate::workers::Workers;
 use crossbeam_queue::SegQueue;
 use std::cell::{Cell, RefCell};
@@ -47,10 +48,9 @@ pub struct Runtime {
     /// Open connections in every state, and those of them lingering.
     pub open: AtomicU64,
     pub lingering: AtomicU64,
-    /// The event thread's planned wake-up, in ns since `epoch`; u64::MAX
-    /// while it sleeps without a deadline, 0 while it is awake. A thread that
-    /// queues a timeout earlier than this wakes it (see `nudge`).
-    pub event_wake_at: AtomicU64,
+    /// The event thread's planned wake-up. A thread that queues a timeout
+    /// earlier than it wakes the event thread (see `nudge`).
+    pub wake_plan: WakePlan,
     /// Set by the event thread while it is not accepting (admission, limit,
     /// descriptor back-off or stop).
     accept_paused: AtomicBool,
@@ -153,7 +153,7 @@ impl Runtime {
             phase: AtomicU8::new(Phase::Created as u8),
             open: AtomicU64::new(0),
             lingering: AtomicU64::new(0),
-            event_wake_at: AtomicU64::new(0),
+            wake_plan: WakePlan::new(),
             accept_paused: AtomicBool::new(true),
             event_thread_alive: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
@@ -293,13 +293,8 @@ impl Runtime {
     /// act on at once: wakes it only if it would otherwise sleep past the
     /// deadline the message implies.
     pub fn nudge(&self, kind: Kind) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let wake_at = self.event_wake_at.load(Ordering::SeqCst);
-        if wake_at == 0 {
-            return; // awake: it drains the inbox before sleeping again
-        }
-        let deadline = self.now_ns().saturating_add(self.timeout_ns(kind));
-        if deadline < wake_at {
+        let deadline = || self.now_ns().saturating_add(self.timeout_ns(kind));
+        if self.wake_plan.must_wake(deadline) {
             self.waker.wake();
         }
     }

@@ -5,8 +5,8 @@
 //! `RUSTFLAGS="--cfg loom"` gets loom's, whose scheduler then runs the
 //! `loom_tests` modules through every interleaving (and every outcome the
 //! memory orderings allow; the largest model up to a preemption bound) of
-//! the connection state word, the table and the workers' sleep/wake
-//! protocol:
+//! the connection state word, the table, the workers' sleep/wake protocol
+//! and the waking of the event thread:
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" cargo test --release --lib loom --target-dir target/loom

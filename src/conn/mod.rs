@@ -4,6 +4,7 @@
 pub mod handle;
 pub mod state;
 pub mod table;
+pub mod transitions;
 
 #[cfg(all(test, loom))]
 mod loom_tests;

@@ -1,9 +1,27 @@
 //! Connection states and who owns the connection in each.
 //!
-//! Exactly one party owns a connection at any instant; ownership passes only
-//! through a compare-and-swap on the slot's state word, so two threads can
-//! never both act on one connection, and a stale handle's CAS fails on the
-//! generation.
+//! Exactly one party owns a connection at any instant, and only the owner
+//! acts on it. Ownership passes in one of two ways:
+//! - by a compare-and-swap on the slot's state word, from a state the old
+//!   owner holds to one that names the new owner (Queued → Handler,
+//!   Suspended → Claimed, Keepalive → Queued, ...): of threads racing for a
+//!   connection only one CAS succeeds, the AcqRel CAS publishes the old
+//!   owner's writes to the new one, and a stale handle's CAS fails on the
+//!   generation;
+//! - by epoll arming, for Writing and Lingering, whose state does not say
+//!   which thread owns the connection: the thread that owns the connection in that state (a worker or
+//!   host thread sending the pending write; the closer, which stored
+//!   Lingering while it owned the connection in Closing) arms a one-shot
+//!   epoll interest for it, and from then on the event thread owns it,
+//!   with no change of state. The old owner touches only the slot's atomics
+//!   after arming (the hand-over time), and what publishes its writes (the
+//!   pending write) to the event thread is the kernel's ordering of that
+//!   `epoll_ctl` before the `epoll_wait` that reports the event, not the
+//!   state word. A CAS out of Writing or Lingering is therefore the
+//!   owner's only when the hand-over is known to be made: the event thread
+//!   acting on the connection's event or on its timeout (it is linked only
+//!   after the `Watch` message, sent after arming), or the old owner
+//!   reclaiming it when arming failed.
 //!
 //! | state | owner | Apache event MPM equivalent |
 //! |---|---|---|
@@ -11,11 +29,11 @@
 //! | Queued | the run queue: readable, waiting for a worker | (worker queue) |
 //! | Handler | a worker, running the handler | CONN_STATE_READ_REQUEST_LINE/handler |
 //! | *Req | a worker, handler still running, next step recorded | |
-//! | Claimed | the thread inside `evmpm_complete_write` | |
+//! | Claimed | the host thread whose call claimed it (`transitions::claim_in`) | |
 //! | Suspended | the host | CONN_STATE_SUSPENDED |
 //! | Keepalive | event thread | CONN_STATE_CHECK_REQUEST_LINE_READABLE |
-//! | Writing | the thread sending (worker, holder, then event thread) | CONN_STATE_WRITE_COMPLETION |
-//! | Lingering | event thread | CONN_STATE_LINGER |
+//! | Writing | the thread sending (a worker, or the host thread that completed the write) until it arms EPOLLOUT; then the event thread | CONN_STATE_WRITE_COMPLETION |
+//! | Lingering | the closer until it arms the read interest; then the event thread | CONN_STATE_LINGER |
 //! | Closing | the thread closing it | |
 
 /// A connection's state, stored in the low byte of the slot's state word.
@@ -38,7 +56,9 @@ pub enum State {
     SuspendReq,
     /// Handler running, suspended, and already handed back.
     ResumeReq,
-    /// Transient: a holder is storing its pending write.
+    /// Transient: a host call has claimed it, and moves it on in a moment
+    /// (records a request for the worker, or queues, parks, sends or
+    /// closes a suspended connection).
     Claimed,
     Suspended,
     Keepalive,

@@ -95,7 +95,9 @@ impl Drop for PendingWrite {
 
 /// One connection slot.
 pub struct Slot {
-    /// `generation << 32 | State`. Every change of owner is a CAS here.
+    /// `generation << 32 | State`. A change of owner is a CAS here, except
+    /// the hand-over of a Writing or Lingering connection to the event
+    /// thread, which is the arming of its epoll interest (see `state`).
     state: AtomicU64,
     /// The connection's descriptor; valid while the slot is not Free.
     fd: AtomicI32,
@@ -114,7 +116,9 @@ pub struct Slot {
     watch_since: AtomicU64,
     /// The pending write. Invariant: only the connection's current owner
     /// touches it, and only in Claimed, WriteReq, Writing or Closing; the
-    /// AcqRel CAS that hands ownership over publishes it.
+    /// AcqRel CAS that hands ownership over publishes it, or, when a
+    /// Writing connection passes to the event thread, the `epoll_ctl` that
+    /// arms its EPOLLOUT interest before the `epoll_wait` that reports it.
     write: UnsafeCell<Option<PendingWrite>>,
 }
 

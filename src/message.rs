@@ -1,0 +1,60 @@
+//! What the threads tell each other about a connection: the event thread's
+//! messages, what an owner hands over to it, and how a connection closes.
+//!
+//! A leaf: plain values, naming connections by handle and timeouts by kind,
+//! so the modules that send them and the ones that act on them need not
+//! import each other.
+
+use crate::conn::handle::Handle;
+use crate::timeouts::Kind;
+
+/// Messages to the event thread.
+#[derive(Clone, Copy, Debug)]
+pub enum Msg {
+    /// The connection is armed in epoll and waits in the state that matches
+    /// this timeout kind: link it into that queue.
+    Watch(Handle, Kind),
+    /// `evmpm_register_listener` added a listener after start.
+    ListenersChanged,
+    /// `evmpm_stop`: stop accepting, close idle connections, finish the rest
+    /// by this deadline (ns since the runtime's epoch).
+    Stop { deadline_ns: u64 },
+}
+
+/// What the event thread must take over after an owner acted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum Handoff {
+    /// Nothing: the connection is closed, queued, or held elsewhere.
+    None,
+    /// The connection waits on the event thread: link it into this timeout
+    /// queue. Its epoll interest is already armed and the hand-over time
+    /// stamped in its slot (`Runtime::watch`).
+    Watch(Kind),
+}
+
+/// How to close a connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CloseHow {
+    /// Shut down the write side, then drain the client's input until it
+    /// closes or the linger timeout passes (Apache's lingering close), so
+    /// late client bytes cannot turn into a reset that destroys the response.
+    Linger,
+    /// Shut down the write side and drain what is there; linger only if the
+    /// client had sent something. For idle connections (timeouts, shedding,
+    /// stop).
+    Quick,
+    /// Close at once: the connection is already broken.
+    Abort,
+}
+
+/// What a drain of a closing connection's input found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Drained {
+    /// The client closed its side (or the socket failed).
+    PeerDone,
+    /// Nothing was waiting.
+    Nothing,
+    /// Some bytes were discarded; the client may send more.
+    Some,
+}
