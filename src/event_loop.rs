@@ -88,24 +88,21 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         max_sleep_ns,
     };
     ev.sync_listeners();
-    let mut panics = 0;
     let forced = loop {
         match crate::failure::catch(|| ev.turn()) {
             Ok(Some(forced)) => break forced,
             Ok(None) => {}
             Err(panic) => {
-                // The runtime stops itself (a Stop message is queued). The
-                // timeout lists may be half linked: start again with empty
-                // ones; the stop closes every connection by scanning the
-                // table, not the lists. A second panic, during that stop,
-                // ends the thread: `evmpm_stop`'s sweep closes the rest.
+                // Its own records (timeout lists, readiness marks) may be
+                // half changed, and they alone say which connections it
+                // owns: trust none of them. It stops accepting and leaves;
+                // what it owned stays open, unserved, until `evmpm_stop`'s
+                // sweep closes everything once no thread is left to hold a
+                // connection. Later hand-overs find it gone and close
+                // their connection themselves.
                 ev.rt.internal_error("the event thread", &panic);
-                panics += 1;
-                if panics > 1 {
-                    break true;
-                }
-                ev.timeouts =
-                    TimeoutQueues::new(ev.rt.table.capacity(), KINDS.map(|k| ev.rt.timeout_ns(k)));
+                let _ = crate::failure::catch(|| ev.pause_listeners(false));
+                break true;
             }
         }
     };
@@ -561,12 +558,18 @@ impl EventLoop {
                 continue;
             };
             match state {
-                State::Reading
-                | State::Keepalive
-                | State::Writing
-                | State::Queued
-                | State::Suspended
-                | State::Lingering => self.close(h, state, CloseHow::Abort),
+                // Owned by this thread only once linked into a timeout
+                // queue: one still unlinked is a worker's, between taking
+                // the state and arming its epoll interest (it finds this
+                // thread gone when it hands the connection over, and
+                // closes it itself: see `Runtime::hand_over`).
+                State::Reading | State::Keepalive | State::Writing | State::Lingering
+                    if self.timeouts.kind_of(index).is_some() =>
+                {
+                    self.close(h, state, CloseHow::Abort);
+                }
+                // Owned by whoever moves them out of the state by CAS.
+                State::Queued | State::Suspended => self.close(h, state, CloseHow::Abort),
                 s if s.in_handler() => {
                     slot.shutdown_if_in_handler(h);
                 }
