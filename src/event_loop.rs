@@ -310,7 +310,7 @@ impl EventLoop {
         if slot.state_of(h) != Ok(expected) {
             return; // stale message: the connection moved on already
         }
-        crate::failure::hit(&self.rt, crate::failure::Site::EventAdopt);
+        self.rt.faults.hit(crate::failure::Site::EventAdopt);
         if self.stop_deadline.is_some() && matches!(kind, Kind::Reading | Kind::Keepalive) {
             self.close(h, expected, CloseHow::Quick);
             return;

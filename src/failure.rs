@@ -79,21 +79,37 @@ pub enum Site {
     HostCall = 3,
 }
 
-/// Panics if a test armed `site` on this runtime (once). A no-op outside
-/// the crate's own tests.
-#[inline(always)]
-pub fn hit(rt: &crate::runtime::Runtime, site: Site) {
+/// A runtime's fault point: where a test makes evmpm panic. Holds nothing
+/// and does nothing outside the crate's own tests.
+#[derive(Default)]
+pub struct FaultPoint {
     #[cfg(test)]
-    {
-        use std::sync::atomic::Ordering;
-        if rt
-            .armed_fault
-            .compare_exchange(site as u8, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            panic!("injected fault at {site:?}");
-        }
+    armed: std::sync::atomic::AtomicU8,
+}
+
+impl FaultPoint {
+    /// Makes the next `hit` of `site` panic (once).
+    #[cfg(test)]
+    pub fn arm(&self, site: Site) {
+        self.armed
+            .store(site as u8, std::sync::atomic::Ordering::SeqCst);
     }
-    #[cfg(not(test))]
-    let _ = (rt, site);
+
+    /// Panics if a test armed `site`.
+    #[inline(always)]
+    pub fn hit(&self, site: Site) {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            if self
+                .armed
+                .compare_exchange(site as u8, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                panic!("injected fault at {site:?}");
+            }
+        }
+        #[cfg(not(test))]
+        let _ = site;
+    }
 }

@@ -145,7 +145,7 @@ fn start(seen: &Seen) -> Server {
 fn arm(server: &Server, site: Site) {
     // SAFETY: the runtime is live; the pointer is its `Arc`'s (see api.rs).
     let rt = unsafe { &*(server.rt as *const Runtime) };
-    rt.armed_fault.store(site as u8, SeqCst);
+    rt.faults.arm(site);
 }
 
 fn stats(server: &Server) -> evmpm_stats {

@@ -246,7 +246,7 @@ impl Runtime {
     /// says, handing a lingering close to the event thread.
     pub fn close_owned(&self, h: Handle, slot: &Slot, how: CloseHow) -> Handoff {
         let fd = slot.fd();
-        crate::failure::hit(self, crate::failure::Site::Closing);
+        self.faults.hit(crate::failure::Site::Closing);
         slot.mark_notified();
         if let Some(on_close) = self.config.on_close {
             // SAFETY: the host's callback, with the documented arguments;

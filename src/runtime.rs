@@ -7,6 +7,7 @@ use crate::conn::handle::RuntimeTags;
 use crate::conn::{Handle, State, Table};
 use crate::error::Error;
 use crate::event_loop;
+use crate::failure::FaultPoint;
 use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR};
 use crate::message::{CloseHow, Msg};
 use crate::stats::Counters;
@@ -71,9 +72,8 @@ pub struct Runtime {
     host_calls: AtomicUsize,
     /// Host mistakes already logged (one line per kind and runtime).
     pub logged_bad_verdict: AtomicBool,
-    /// The fault a test armed (see `failure::hit`).
-    #[cfg(test)]
-    pub armed_fault: AtomicU8,
+    /// Where a test makes evmpm panic (see `failure`).
+    pub faults: FaultPoint,
 }
 
 #[derive(Default)]
@@ -164,8 +164,7 @@ impl Runtime {
             sealed: AtomicBool::new(false),
             host_calls: AtomicUsize::new(0),
             logged_bad_verdict: AtomicBool::new(false),
-            #[cfg(test)]
-            armed_fault: AtomicU8::new(0),
+            faults: FaultPoint::default(),
         }))
     }
 
@@ -212,6 +211,16 @@ impl Runtime {
             });
             self.waker.wake();
         }
+    }
+
+    /// The snapshot behind `evmpm_get_stats`.
+    pub fn stats(&self) -> crate::ffi::types::evmpm_stats {
+        let gauges = crate::stats::Gauges {
+            workers: self.config.workers,
+            workers_busy: self.workers.busy(),
+            accepting_paused: self.accept_paused(),
+        };
+        crate::stats::snapshot(&self.table, &self.counters, gauges)
     }
 
     pub fn has_failed(&self) -> bool {

@@ -5,8 +5,8 @@
 //! so parking and waking pay for no shared counter updates.
 
 use crate::conn::State;
+use crate::conn::Table;
 use crate::ffi::types::evmpm_stats;
-use crate::runtime::Runtime;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Monotonic counters. Relaxed: each is an independent tally.
@@ -30,9 +30,16 @@ impl Counters {
     }
 }
 
-pub fn snapshot(rt: &Runtime) -> evmpm_stats {
+/// What a snapshot reads besides the table and the counters.
+pub struct Gauges {
+    pub workers: usize,
+    pub workers_busy: usize,
+    pub accepting_paused: bool,
+}
+
+pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_stats {
     let mut s = evmpm_stats::default();
-    for (_, slot) in rt.table.iter() {
+    for (_, slot) in table.iter() {
         let state = slot.raw_state();
         let gauge = match state {
             State::Free => continue,
@@ -47,10 +54,10 @@ pub fn snapshot(rt: &Runtime) -> evmpm_stats {
         *gauge += 1;
         s.connections += 1;
     }
-    let busy = rt.workers.busy() as u64;
+    let busy = gauges.workers_busy as u64;
     s.workers_busy = busy;
-    s.workers_idle = (rt.config.workers as u64).saturating_sub(busy);
-    let c = &rt.counters;
+    s.workers_idle = (gauges.workers as u64).saturating_sub(busy);
+    let c = counters;
     s.accepted = c.accepted.load(Relaxed);
     s.closed = c.closed.load(Relaxed);
     s.timed_out = c.timed_out.load(Relaxed);
@@ -60,7 +67,7 @@ pub fn snapshot(rt: &Runtime) -> evmpm_stats {
     s.rejected = c.rejected.load(Relaxed);
     s.accept_pauses = c.accept_pauses.load(Relaxed);
     s.accept_backoffs = c.accept_backoffs.load(Relaxed);
-    s.accepting_paused = u64::from(rt.accept_paused());
+    s.accepting_paused = u64::from(gauges.accepting_paused);
     s.internal_errors = c.internal_errors.load(Relaxed);
     s
 }

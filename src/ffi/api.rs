@@ -13,7 +13,6 @@ use crate::config::{self, Config};
 use crate::conn::{AfterWrite, Handle, PendingWrite};
 use crate::error::{self, Error};
 use crate::runtime::{HostCall, Runtime};
-use crate::stats;
 use libc::{c_char, c_int, c_void};
 use std::sync::Arc;
 
@@ -248,7 +247,7 @@ fn with_conn(
         if !h.is_connection() {
             return Err(Error::Stale);
         }
-        crate::failure::hit(rt, crate::failure::Site::HostCall);
+        rt.faults.hit(crate::failure::Site::HostCall);
         f(rt, h)
     })
 }
@@ -516,7 +515,7 @@ pub unsafe extern "C" fn evmpm_get_stats(
         // SAFETY: `rt` per this function's contract.
         match unsafe { runtime(rt) } {
             Ok(rt) => {
-                let snapshot = stats::snapshot(rt);
+                let snapshot = rt.stats();
                 let known = out_size.min(std::mem::size_of::<evmpm_stats>());
                 let dst = out.cast::<u8>();
                 // SAFETY: the caller's struct is writable for `out_size`
