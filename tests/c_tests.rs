@@ -68,3 +68,10 @@ fn header() {
     support::compile_only("c-tests/header_c99.c", false, &c99);
     support::compile_only("c-tests/header_cxx.cpp", true, &strict);
 }
+
+/// What the 0.2.0 header promises about callbacks on host threads, handles
+/// after close and across runtimes, and a forced stop racing hand-backs.
+#[test]
+fn contract() {
+    c_test("test_contract");
+}
