@@ -12,7 +12,11 @@
  *   connection in the same slot is untouched, also once the first runtime
  *   is gone;
  * - a forced stop racing host threads that hand suspended connections back
- *   still closes every connection, once. */
+ *   still closes every connection, once;
+ * - request_ready's unknown verdicts, a listener registered from a handler,
+ *   the close-then-release order of an abandoned write, stats.closed
+ *   lagging a lingering close, and evmpm_get_stats writing exactly the size
+ *   it is given. */
 #define _GNU_SOURCE
 #include "harness.h"
 
@@ -575,6 +579,286 @@ static void suspended_connections_race_a_forced_stop(void) {
            atomic_load(&race.hand_backs_refused), timed_out);
 }
 
+/* ---- 5. behaviours this release settled ------------------------------------- */
+
+/* request_ready answering neither of the three verdicts. */
+
+static atomic_int verdict = 7;
+static atomic_long log_errors, log_warnings, log_other;
+
+static int ready_verdict(void *user_data, evmpm_conn conn, void *conn_user, const uint8_t *data,
+                         size_t len) {
+    (void)user_data, (void)conn, (void)conn_user, (void)data, (void)len;
+    return atomic_load(&verdict);
+}
+
+static void count_log(void *user_data, int level, const char *message) {
+    struct line_server *s = user_data;
+    CHECK(s != NULL && s->rt != NULL); /* evmpm_config.user_data */
+    CHECK(message != NULL);
+    CHECK(strchr(message, '\n') == NULL);
+    printf("log %d: %s\n", level, message);
+    fflush(stdout);
+    if (level == EVMPM_LOG_ERROR)
+        atomic_fetch_add(&log_errors, 1);
+    else if (level == EVMPM_LOG_WARNING)
+        atomic_fetch_add(&log_warnings, 1);
+    else
+        atomic_fetch_add(&log_other, 1);
+}
+
+static void request_ready_unknown_verdict_rejects_and_logs_once(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    int fd;
+    line_server_config(&s, &cfg);
+    cfg.request_ready = ready_verdict;
+    cfg.log = count_log;
+    line_server_start(&s, &cfg);
+    /* Closed as rejected, the handler never run, the log told. */
+    fd = connect_loopback(s.port);
+    send_str(fd, "PING\n");
+    expect_closed_unserved(&s, fd);
+    close(fd);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.rejected, 1);
+    CHECK_EQ(st.internal_errors, 0);
+    WAIT_UNTIL(atomic_load(&log_errors) == 1, 5000);
+    /* Again: the same verdict, the same end; the log was told once. */
+    atomic_store(&verdict, -2);
+    fd = connect_loopback(s.port);
+    send_str(fd, "PING\n");
+    CHECK(wait_closed(fd, 5000));
+    close(fd);
+    WAIT_UNTIL(atomic_load(&s.closes) == 2, 5000);
+    CHECK_EQ(atomic_load(&s.handler_calls), 0);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.rejected, 2);
+    CHECK_EQ(atomic_load(&log_errors), 1);
+    CHECK_EQ(atomic_load(&log_other), 0);
+    /* A host bug, not an evmpm one: the runtime serves on. */
+    atomic_store(&verdict, EVMPM_REQUEST_COMPLETE);
+    fd = line_client(&s);
+    close(fd);
+    CHECK_EQ(line_server_stats(&s).internal_errors, 0);
+    CHECK_OK(line_server_stop(&s, 1000));
+    CHECK_EQ(atomic_load(&log_errors), 1);
+}
+
+/* A listener registered from inside a handler. */
+
+struct second_listener {
+    atomic_int fd;
+    atomic_int port;
+    atomic_int rc;
+};
+
+static enum line_command_result listen_command(struct line_server *s, evmpm_conn c, int fd,
+                                               const char *line) {
+    struct second_listener *l = s->test_data;
+    int lfd, port;
+    (void)c;
+    if (strcmp(line, "LISTEN") != 0)
+        return LINE_UNKNOWN;
+    lfd = listen_loopback(16, &port);
+    atomic_store(&l->fd, lfd);
+    atomic_store(&l->port, port);
+    atomic_store(&l->rc, evmpm_register_listener(s->rt, lfd));
+    line_reply(fd, "LISTENING\n");
+    return LINE_PARK;
+}
+
+static void register_listener_from_a_handler(void) {
+    struct line_server s;
+    struct second_listener l;
+    evmpm_config cfg;
+    int first, second;
+    line_server_config(&s, &cfg);
+    atomic_store(&l.fd, -1);
+    atomic_store(&l.rc, 1);
+    s.command = listen_command;
+    s.test_data = &l;
+    line_server_start(&s, &cfg);
+    first = line_client(&s);
+    send_str(first, "LISTEN\n");
+    EXPECT_LINE(first, "LISTENING");
+    CHECK_OK(atomic_load(&l.rc));
+    /* Nobody but the runtime accepts on the second listener. */
+    second = connect_loopback(atomic_load(&l.port));
+    ping(second);
+    send_str(second, "ECHO second\n");
+    EXPECT_LINE(second, "second");
+    ping(first);
+    CHECK_EQ(line_server_stats(&s).accepted, 2);
+    close(first);
+    close(second);
+    CHECK_OK(line_server_stop(&s, 1000));
+    /* The host's, closed only once the stop returned. */
+    close(atomic_load(&l.fd));
+    CHECK_EQ(atomic_load(&s.closes), 2);
+}
+
+/* The close callback, then the release, for a write the timeout abandons. */
+
+static atomic_int order_next, close_order = -1, release_order = -1;
+static atomic_int stalled_releases;
+
+static void release_stalled(void *arg) {
+    atomic_store(&release_order, atomic_fetch_add(&order_next, 1));
+    atomic_fetch_add(&stalled_releases, 1);
+    free(arg);
+}
+
+static void record_close_order(struct line_server *s, evmpm_conn c, int fd) {
+    (void)s, (void)c, (void)fd;
+    atomic_store(&close_order, atomic_fetch_add(&order_next, 1));
+}
+
+enum { STALLED_BYTES = 1 << 20 };
+
+static enum line_command_result stall_command(struct line_server *s, evmpm_conn c, int fd,
+                                              const char *line) {
+    int small = 4096, rc;
+    char *buf;
+    if (strcmp(line, "STALL") != 0)
+        return LINE_UNKNOWN;
+    /* A small send buffer (no autotuning) and a client that never reads:
+     * the megabyte cannot all leave, the write stays pending. */
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    buf = malloc(STALLED_BYTES);
+    CHECK(buf != NULL);
+    memset(buf, 's', STALLED_BYTES);
+    rc = evmpm_complete_write(s->rt, c, buf, STALLED_BYTES, release_stalled, buf,
+                              EVMPM_WRITE_KEEPALIVE);
+    CHECK_OK(rc);
+    return LINE_DECIDED;
+}
+
+static void write_timeout_runs_close_callback_before_release(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    int fd;
+    line_server_config(&s, &cfg);
+    cfg.write_timeout_ms = 200;
+    s.command = stall_command;
+    s.close_hook = record_close_order;
+    line_server_start(&s, &cfg);
+    fd = connect_loopback_rcvbuf(s.port, 4096);
+    ping(fd);
+    send_str(fd, "STALL\n");
+    WAIT_UNTIL(atomic_load(&stalled_releases) == 1, 10000);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+    printf("close callback #%d, release #%d\n", atomic_load(&close_order),
+           atomic_load(&release_order));
+    CHECK_EQ(atomic_load(&close_order), 0);
+    CHECK_EQ(atomic_load(&release_order), 1);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.timed_out, 1);
+    CHECK_EQ(st.keepalive_expired, 0);
+    close_with_reset(fd);
+    WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
+    CHECK_OK(line_server_stop(&s, 1000));
+    CHECK_EQ(atomic_load(&stalled_releases), 1);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+}
+
+/* stats.closed counts descriptors: it lags the close callback by the
+ * lingering close. */
+static void stats_closed_lags_close_callback_while_lingering(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_stats st;
+    int fd;
+    line_server_config(&s, &cfg);
+    /* The client's close ends the linger; this only has to outlast the
+     * checks below. */
+    cfg.linger_timeout_ms = (uint32_t)(20000 * harness_slowdown());
+    line_server_start(&s, &cfg);
+    fd = line_client(&s);
+    send_str(fd, "QUIT\n");
+    EXPECT_LINE(fd, "BYE");
+    WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
+    /* The client sees the end of the response stream but keeps its side
+     * open: the runtime keeps draining it. */
+    CHECK(wait_closed(fd, 5000));
+    st = line_server_stats(&s);
+    CHECK_EQ(st.closed, 0);
+    CHECK_EQ(st.conns_lingering, 1);
+    CHECK_EQ(st.accepted, 1);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+    close(fd);
+    WAIT_UNTIL(line_server_stats(&s).closed == 1, 5000);
+    st = line_server_stats(&s);
+    CHECK_EQ(st.conns_lingering, 0);
+    CHECK_EQ(st.connections, 0);
+    CHECK_EQ(st.timed_out, 0);
+    CHECK_EQ(atomic_load(&s.closes), 1);
+    CHECK_OK(line_server_stop(&s, 1000));
+}
+
+/* evmpm_get_stats writes its out_size bytes, no more, no fewer. */
+
+enum { CANARY = 0xa5, SLACK = 64 };
+
+union stats_buffer {
+    evmpm_stats st;
+    unsigned char bytes[sizeof(evmpm_stats) + 2 * SLACK];
+};
+
+static void expect_bytes(const unsigned char *p, size_t from, size_t to, int value,
+                         size_t out_size) {
+    size_t i;
+    for (i = from; i < to; i++)
+        if (p[i] != value)
+            harness_fail(__FILE__, __LINE__,
+                         "out_size %zu: byte %zu is 0x%02x, expected 0x%02x", out_size, i, p[i],
+                         value);
+}
+
+static void get_stats_writes_exactly_out_size(void) {
+    static const size_t smaller[] = {
+        0,
+        1,
+        13,
+        offsetof(evmpm_stats, accepted) + sizeof(uint64_t),
+        offsetof(evmpm_stats, internal_errors), /* all but the last counter */
+        sizeof(evmpm_stats) - 1,
+    };
+    struct line_server s;
+    union stats_buffer full, buf;
+    size_t i, larger = sizeof(evmpm_stats) + SLACK;
+    int fd;
+    line_server_start_default(&s);
+    fd = line_client(&s);
+    /* Quiet: every counter and gauge stays as it is while this runs. */
+    WAIT_UNTIL(line_server_stats(&s).conns_keepalive == 1 &&
+                   line_server_stats(&s).workers_idle == 4,
+               5000);
+    memset(&full, 0, sizeof full);
+    CHECK_OK(evmpm_get_stats(s.rt, &full.st, sizeof full.st));
+    CHECK_EQ(full.st.accepted, 1);
+    for (i = 0; i < sizeof smaller / sizeof smaller[0]; i++) {
+        size_t n = smaller[i];
+        memset(&buf, CANARY, sizeof buf);
+        CHECK_OK(evmpm_get_stats(s.rt, &buf.st, n));
+        if (memcmp(buf.bytes, full.bytes, n) != 0)
+            harness_fail(__FILE__, __LINE__, "out_size %zu: the bytes written differ", n);
+        expect_bytes(buf.bytes, n, sizeof buf, CANARY, n);
+    }
+    /* A newer header's larger struct: the counters this library lacks read
+     * 0, and nothing past out_size is touched. */
+    memset(&buf, CANARY, sizeof buf);
+    CHECK_OK(evmpm_get_stats(s.rt, &buf.st, larger));
+    if (memcmp(buf.bytes, full.bytes, sizeof full.st) != 0)
+        harness_fail(__FILE__, __LINE__, "out_size %zu: the known counters differ", larger);
+    expect_bytes(buf.bytes, sizeof(evmpm_stats), larger, 0, larger);
+    expect_bytes(buf.bytes, larger, sizeof buf, CANARY, larger);
+    close(fd);
+    CHECK_OK(line_server_stop(&s, 1000));
+}
+
 int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"stop_and_destroy_refused_in_close_callback_on_host_thread",
@@ -584,6 +868,14 @@ int main(int argc, char **argv) {
         {"accessors_refused_after_close_callback", accessors_refused_after_close_callback},
         {"handles_are_tied_to_their_runtime", handles_are_tied_to_their_runtime},
         {"suspended_connections_race_a_forced_stop", suspended_connections_race_a_forced_stop},
+        {"request_ready_unknown_verdict_rejects_and_logs_once",
+         request_ready_unknown_verdict_rejects_and_logs_once},
+        {"register_listener_from_a_handler", register_listener_from_a_handler},
+        {"write_timeout_runs_close_callback_before_release",
+         write_timeout_runs_close_callback_before_release},
+        {"stats_closed_lags_close_callback_while_lingering",
+         stats_closed_lags_close_callback_while_lingering},
+        {"get_stats_writes_exactly_out_size", get_stats_writes_exactly_out_size},
     };
     return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

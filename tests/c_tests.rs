@@ -70,7 +70,8 @@ fn header() {
 }
 
 /// What the 0.2.0 header promises about callbacks on host threads, handles
-/// after close and across runtimes, and a forced stop racing hand-backs.
+/// after close and across runtimes, a forced stop racing hand-backs, and
+/// the behaviours this release settled.
 #[test]
 fn contract() {
     c_test("test_contract");
