@@ -68,3 +68,82 @@ fn header() {
     support::compile_only("c-tests/header_c99.c", false, &c99);
     support::compile_only("c-tests/header_cxx.cpp", true, &strict);
 }
+
+/// What the 0.2.0 header promises about callbacks on host threads, handles
+/// after close and across runtimes, a forced stop racing hand-backs, and
+/// the behaviours this release settled.
+#[test]
+fn contract() {
+    c_test("test_contract");
+}
+
+/// A program built against the frozen 0.2.0 header (c-tests/abi/, never
+/// regenerated) keeps working with this library: its structs end at guard
+/// pages, so any byte read or written past them crashes it.
+#[test]
+fn contract_abi_0_2_0() {
+    old_header_program("old_program");
+}
+
+/// Builds `c-tests/abi/<name>.c` with `c-tests/abi/` as its only include
+/// directory (not include/, not the harness's), with the flags and
+/// sanitizers of `support::build_c`, links it with today's `libevmpm.a`
+/// and runs it (under valgrind when asked), failing with its output.
+fn old_header_program(name: &str) {
+    let dir = support::repo().join("c-tests/abi");
+    let exe = support::out_dir().join(format!("abi_{name}"));
+    let mut cmd = cc::Build::new()
+        .target(env!("EVMPM_TARGET"))
+        .host(env!("EVMPM_HOST"))
+        .opt_level(1)
+        .debug(true)
+        .cargo_metadata(false)
+        .cargo_warnings(false)
+        .emit_rerun_if_env_changed(false)
+        .get_compiler()
+        .to_command();
+    cmd.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+        "-pthread",
+    ]);
+    for s in support::sanitizers() {
+        cmd.arg(format!("-fsanitize={s}"))
+            .arg("-fno-omit-frame-pointer");
+    }
+    cmd.arg("-I")
+        .arg(&dir)
+        .arg(dir.join(format!("{name}.c")))
+        .arg(support::static_lib())
+        .args(support::native_libs())
+        .arg("-o")
+        .arg(&exe);
+    let built = cmd.output().expect("the C compiler runs");
+    assert!(
+        built.status.success(),
+        "compiling {name} failed:\n{cmd:?}\n{}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let log_path = support::out_dir().join(format!("abi_{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let started = std::time::Instant::now();
+    let mut child = support::command(&exe)
+        .stdout(std::process::Stdio::from(log.try_clone().expect("dup log")))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("spawn the old program");
+    let limit = std::time::Duration::from_secs(60 * u64::from(support::slowdown()));
+    let status = support::wait_with_deadline(&mut child, limit);
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => {
+            eprintln!("  abi/{name}: ok ({} ms)", started.elapsed().as_millis());
+        }
+        Some(s) => panic!("abi/{name}: {s}\n{text}"),
+        None => panic!("abi/{name}: killed after {limit:?}\n{text}"),
+    }
+}
