@@ -74,7 +74,8 @@ fn host_call(
 /// Threads: any. Ownership: `cfg` is the caller's; `cfg_size` bytes at it
 /// are written.
 /// Errors: `EVMPM_EINVAL` (NULL `cfg`), `EVMPM_EVERSION` (`cfg_size` is
-/// smaller than any layout this library knows).
+/// smaller than any layout this library knows, or above `UINT32_MAX`). On
+/// error nothing is written.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_config_init(cfg: *mut evmpm_config, cfg_size: usize) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {

@@ -9,8 +9,11 @@ use libc::{c_char, c_int, c_void};
 /// runtime's tag and the slot's generation. Handles are plain values, cheap
 /// to copy and safe to keep: from the moment the connection's close begins
 /// (its close callback starts), every call that takes the handle returns
-/// `EVMPM_ESTALE` and never touches another connection; so does every
-/// other runtime given this handle. 0 is never a valid handle.
+/// `EVMPM_ESTALE` (`EVMPM_ESTOPPED` once the runtime has stopped) and never
+/// touches another connection. Another runtime given the handle refuses it
+/// the same way: always while both runtimes live, and for a destroyed
+/// runtime's handle until 4,094 more runtimes have been created (runtime
+/// tags are 12 bits, reused round-robin). 0 is never a valid handle.
 pub type evmpm_conn = u64;
 
 /// An evmpm runtime: one event thread, a pool of worker threads and the
@@ -95,8 +98,9 @@ pub type evmpm_handler_fn = Option<
 /// `evmpm_conn_set_user` (NULL if none): free it here.
 ///
 /// From the moment this callback starts, every call that takes `conn`
-/// returns `EVMPM_ESTALE`, inside the callback too: its arguments carry
-/// everything the connection had. `evmpm_stop` and `evmpm_destroy` return
+/// returns `EVMPM_ESTALE`, inside the callback too (or `EVMPM_ESTOPPED`,
+/// when `evmpm_stop` runs it after the runtime stopped): its arguments
+/// carry everything the connection had. `evmpm_stop` and `evmpm_destroy` return
 /// `EVMPM_ETHREAD` here.
 ///
 /// Threads: a worker, the event thread, or the host thread whose call closed
