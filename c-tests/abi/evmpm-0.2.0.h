@@ -189,8 +189,11 @@ typedef struct evmpm_runtime evmpm_runtime;
  runtime's tag and the slot's generation. Handles are plain values, cheap
  to copy and safe to keep: from the moment the connection's close begins
  (its close callback starts), every call that takes the handle returns
- `EVMPM_ESTALE` and never touches another connection; so does every
- other runtime given this handle. 0 is never a valid handle.
+ `EVMPM_ESTALE` (`EVMPM_ESTOPPED` once the runtime has stopped) and never
+ touches another connection. Another runtime given the handle refuses it
+ the same way: always while both runtimes live, and for a destroyed
+ runtime's handle until 4,094 more runtimes have been created (runtime
+ tags are 12 bits, reused round-robin). 0 is never a valid handle.
  */
 typedef uint64_t evmpm_conn;
 
@@ -220,8 +223,9 @@ typedef void (*evmpm_handler_fn)(void *user_data,
  `evmpm_conn_set_user` (NULL if none): free it here.
 
  From the moment this callback starts, every call that takes `conn`
- returns `EVMPM_ESTALE`, inside the callback too: its arguments carry
- everything the connection had. `evmpm_stop` and `evmpm_destroy` return
+ returns `EVMPM_ESTALE`, inside the callback too (or `EVMPM_ESTOPPED`,
+ when `evmpm_stop` runs it after the runtime stopped): its arguments
+ carry everything the connection had. `evmpm_stop` and `evmpm_destroy` return
  `EVMPM_ETHREAD` here.
 
  Threads: a worker, the event thread, or the host thread whose call closed
@@ -364,10 +368,11 @@ typedef struct evmpm_config {
   double async_request_worker_factor;
   /*
    Hard cap on open connections. 1 to 1048576 (2^20, the kernel's
-   default ceiling on descriptors per process). The connection table is
-   allocated at `evmpm_create` for this many connections, about 150
-   bytes each (16384: 2.4 MiB; 1048576: 150 MiB); the pages of slots
-   never used are never touched.
+   default ceiling on descriptors per process). Memory for this many
+   connections is allocated up front, about 155 bytes each, by
+   `evmpm_create` and the event thread's start (measured: 16384 take
+   3.2 MiB; 1048576 take 153 MiB and 0.1 s to create). Set it near the
+   descriptors the process may really use (`ulimit -n`).
    */
   uint32_t connection_limit;
   /*
@@ -538,7 +543,8 @@ extern "C" {
  Threads: any. Ownership: `cfg` is the caller's; `cfg_size` bytes at it
  are written.
  Errors: `EVMPM_EINVAL` (NULL `cfg`), `EVMPM_EVERSION` (`cfg_size` is
- smaller than any layout this library knows).
+ smaller than any layout this library knows, or above `UINT32_MAX`). On
+ error nothing is written.
  */
 evmpm_error evmpm_config_init(struct evmpm_config *cfg,
                               size_t cfg_size);
