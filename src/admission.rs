@@ -25,6 +25,9 @@ pub fn admits(load: Load, factor: f64, connection_limit: usize) -> bool {
     if load.open >= connection_limit {
         return false;
     }
+    if factor.is_infinite() {
+        return true; // no rule: only the limit
+    }
     let counted = load.open.saturating_sub(load.lingering) as f64;
     counted < load.workers as f64 + factor * load.idle_workers as f64
 }

@@ -28,12 +28,12 @@ pub(crate) const MIN_CONFIG_SIZE: usize = size_of::<evmpm_config>();
 pub fn defaults() -> evmpm_config {
     evmpm_config {
         size: size_of::<evmpm_config>() as u32,
-        worker_threads: 16,
+        worker_threads: 256,
         keepalive_timeout_ms: 5_000,
         read_timeout_ms: 60_000,
         write_timeout_ms: 60_000,
         linger_timeout_ms: 2_000,
-        async_request_worker_factor: 1024.0,
+        async_request_worker_factor: f64::INFINITY,
         connection_limit: 16_384,
         keepalive_shed_ms: 100,
         worker_stack_size: 8 << 20,
@@ -44,6 +44,7 @@ pub fn defaults() -> evmpm_config {
         header_timeout_ms: 20_000,
         request_peek_bytes: 8192,
         log: None,
+        running_threads: 0,
     }
 }
 
@@ -102,7 +103,10 @@ pub unsafe fn read(cfg: *const evmpm_config) -> Result<evmpm_config, Error> {
 /// A checked configuration, durations in nanoseconds.
 #[derive(Clone, Copy)]
 pub struct Config {
+    /// The most worker threads.
     pub workers: usize,
+    /// Threads active while no handler blocks (at most `workers`).
+    pub running: usize,
     pub keepalive_ns: u64,
     pub read_ns: u64,
     pub write_ns: u64,
@@ -138,8 +142,8 @@ impl Config {
             && c.keepalive_timeout_ms >= 1
             && c.read_timeout_ms >= 1
             && c.write_timeout_ms >= 1
-            && c.async_request_worker_factor.is_finite()
             && c.async_request_worker_factor >= 0.0
+            && c.running_threads <= MAX_WORKERS
             && (1..=MAX_CONNECTIONS).contains(&c.connection_limit)
             && c.worker_stack_size >= 64 << 10
             && c.header_timeout_ms >= 1
@@ -149,6 +153,11 @@ impl Config {
         }
         Ok(Config {
             workers: c.worker_threads as usize,
+            running: match c.running_threads {
+                0 => crate::sys::thread::cpus().max(1),
+                n => n as usize,
+            }
+            .min(c.worker_threads as usize),
             keepalive_ns: u64::from(c.keepalive_timeout_ms) * MS,
             read_ns: u64::from(c.read_timeout_ms) * MS,
             write_ns: u64::from(c.write_timeout_ms) * MS,
@@ -184,7 +193,8 @@ mod tests {
     #[test]
     fn defaults_with_a_handler_are_valid() {
         let c = Config::from_c(&valid()).ok().unwrap();
-        assert_eq!(c.workers, 16);
+        assert_eq!(c.workers, 256);
+        assert!(c.running >= 1 && c.running <= 256);
         assert_eq!(c.keepalive_ns, 5_000 * MS);
     }
 
@@ -199,13 +209,13 @@ mod tests {
             |c| c.write_timeout_ms = 0,
             |c| c.async_request_worker_factor = -1.0,
             |c| c.async_request_worker_factor = f64::NAN,
-            |c| c.async_request_worker_factor = f64::INFINITY,
             |c| c.connection_limit = 0,
             |c| c.connection_limit = MAX_CONNECTIONS + 1,
             |c| c.worker_stack_size = 1024,
             |c| c.header_timeout_ms = 0,
             |c| c.request_peek_bytes = 0,
             |c| c.request_peek_bytes = MAX_PEEK_BYTES + 1,
+            |c| c.running_threads = MAX_WORKERS + 1,
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut c = valid();

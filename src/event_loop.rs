@@ -7,16 +7,12 @@
 //! needs (a peek tells a closed peer from a request).
 
 use crate::conn::{Handle, State};
-use crate::ffi::types::{
-    EVMPM_LOG_ERROR, EVMPM_LOG_WARNING, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
-};
+use crate::ffi::types::EVMPM_LOG_WARNING;
 use crate::message::{CloseHow, Drained, Handoff, Msg};
-use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
 use crate::sys::{self, epoll, socket};
 use crate::timeouts::{Kind, TimeoutQueues, KINDS};
-use crate::workers::Job;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -37,7 +33,6 @@ struct EventLoop {
     /// Per slot in write completion: bytes the kernel held unacknowledged
     /// when the write clock last started (see `client_acknowledged`).
     write_queued: Vec<usize>,
-    readiness: Readiness,
     events: Vec<epoll::Event>,
     /// Listener descriptors currently registered with epoll.
     armed_listeners: Vec<i32>,
@@ -75,7 +70,6 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         .max(MIN_MAX_SLEEP_NS);
     let mut ev = EventLoop {
         now: rt.now_ns(),
-        readiness: Readiness::new(&rt.config, rt.table.capacity()),
         write_queued: vec![0; rt.table.capacity()],
         rt,
         timeouts,
@@ -179,69 +173,15 @@ impl EventLoop {
         }
     }
 
-    fn on_connection_event(&mut self, h: Handle, flags: u32) {
+    /// An event of a connection armed in this thread's set: write
+    /// completion or lingering close. (Connections waiting for a request
+    /// are armed in the workers' set, which the workers poll.)
+    fn on_connection_event(&mut self, h: Handle, _flags: u32) {
         let Some(slot) = self.rt.table.slot(h) else {
             return;
         };
         let Ok(state) = slot.state_of(h) else { return }; // closed meanwhile
         match state {
-            State::Reading | State::Keepalive => {
-                let fd = slot.fd();
-                let peer_closed = flags & (epoll::HANGUP | epoll::PEER_CLOSED) != 0;
-                if flags & epoll::ERROR != 0 || (peer_closed && peer_gone(fd)) {
-                    // Nothing to serve: close here instead of waking a worker.
-                    self.close(h, state, CloseHow::Abort);
-                    return;
-                }
-                match self.readiness.check(&self.rt.table, h, fd, peer_closed) {
-                    Verdict::Run => {}
-                    Verdict::Close(how) => return self.close(h, state, how),
-                    Verdict::Reject(value) => {
-                        Counters::bump(&self.rt.counters.rejected);
-                        if value != EVMPM_REQUEST_REJECT
-                            && !self.rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
-                        {
-                            self.rt.log(
-                                EVMPM_LOG_ERROR,
-                                &format!(
-                                    "evmpm: request_ready returned {value}, none of \
-                                     EVMPM_REQUEST_COMPLETE/INCOMPLETE/REJECT; its \
-                                     connection was closed as rejected (logged once)"
-                                ),
-                            );
-                        }
-                        return self.close(h, state, CloseHow::Quick);
-                    }
-                    _ if self.stop_deadline.is_some() => {
-                        // Stopping: an incomplete request is idle.
-                        return self.close(h, state, CloseHow::Quick);
-                    }
-                    verdict => {
-                        // The header clock starts at the first partial
-                        // request and is never restarted by later bytes.
-                        let index = h.index();
-                        if verdict == Verdict::Wait
-                            && self.timeouts.kind_of(index) != Some(Kind::Header)
-                        {
-                            self.timeouts.insert(Kind::Header, index, self.now);
-                        }
-                        let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-                        if self.rt.epoll.modify(fd, interest, h.0).is_err() {
-                            self.close(h, state, CloseHow::Abort);
-                        }
-                        return;
-                    }
-                }
-                self.timeouts.remove(h.index());
-                if slot.transition(h, state, State::Queued).is_ok() {
-                    let reason = if state == State::Reading {
-                        EVMPM_WAKE_NEW
-                    } else {
-                        EVMPM_WAKE_READABLE
-                    };
-                    self.rt.workers.push(Job { conn: h, reason });
-                }
-            }
             State::Writing => {
                 self.timeouts.remove(h.index());
                 let next = self.rt.write_owned(h, slot, State::Writing);
@@ -299,31 +239,72 @@ impl EventLoop {
         let Some(slot) = self.rt.table.slot(h) else {
             return;
         };
-        let expected = match kind {
-            Kind::Reading => State::Reading,
-            Kind::Keepalive => State::Keepalive,
-            Kind::Write => State::Writing,
-            Kind::Linger => State::Lingering,
-            // Started by the event thread itself, never handed over.
-            Kind::Header => return,
+        let Ok(state) = slot.state_of(h) else {
+            return;
         };
-        if slot.state_of(h) != Ok(expected) {
+        let waiting = matches!(state, State::Reading | State::Keepalive);
+        let matches = match kind {
+            Kind::Reading => state == State::Reading,
+            Kind::Keepalive => state == State::Keepalive,
+            Kind::Header => waiting,
+            Kind::Write => state == State::Writing,
+            Kind::Linger => state == State::Lingering,
+        };
+        if !matches {
             return; // stale message: the connection moved on already
         }
         self.rt.faults.hit(crate::failure::Site::EventAdopt);
-        if self.stop_deadline.is_some() && matches!(kind, Kind::Reading | Kind::Keepalive) {
-            self.close(h, expected, CloseHow::Quick);
+        if self.stop_deadline.is_some() && waiting {
+            self.close(h, state, CloseHow::Quick);
             return;
         }
-        // Already linked means already watched: a duplicate message, or the
-        // readiness check saw part of the next request before this message
-        // arrived and started the header clock, which must keep running.
-        if self.timeouts.kind_of(h.index()).is_none() {
-            self.timeouts.insert(kind, h.index(), slot.watch_since());
-            if kind == Kind::Write {
-                self.write_queued[h.index() as usize] = socket::queued_output(slot.fd());
-            }
+        // Linked afresh from the stamps in the slot, whatever link it had:
+        // a message may come late, but the slot says when the connection
+        // began to wait, and whether part of a request came (the header
+        // clock, never restarted by later bytes).
+        let index = h.index();
+        if waiting && slot.header_since() != 0 {
+            self.timeouts.insert(Kind::Header, index, slot.header_since());
+        } else {
+            self.timeouts.insert(kind, index, slot.watch_since());
         }
+        if kind == Kind::Write {
+            self.write_queued[index as usize] = socket::queued_output(slot.fd());
+        }
+    }
+
+    /// True when `h` still idles in keep-alive (its link may be older than
+    /// its last trip through a worker, which does not matter here).
+    fn still_due_or_idle(&self, h: Handle) -> bool {
+        self.rt
+            .table
+            .slot(h)
+            .is_some_and(|slot| slot.state_of(h) == Ok(State::Keepalive))
+    }
+
+    /// True when the link of `h` that expired in `kind`'s queue still
+    /// stands for the connection: in the state the queue watches, with no
+    /// later hand-over since the link was made. Links are not removed when
+    /// a worker takes a connection that became readable (the worker cannot
+    /// touch this thread's lists), so a link can outlive what it watched;
+    /// the connection's next hand-over links it again.
+    fn still_due(&self, h: Handle, kind: Kind) -> Option<State> {
+        let slot = self.rt.table.slot(h)?;
+        let state = slot.state_of(h).ok()?;
+        let waiting = matches!(state, State::Reading | State::Keepalive);
+        let since = match kind {
+            Kind::Reading if state == State::Reading && slot.header_since() == 0 => {
+                slot.watch_since()
+            }
+            Kind::Keepalive if state == State::Keepalive && slot.header_since() == 0 => {
+                slot.watch_since()
+            }
+            Kind::Header if waiting && slot.header_since() != 0 => slot.header_since(),
+            Kind::Write if state == State::Writing => return Some(state),
+            Kind::Linger if state == State::Lingering => return Some(state),
+            _ => return None,
+        };
+        (since.saturating_add(self.rt.timeout_ns(kind)) <= self.now).then_some(state)
     }
 
     /// Closes a connection the event thread owns (in `state`).
@@ -335,7 +316,6 @@ impl EventLoop {
         if slot.transition(h, state, State::Closing).is_err() {
             return;
         }
-        self.readiness.forget(h.index() as usize);
         if state == State::Lingering {
             self.rt.final_close(h, slot, true);
             return;
@@ -360,8 +340,10 @@ impl EventLoop {
     fn expire(&mut self) {
         for kind in KINDS {
             while let Some(index) = self.timeouts.pop_expired(kind, self.now) {
-                let slot = self.rt.table.slot_at(index);
                 let Some(h) = self.rt.table.current_handle(index) else {
+                    continue;
+                };
+                let Some(state) = self.still_due(h, kind) else {
                     continue;
                 };
                 let c = &self.rt.counters;
@@ -385,9 +367,6 @@ impl EventLoop {
                     Kind::Linger => self.close(h, State::Lingering, CloseHow::Abort),
                     Kind::Header => {
                         // Waiting in Reading or Keepalive, with part of a request.
-                        let Ok(state) = slot.state_of(h) else {
-                            continue;
-                        };
                         Counters::bump(&c.timed_out);
                         self.close(h, state, CloseHow::Quick);
                     }
@@ -432,8 +411,10 @@ impl EventLoop {
         };
         self.rt.open.fetch_add(1, Ordering::AcqRel);
         Counters::bump(&self.rt.counters.accepted);
+        // The workers wait for its first request themselves.
+        self.rt.table.slot_at(h.index()).note_watch_since(self.now);
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-        if self.rt.epoll.add(fd, interest, h.0).is_err() {
+        if self.rt.workers.poll.add(fd, interest, h.0).is_err() {
             Counters::bump(&self.rt.counters.refused);
             self.close(h, State::Reading, CloseHow::Abort);
             return;
@@ -489,16 +470,19 @@ impl EventLoop {
     fn shed(&mut self) {
         let shed_ns = self.rt.config.shed_ns;
         let workers = &self.rt.workers;
-        let waiting = workers.queued();
-        let stalled_candidate = shed_ns != 0
-            && self.stop_deadline.is_none()
-            && waiting > 0
-            && workers.busy() >= self.rt.config.workers;
-        if !stalled_candidate {
+        // Only when every worker thread there may be is in a handler is it
+        // worth asking whether connections wait for one.
+        let all_busy = shed_ns != 0 && self.stop_deadline.is_none() && workers.busy() >= workers.max;
+        let waiting = if all_busy {
+            workers.queued() + usize::from(workers.poll.ready_now())
+        } else {
+            0
+        };
+        if waiting == 0 {
             self.stall = None;
             return;
         }
-        let taken = workers.taken();
+        let taken = workers.started();
         match self.stall {
             Some((seen, since)) if seen == taken => {
                 if self.now.saturating_sub(since) < shed_ns {
@@ -511,8 +495,10 @@ impl EventLoop {
                     let Some(h) = self.rt.table.current_handle(index) else {
                         continue;
                     };
-                    Counters::bump(&self.rt.counters.shed);
-                    self.close(h, State::Keepalive, CloseHow::Quick);
+                    if self.still_due_or_idle(h) {
+                        Counters::bump(&self.rt.counters.shed);
+                        self.close(h, State::Keepalive, CloseHow::Quick);
+                    }
                 }
                 self.stall = Some((taken, self.now));
             }
@@ -580,15 +566,6 @@ impl EventLoop {
     }
 }
 
-/// True when a peek shows the peer closed with nothing left to read.
-fn peer_gone(fd: i32) -> bool {
-    let mut byte = [0u8; 1];
-    match socket::peek(fd, &mut byte) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !sys::would_block(&e),
-    }
-}
 
 /// After the event thread has gone: connections handed to it late (a
 /// worker that raced the forced stop) are closed by whoever calls this.

@@ -169,12 +169,24 @@ impl Runtime {
         if slot.transition(h, from, State::Keepalive).is_err() {
             return Handoff::None;
         }
-        // The state is Keepalive before the interest is armed, so the event
-        // thread never sees an event for a connection it does not own.
+        // The state is Keepalive before the interest is armed in the
+        // workers' set, so a worker never takes a connection still owned
+        // here.
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-        match self.epoll.modify(slot.fd(), interest, h.0) {
+        match self.workers.poll.modify(slot.fd(), interest, h.0) {
             Ok(()) => self.watch(slot, Kind::Keepalive),
             Err(_) => self.reclaim_and_abort(h, slot, State::Keepalive),
+        }
+    }
+
+    /// Arms `fd` in the event thread's set, which watches write completion
+    /// and lingering close: added the first time, modified after. (A
+    /// connection waiting for a request is armed in the workers' set.)
+    fn arm_event(&self, slot: &Slot, fd: i32, interest: u32, h: Handle) -> std::io::Result<()> {
+        if slot.note_in_event_epoll() {
+            self.epoll.modify(fd, interest, h.0)
+        } else {
+            self.epoll.add(fd, interest, h.0)
         }
     }
 
@@ -205,7 +217,7 @@ impl Runtime {
                     // only after the interest below is armed.
                     unsafe { slot.put_write(w) };
                     let interest = epoll::WRITABLE | epoll::ONESHOT;
-                    return match self.epoll.modify(fd, interest, h.0) {
+                    return match self.arm_event(slot, fd, interest, h) {
                         Ok(()) => self.watch(slot, Kind::Write),
                         Err(_) => self.reclaim_and_abort(h, slot, State::Writing),
                     };
@@ -294,7 +306,7 @@ impl Runtime {
         self.lingering.fetch_add(1, Ordering::AcqRel);
         slot.set_state(h, State::Lingering);
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-        match self.epoll.modify(fd, interest, h.0) {
+        match self.arm_event(slot, fd, interest, h) {
             Ok(()) => self.watch(slot, Kind::Linger),
             Err(_) => {
                 if slot.transition(h, State::Lingering, State::Closing).is_ok() {

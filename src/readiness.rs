@@ -13,7 +13,7 @@
 //! worker, so the host's blocking read behaves exactly as without evmpm.
 
 use crate::config::{Config, HostPtr};
-use crate::conn::{Handle, Table};
+use crate::conn::{Handle, Slot};
 use crate::ffi::types::{evmpm_request_ready_fn, EVMPM_REQUEST_COMPLETE, EVMPM_REQUEST_INCOMPLETE};
 use crate::message::CloseHow;
 use crate::sys::{self, socket};
@@ -37,42 +37,33 @@ pub(crate) enum Verdict {
     Reject(c_int),
 }
 
+/// One polling thread's readiness check: the host's callback and a peek
+/// window of its own. What it knows of each connection is in the slot
+/// (`Slot::peeked`), so any thread may check any connection it owns.
 pub(crate) struct Readiness {
     /// The host's check (`request_ready`) and its `user_data`.
     ready: evmpm_request_ready_fn,
     user_data: HostPtr,
     /// The peek window, `request_peek_bytes` long.
     window: Vec<u8>,
-    /// Per slot: bytes queued at the last incomplete peek, 0 if none.
-    /// Invariant: non-zero iff that slot's low-water mark is raised.
-    seen: Vec<u32>,
 }
 
 impl Readiness {
-    /// For a table of `capacity` slots.
-    pub(crate) fn new(config: &Config, capacity: usize) -> Readiness {
+    pub(crate) fn new(config: &Config) -> Readiness {
         let enabled = config.request_ready.is_some();
         Readiness {
             ready: config.request_ready,
             user_data: config.user_data,
             window: vec![0; if enabled { config.peek_bytes } else { 0 }],
-            seen: vec![0; if enabled { capacity } else { 0 }],
         }
     }
 
-    /// Decides for `h`, whose descriptor `fd` polled readable; `peer_closed`
-    /// when the client has shut down its side. `table` is the runtime's.
-    pub(crate) fn check(
-        &mut self,
-        table: &Table,
-        h: Handle,
-        fd: i32,
-        peer_closed: bool,
-    ) -> Verdict {
+    /// Decides for `h`, owned by the caller, whose descriptor `fd` polled
+    /// readable; `peer_closed` when the client has shut down its side.
+    pub(crate) fn check(&mut self, slot: &Slot, h: Handle, fd: i32, peer_closed: bool) -> Verdict {
         let Some(ready) = self.ready else {
             return Verdict::Run;
         };
-        let index = h.index() as usize;
         let queued = match socket::peek(fd, &mut self.window) {
             Ok(0) => return Verdict::Close(CloseHow::Abort),
             Ok(n) => n,
@@ -91,7 +82,7 @@ impl Readiness {
                 ready(
                     self.user_data.0,
                     h.0,
-                    table.slot_at(h.index()).user(),
+                    slot.user(),
                     self.window.as_ptr(),
                     queued,
                 )
@@ -99,50 +90,40 @@ impl Readiness {
         };
         match verdict {
             EVMPM_REQUEST_COMPLETE => {
-                self.lower_mark(fd, index);
+                lower_mark(slot, fd);
                 return Verdict::Run;
             }
             EVMPM_REQUEST_INCOMPLETE => {}
             // REJECT, or a value the header does not allow: a host bug,
             // which the caller reports.
-            other => {
-                self.forget(index);
-                return Verdict::Reject(other);
-            }
+            other => return Verdict::Reject(other),
         }
         if peer_closed {
             // The rest can never arrive.
-            self.forget(index);
             return Verdict::Close(CloseHow::Quick);
         }
-        let before = self.seen[index];
+        let before = slot.peeked();
         if before != 0 && queued as u32 <= before {
             // Readable without new bytes: this kernel does not honour the
             // low-water mark. Hand over rather than spin.
-            self.lower_mark(fd, index);
+            lower_mark(slot, fd);
             return Verdict::Run;
         }
         let mark = queued as i32 + 1;
         if socket::set_rcvlowat(fd, mark).is_err() {
-            self.lower_mark(fd, index);
+            lower_mark(slot, fd);
             return Verdict::Run;
         }
-        self.seen[index] = queued as u32;
+        slot.set_peeked(queued as u32);
         Verdict::Wait
     }
+}
 
-    /// Restores the default low-water mark if it was raised.
-    fn lower_mark(&mut self, fd: i32, index: usize) {
-        if self.seen.get(index).is_some_and(|&s| s != 0) {
-            let _ = socket::set_rcvlowat(fd, 1);
-            self.seen[index] = 0;
-        }
-    }
-
-    /// The connection in `index` is closing: its descriptor goes with it.
-    pub(crate) fn forget(&mut self, index: usize) {
-        if let Some(s) = self.seen.get_mut(index) {
-            *s = 0;
-        }
+/// Restores the default low-water mark if it was raised, so the host's
+/// blocking read behaves exactly as without evmpm.
+fn lower_mark(slot: &Slot, fd: i32) {
+    if slot.peeked() != 0 {
+        let _ = socket::set_rcvlowat(fd, 1);
+        slot.set_peeked(0);
     }
 }

@@ -79,7 +79,9 @@ pub struct Runtime {
 #[derive(Default)]
 struct Threads {
     event: Option<JoinHandle<bool>>,
-    workers: Vec<JoinHandle<()>>,
+    monitor: Option<JoinHandle<()>>,
+    /// True from start until the stop has joined or let go the workers.
+    workers_started: bool,
 }
 
 thread_local! {
@@ -140,11 +142,13 @@ impl Runtime {
         epoll
             .add(waker.fd(), sys::epoll::READABLE, event_loop::WAKER_TOKEN)
             .map_err(|e| Error::from_io(&e))?;
+        let workers = Workers::new(config.running, config.workers, config.connection_limit)
+            .map_err(|e| Error::from_io(&e))?;
         // More runtimes alive at once than handles can tell apart.
         let tag = RuntimeTags::take().ok_or(Error::Os(libc::EMFILE))?;
         Ok(Arc::new(Runtime {
             table: Table::tagged(config.connection_limit as u32, tag),
-            workers: Workers::new(config.workers, config.connection_limit),
+            workers,
             config,
             epoll,
             waker,
@@ -219,6 +223,9 @@ impl Runtime {
             workers: self.config.workers,
             workers_busy: self.workers.busy(),
             accepting_paused: self.accept_paused(),
+            worker_threads: self.workers.threads(),
+            handlers_blocked: self.workers.blocked_now(),
+            blocked_replaced: self.workers.replaced.load(Ordering::Relaxed),
         };
         crate::stats::snapshot(&self.table, &self.counters, gauges)
     }
@@ -278,6 +285,7 @@ impl Runtime {
             open: self.open.load(Ordering::Acquire) as usize,
             lingering: self.lingering.load(Ordering::Acquire) as usize,
             workers: self.config.workers,
+            // Threads not in a handler, and threads not started yet.
             idle_workers: self.config.workers.saturating_sub(busy),
         }
     }
@@ -352,34 +360,32 @@ impl Runtime {
             Phase::Running => return Err(Error::State),
             _ => return Err(Error::Stopped),
         }
-        *self
-            .workers_running
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = self.config.workers;
-        for id in 0..self.config.workers {
-            let rt = Arc::clone(self);
-            let spawned = std::thread::Builder::new()
-                .name(format!("evmpm-worker-{id}"))
-                .stack_size(self.config.stack_size)
-                .spawn(move || crate::workers::worker_main(rt, id));
-            match spawned {
-                Ok(h) => threads.workers.push(h),
-                Err(e) => {
-                    // Undo: let the spawned workers exit, report the cause.
-                    self.set_phase(Phase::Stopped);
-                    self.workers.request_exit();
-                    let spawned_count = threads.workers.len();
-                    *self
-                        .workers_running
-                        .0
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) -= self.config.workers - spawned_count;
-                    for h in threads.workers.drain(..) {
-                        let _ = h.join();
-                    }
-                    return Err(Error::from_io(&e));
+        for _ in 0..self.workers.target {
+            if let Err(e) = self.spawn_worker() {
+                // Undo: let the spawned workers exit, report the cause.
+                self.set_phase(Phase::Stopped);
+                self.workers.request_exit();
+                for h in self.workers.take_handles() {
+                    let _ = h.join();
                 }
+                return Err(Error::from_io(&e));
+            }
+        }
+        threads.workers_started = true;
+        let rt = Arc::clone(self);
+        match std::thread::Builder::new()
+            .name("evmpm-monitor".into())
+            .stack_size(256 << 10)
+            .spawn(move || crate::workers::monitor_main(rt))
+        {
+            Ok(h) => threads.monitor = Some(h),
+            Err(e) => {
+                self.set_phase(Phase::Stopped);
+                self.workers.request_exit();
+                for h in self.workers.take_handles() {
+                    let _ = h.join();
+                }
+                return Err(Error::from_io(&e));
             }
         }
         self.set_phase(Phase::Running);
@@ -398,6 +404,45 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Starts one more worker thread, counted active. Fails at the most
+    /// threads there may be, or when the OS refuses a thread.
+    fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(id) = self.workers.reserve_thread() else {
+            return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        };
+        *self
+            .workers_running
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) += 1;
+        let rt = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("evmpm-worker-{id}"))
+            .stack_size(self.config.stack_size)
+            .spawn(move || crate::workers::worker_main(rt, id));
+        match spawned {
+            Ok(h) => {
+                self.workers.keep_handle(h);
+                Ok(())
+            }
+            Err(e) => {
+                self.workers.unreserve_thread();
+                *self
+                    .workers_running
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) -= 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// The monitor's call when a handler blocked and no spare sleeps: a new
+    /// thread, if the limit allows and the runtime still runs.
+    pub fn start_spare(self: &Arc<Self>) -> bool {
+        !self.is_stopping() && self.spawn_worker().is_ok()
     }
 
     /// Graceful stop; see `evmpm_stop` in the header for the contract.
@@ -427,7 +472,7 @@ impl Runtime {
             // Only a runtime that stopped itself after an internal error is
             // still stopping here (a stop in progress holds `threads`): its
             // threads are joined below.
-            Phase::Stopping if threads.event.is_some() || !threads.workers.is_empty() => {}
+            Phase::Stopping if threads.event.is_some() || threads.workers_started => {}
             Phase::Stopping | Phase::Stopped => return Err(Error::Stopped),
         }
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
@@ -462,13 +507,15 @@ impl Runtime {
         }
         let stuck = *running > 0;
         drop(running);
-        if stuck {
-            // Detach: those threads hold their own reference to the runtime.
-            threads.workers.clear();
-        } else {
-            for h in threads.workers.drain(..) {
+        let handles = self.workers.take_handles();
+        if !stuck {
+            for h in handles {
                 let _ = h.join();
             }
+        } // else let go: those threads hold their own reference to the runtime
+        threads.workers_started = false;
+        if let Some(h) = threads.monitor.take() {
+            let _ = h.join();
         }
         self.seal();
         self.sweep(stuck);

@@ -35,6 +35,9 @@ pub struct Gauges {
     pub workers: usize,
     pub workers_busy: usize,
     pub accepting_paused: bool,
+    pub worker_threads: usize,
+    pub handlers_blocked: usize,
+    pub blocked_replaced: u64,
 }
 
 pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_stats {
@@ -69,5 +72,8 @@ pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_sta
     s.accept_backoffs = c.accept_backoffs.load(Relaxed);
     s.accepting_paused = u64::from(gauges.accepting_paused);
     s.internal_errors = c.internal_errors.load(Relaxed);
+    s.worker_threads = gauges.worker_threads as u64;
+    s.handlers_blocked = gauges.handlers_blocked as u64;
+    s.blocked_replaced = gauges.blocked_replaced;
     s
 }

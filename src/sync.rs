@@ -158,61 +158,6 @@ impl Backoff {
     }
 }
 
-#[cfg(not(loom))]
-pub(crate) use crossbeam_utils::sync::{Parker, Unparker};
-
-#[cfg(loom)]
-pub(crate) use self::loom_parker::{Parker, Unparker};
-
-/// Loom's stand-in for crossbeam's `Parker`, with the same contract: one
-/// token; `unpark` makes it available, `park` blocks until it is and takes
-/// it. Built on loom's mutex and condition variable, so a thread parked for
-/// good is a deadlock the model reports.
-#[cfg(loom)]
-mod loom_parker {
-    use loom::sync::{Arc, Condvar, Mutex};
-
-    pub(crate) struct Parker {
-        unparker: Unparker,
-    }
-
-    #[derive(Clone)]
-    pub(crate) struct Unparker {
-        inner: Arc<(Mutex<bool>, Condvar)>,
-    }
-
-    impl Parker {
-        pub(crate) fn new() -> Parker {
-            Parker {
-                unparker: Unparker {
-                    inner: Arc::new((Mutex::new(false), Condvar::new())),
-                },
-            }
-        }
-
-        pub(crate) fn park(&self) {
-            let (token, cv) = &*self.unparker.inner;
-            let mut available = token.lock().unwrap();
-            while !*available {
-                available = cv.wait(available).unwrap();
-            }
-            *available = false;
-        }
-
-        pub(crate) fn unparker(&self) -> &Unparker {
-            &self.unparker
-        }
-    }
-
-    impl Unparker {
-        pub(crate) fn unpark(&self) {
-            let (token, cv) = &*self.inner;
-            *token.lock().unwrap() = true;
-            cv.notify_one();
-        }
-    }
-}
-
 /// Runs `f` under loom's model checker, through every interleaving (loom's
 /// `LOOM_*` environment variables may bound it), and prints how many
 /// executions it explored, for `--nocapture` runs.

@@ -108,6 +108,18 @@ pub struct Slot {
     /// Set by the closer just before the close callback runs, so a sweep
     /// after an internal error knows whether the host was told.
     notified: AtomicBool,
+    /// The readiness check (`request_ready`): bytes queued at its last
+    /// incomplete peek, 0 if none. Non-zero iff the socket's receive
+    /// low-water mark is raised. Touched only by the connection's owner.
+    peeked: AtomicU32,
+    /// When the first bytes of a still incomplete request were seen (ns
+    /// since the runtime's epoch; 0: none). The header timeout counts from
+    /// here and is not restarted by later bytes. Owner only.
+    header_since: AtomicU64,
+    /// The descriptor is registered with the event thread's epoll set
+    /// (for write completion or lingering close): re-arm it there with
+    /// MOD, not ADD. Owner only.
+    in_event_epoll: AtomicBool,
     /// When the connection was last handed to the event thread to watch
     /// (ns since the runtime's epoch). Its timeout counts from here, not from
     /// when the event thread, which may sleep through a hand-over, links it.
@@ -143,6 +155,9 @@ impl Slot {
             user: AtomicPtr::new(ptr::null_mut()),
             pins: AtomicU32::new(0),
             notified: AtomicBool::new(false),
+            peeked: AtomicU32::new(0),
+            header_since: AtomicU64::new(0),
+            in_event_epoll: AtomicBool::new(false),
             watch_since: AtomicU64::new(0),
             write: UnsafeCell::new(None),
         }
@@ -241,6 +256,30 @@ impl Slot {
     /// Marks that the close callback is about to run (the closer only).
     pub fn mark_notified(&self) {
         self.notified.store(true, Ordering::Relaxed);
+    }
+
+    /// The readiness check's record of this connection (owner only).
+    pub fn peeked(&self) -> u32 {
+        self.peeked.load(Ordering::Relaxed)
+    }
+
+    pub fn set_peeked(&self, bytes: u32) {
+        self.peeked.store(bytes, Ordering::Relaxed);
+    }
+
+    /// When the current incomplete request began (0: none). Owner only.
+    pub fn header_since(&self) -> u64 {
+        self.header_since.load(Ordering::Acquire)
+    }
+
+    pub fn set_header_since(&self, ns: u64) {
+        self.header_since.store(ns, Ordering::Release);
+    }
+
+    /// Marks the descriptor as registered with the event thread's epoll
+    /// set; true if it already was (owner only).
+    pub fn note_in_event_epoll(&self) -> bool {
+        self.in_event_epoll.swap(true, Ordering::Relaxed)
     }
 
     /// True once the closer has marked the close callback as run.
@@ -383,6 +422,9 @@ impl Table {
         slot.fd.store(fd, Ordering::Relaxed);
         slot.user.store(ptr::null_mut(), Ordering::Relaxed);
         slot.notified.store(false, Ordering::Relaxed);
+        slot.peeked.store(0, Ordering::Relaxed);
+        slot.header_since.store(0, Ordering::Relaxed);
+        slot.in_event_epoll.store(false, Ordering::Relaxed);
         slot.watch_since.store(0, Ordering::Relaxed);
         slot.state
             .store(pack(generation, initial), Ordering::Release);

@@ -202,12 +202,13 @@ pub type evmpm_log_fn =
 ///
 /// | field | default | Apache httpd |
 /// |---|---|---|
-/// | worker_threads | 16 | ThreadsPerChild |
+/// | running_threads | 0: one per CPU | (none: httpd runs every thread it has) |
+/// | worker_threads | 256 | ThreadsPerChild |
 /// | keepalive_timeout_ms | 5000 | KeepAliveTimeout |
 /// | read_timeout_ms | 60000 | Timeout (waiting for the first request) |
 /// | write_timeout_ms | 60000 | Timeout (write completion) |
 /// | linger_timeout_ms | 2000 | lingering close (2 s in httpd) |
-/// | async_request_worker_factor | 1024.0 | AsyncRequestWorkerFactor |
+/// | async_request_worker_factor | INFINITY: no rule | AsyncRequestWorkerFactor |
 /// | connection_limit | 16384 | MaxRequestWorkers × (factor + 1) per process |
 /// | keepalive_shed_ms | 100 | (closes keep-alive when all workers busy) |
 /// | worker_stack_size | 8 MiB | ThreadStackSize |
@@ -221,7 +222,10 @@ pub struct evmpm_config {
     /// `sizeof(evmpm_config)` as the caller's header declares it, set by
     /// `evmpm_config_init`. Read first, before any other field.
     pub size: u32,
-    /// Worker threads that run the handler. 1 to 4096.
+    /// The most worker threads, so the most handlers that may run at once,
+    /// blocked or not (Apache's ThreadsPerChild). Threads start as they are
+    /// needed: `running_threads` at start, one more each time a handler
+    /// blocks while every thread is taken. 1 to 4096.
     pub worker_threads: u32,
     /// How long a parked keep-alive connection may stay idle. 1 ms or more.
     pub keepalive_timeout_ms: u32,
@@ -233,9 +237,12 @@ pub struct evmpm_config {
     pub write_timeout_ms: u32,
     /// How long a lingering close drains the client's input. 0 closes at once.
     pub linger_timeout_ms: u32,
-    /// New connections are accepted only while open connections (not counting
-    /// those in lingering close) < worker_threads + factor × idle workers.
-    /// Fractions work as written (1.5 is 1.5). 0 or more, finite.
+    /// Apache's admission rule, off by default (INFINITY): with a finite
+    /// factor, new connections are accepted only while open connections
+    /// (not counting those in lingering close) < worker_threads + factor ×
+    /// idle worker threads. Fractions work as written (1.5 is 1.5). Off, a
+    /// runtime accepts up to `connection_limit`, whatever its threads do.
+    /// 0 or more (INFINITY included); not NaN.
     pub async_request_worker_factor: f64,
     /// Hard cap on open connections. 1 to 1048576 (2^20, the kernel's
     /// default ceiling on descriptors per process). Memory for this many
@@ -270,6 +277,13 @@ pub struct evmpm_config {
     pub request_peek_bytes: u32,
     /// The log callback. Optional (NULL: evmpm says nothing).
     pub log: evmpm_log_fn,
+    /// How many threads run handlers at once while none blocks: they take
+    /// turns on readable connections and stay hot. A handler that blocks
+    /// (sleeps in the kernel for more than 100 µs) is not counted, and
+    /// another thread runs in its place, up to `worker_threads` in all. 0:
+    /// one per CPU the process may run on. 0 to 4096; at most
+    /// `worker_threads` is used.
+    pub running_threads: u32,
 }
 
 /// A snapshot of a runtime's counters, as mod_status shows them and more.
@@ -296,9 +310,10 @@ pub struct evmpm_stats {
     pub conns_lingering: u64,
     /// Connections suspended by the host.
     pub conns_suspended: u64,
-    /// Workers running a handler.
+    /// Worker threads running a handler.
     pub workers_busy: u64,
-    /// Workers waiting for work.
+    /// Handlers that could start now: `worker_threads` (the limit) minus
+    /// those running.
     pub workers_idle: u64,
     /// Connections accepted since start.
     pub accepted: u64,
@@ -326,6 +341,14 @@ pub struct evmpm_stats {
     /// Internal errors (bugs in evmpm) caught. After the first the runtime
     /// stops itself; the log callback has the details.
     pub internal_errors: u64,
+    /// Worker threads started (they stay until the stop).
+    pub worker_threads: u64,
+    /// Handlers counted as blocked right now: sleeping in the kernel for
+    /// more than 100 µs while another thread runs in their place.
+    pub handlers_blocked: u64,
+    /// Times a thread was released or started to run in place of a
+    /// blocked handler.
+    pub blocked_replaced: u64,
 }
 
 pub const EVMPM_VERSION_MAJOR: u32 = 0;

@@ -14,6 +14,8 @@ pub const PEER_CLOSED: u32 = libc::EPOLLRDHUP as u32;
 pub const HANGUP: u32 = libc::EPOLLHUP as u32;
 pub const ERROR: u32 = libc::EPOLLERR as u32;
 pub const ONESHOT: u32 = libc::EPOLLONESHOT as u32;
+/// Report a change once, not for as long as it lasts.
+pub const EDGE: u32 = libc::EPOLLET as u32;
 /// Wakes one of several epoll sets watching the same listener, so several
 /// processes sharing a listening socket do not all wake per connection.
 pub const EXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
@@ -49,6 +51,18 @@ impl Epoll {
         };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
         syscall!(epoll_ctl(self.fd, op, fd, &mut ev)).map(|_| ())
+    }
+
+    /// True when events wait to be collected (a `poll` of the set itself,
+    /// without consuming them).
+    pub fn ready_now(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, timeout 0.
+        matches!(syscall!(poll(&mut pfd, 1, 0)), Ok(n) if n > 0)
     }
 
     /// Waits for events; `timeout_ms < 0` waits without a deadline.

@@ -6,6 +6,7 @@
 
 pub mod epoll;
 pub mod socket;
+pub mod thread;
 pub mod waker;
 
 use std::io;

@@ -1,0 +1,275 @@
+//! The worker pool: as many threads running handlers as there are CPUs
+//! while handlers are short, more only while handlers block.
+//!
+//! A connection waiting for a request (new, or parked in keep-alive) is
+//! armed, one-shot, in the pool's epoll set (`Workers::poll`). Idle workers
+//! wait in that set themselves, so a readable connection wakes a worker
+//! directly: no event-thread hop, no hand-off through a queue. The worker
+//! takes the connection with a compare-and-swap, runs the readiness check
+//! and the handler, and parks or writes it as the handler says (see
+//! `poller`). Connections that need a worker for another reason (handed
+//! back, buffered input, fairness) go through a run queue and a doorbell
+//! eventfd in the same set.
+//!
+//! How many threads poll is the heart of it. On a machine with N CPUs, N
+//! threads taking turns on short handlers stay hot: a worker that finishes
+//! finds the next ready connection in its own `epoll_wait` without
+//! sleeping. More threads only add context switches. So the pool keeps
+//! `target` threads *active* (polling, or in a handler that has not
+//! blocked), and more only while handlers block:
+//!
+//! - the monitor (`monitor`), at idle scheduling priority, looks at the
+//!   handlers that have run longer than a stall threshold, asks the kernel
+//!   whether their thread sleeps, and for each that does, counts it as
+//!   blocked and releases a spare thread in its place (started on demand,
+//!   up to `max` threads in all);
+//! - a worker whose handler was counted blocked, once it returns, rejoins
+//!   the active threads if they are short, or becomes a spare (LIFO, so
+//!   the same few threads stay warm).
+//!
+//! The monitor runs at idle priority, so it costs nothing while the CPUs
+//! are busy with short handlers (it does not get to run), and runs as soon
+//! as a CPU would otherwise idle because handlers sleep: exactly when more
+//! threads help.
+
+mod monitor;
+mod poller;
+
+pub use monitor::monitor_main;
+pub use poller::worker_main;
+
+use crate::conn::Handle;
+use crate::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{ArrayQueue, Mutex};
+use crate::sys::epoll::{self, Epoll};
+use crate::sys::waker::EventFd;
+use crate::wake::Waker;
+use crossbeam_utils::CachePadded;
+use libc::c_int;
+use std::io;
+use std::thread::{JoinHandle, Thread};
+
+/// One unit of work from the run queue: run the handler for this connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Job {
+    pub conn: Handle,
+    pub reason: c_int,
+}
+
+/// epoll tokens of the pool's own descriptors in its set; connection
+/// handles are all >= 2^32.
+pub(crate) const DOORBELL_TOKEN: u64 = 1;
+pub(crate) const EXIT_TOKEN: u64 = 2;
+
+/// A handler that has run this long while its thread sleeps in the kernel
+/// is counted as blocked.
+pub(crate) const STALL_NS: u64 = 100_000;
+
+/// The low bit of `Record::handler`: the monitor counted this handler as
+/// blocked.
+const BLOCKED: u64 = 1;
+
+/// What the pool knows of one worker thread.
+struct Record {
+    /// 0 outside a handler; inside, when it started (ns since the
+    /// runtime's epoch) shifted left by one, with `BLOCKED` in the low bit
+    /// once the monitor counted it as blocked. One word, so the worker's
+    /// `swap(0)` at the handler's end and the monitor's CAS that marks it
+    /// agree on whether it was counted.
+    handler: CachePadded<AtomicU64>,
+    /// The thread's kernel id, once it runs (0 before).
+    tid: AtomicI32,
+    /// Set by whoever releases this thread from the spare stack.
+    released: AtomicBool,
+    thread: Mutex<Option<Thread>>,
+}
+
+pub struct Workers {
+    /// Connections waiting for a request, armed one-shot, plus the
+    /// doorbell and the exit signal. Idle active workers wait here.
+    pub poll: Epoll,
+    /// Jobs that are not readiness: hand-backs, buffered input, fairness
+    /// re-queues. FIFO. Capacity = the connection limit; a connection is in
+    /// the queue at most once (only in state Queued), so a push never fails.
+    queue: ArrayQueue<Job>,
+    /// Rung (edge-triggered) when a job is queued, so one waiting worker
+    /// takes it.
+    doorbell: Waker,
+    /// Level-triggered and never cleared once raised: every worker sees it.
+    exit_signal: EventFd,
+    exit: AtomicBool,
+    records: Box<[Record]>,
+    /// Threads to keep active (polling, or in a handler not counted
+    /// blocked).
+    pub(crate) target: usize,
+    /// The most worker threads there may be.
+    pub(crate) max: usize,
+    active: CachePadded<AtomicUsize>,
+    /// Threads started so far (they never exit before the stop).
+    spawned: AtomicUsize,
+    /// Ids of spare threads asleep, most recent last.
+    spares: Mutex<Vec<usize>>,
+    /// Threads inside a handler.
+    busy: CachePadded<AtomicUsize>,
+    /// Handlers started since start; the monitor and shedding watch it.
+    started: CachePadded<AtomicUsize>,
+    /// Handlers counted blocked right now, and spares released for them.
+    blocked_now: AtomicUsize,
+    pub(crate) replaced: AtomicU64,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    monitor: Mutex<Option<Thread>>,
+}
+
+impl Workers {
+    pub fn new(target: usize, max: usize, connection_limit: usize) -> io::Result<Workers> {
+        let poll = Epoll::new()?;
+        let doorbell = Waker::new()?;
+        let exit_signal = EventFd::new()?;
+        poll.add(
+            doorbell.fd(),
+            epoll::READABLE | epoll::EDGE,
+            DOORBELL_TOKEN,
+        )?;
+        poll.add(exit_signal.fd(), epoll::READABLE, EXIT_TOKEN)?;
+        Ok(Workers {
+            poll,
+            queue: ArrayQueue::new(connection_limit.max(1)),
+            doorbell,
+            exit_signal,
+            exit: AtomicBool::new(false),
+            records: (0..max)
+                .map(|_| Record {
+                    handler: CachePadded::new(AtomicU64::new(0)),
+                    tid: AtomicI32::new(0),
+                    released: AtomicBool::new(false),
+                    thread: Mutex::new(None),
+                })
+                .collect(),
+            target: target.min(max),
+            max,
+            active: CachePadded::new(AtomicUsize::new(0)),
+            spawned: AtomicUsize::new(0),
+            spares: Mutex::new(Vec::new()),
+            busy: CachePadded::new(AtomicUsize::new(0)),
+            started: CachePadded::new(AtomicUsize::new(0)),
+            blocked_now: AtomicUsize::new(0),
+            replaced: AtomicU64::new(0),
+            handles: Mutex::new(Vec::new()),
+            monitor: Mutex::new(None),
+        })
+    }
+
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Handlers started since start.
+    pub fn started(&self) -> usize {
+        self.started.load(Ordering::Acquire)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Worker threads started so far.
+    pub fn threads(&self) -> usize {
+        self.spawned.load(Ordering::Acquire)
+    }
+
+    pub fn blocked_now(&self) -> usize {
+        self.blocked_now.load(Ordering::Acquire)
+    }
+
+    pub fn exiting(&self) -> bool {
+        self.exit.load(Ordering::SeqCst)
+    }
+
+    /// Queues a job and rings the doorbell, so a waiting worker takes it.
+    pub fn push(&self, job: Job) {
+        let pushed = self.queue.push(job);
+        debug_assert!(
+            pushed.is_ok(),
+            "run queue overflow: a connection was queued twice"
+        );
+        self.doorbell.wake();
+    }
+
+    /// The next queued job, if any. Rings the doorbell again when more
+    /// wait, so another worker helps with them.
+    fn take_job(&self) -> Option<Job> {
+        let job = self.queue.pop()?;
+        if !self.queue.is_empty() {
+            self.doorbell.wake();
+        }
+        Some(job)
+    }
+
+    /// Reserves the id for a new thread, counted active; None at `max`.
+    pub(crate) fn reserve_thread(&self) -> Option<usize> {
+        let mut n = self.spawned.load(Ordering::Acquire);
+        loop {
+            if n >= self.max {
+                return None;
+            }
+            match self.spawned.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.active.fetch_add(1, Ordering::AcqRel);
+                    return Some(n);
+                }
+                Err(actual) => n = actual,
+            }
+        }
+    }
+
+    /// A thread could not be started: takes its reservation back.
+    pub(crate) fn unreserve_thread(&self) {
+        self.spawned.fetch_sub(1, Ordering::AcqRel);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn keep_handle(&self, h: JoinHandle<()>) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(h);
+    }
+
+    /// The handles of every thread started, to join or to let go.
+    pub(crate) fn take_handles(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn set_monitor(&self, t: Thread) {
+        *self.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    }
+
+    /// A spare thread to run in place of a blocked handler: wakes the most
+    /// recent spare, counted active. False if none sleeps.
+    fn release_spare(&self) -> bool {
+        let Some(id) = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+            return false;
+        };
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let rec = &self.records[id];
+        rec.released.store(true, Ordering::SeqCst);
+        if let Some(t) = rec.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            t.unpark();
+        }
+        true
+    }
+
+    /// Stops the pool: every worker leaves once its current job is done.
+    pub fn request_exit(&self) {
+        self.exit.store(true, Ordering::SeqCst);
+        self.exit_signal.signal();
+        for rec in self.records.iter() {
+            if let Some(t) = rec.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                t.unpark();
+            }
+        }
+        if let Some(t) = self.monitor.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            t.unpark();
+        }
+    }
+}

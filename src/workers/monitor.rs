@@ -1,0 +1,88 @@
+//! The monitor: notices handlers that block and runs another thread in
+//! their place.
+//!
+//! It runs at idle scheduling priority (SCHED_IDLE): while the CPUs are
+//! busy with short handlers it does not get to run, so it costs them
+//! nothing; as soon as a CPU would go idle because handlers sleep (a
+//! backend call, a lock, a slow disk), it runs, looks at every handler that
+//! has run longer than `STALL_NS`, and asks the kernel whether its thread
+//! sleeps. A thread that sleeps is counted blocked and a spare is released
+//! (or started, up to `max`) to keep `target` threads active. One that
+//! runs, or waits for a CPU, is busy, not blocked: more threads would only
+//! compete with it.
+//!
+//! Between looks it sleeps `TICK` while handlers run, and backs off to
+//! `IDLE_TICK` when none has run since its last look, so an idle runtime
+//! wakes it ten times a second.
+
+use super::{Workers, BLOCKED, STALL_NS};
+use crate::runtime::{mark_current_thread, Runtime};
+use crate::sync::atomic::Ordering;
+use crate::sys::thread::{set_idle_priority, ThreadState};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TICK: Duration = Duration::from_micros(100);
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
+pub fn monitor_main(rt: Arc<Runtime>) {
+    mark_current_thread(&rt);
+    let w = &rt.workers;
+    w.set_monitor(std::thread::current());
+    // Without the idle class (a kernel that refuses it) the monitor still
+    // works; it then competes with handlers for its short looks.
+    let _ = set_idle_priority();
+    let mut states: Vec<Option<ThreadState>> = Vec::new();
+    let mut tick = TICK;
+    let mut seen_started = usize::MAX;
+    while !w.exiting() {
+        std::thread::park_timeout(tick);
+        let started = w.started();
+        if w.busy() == 0 && started == seen_started {
+            tick = (tick * 2).min(IDLE_TICK);
+            continue;
+        }
+        tick = TICK;
+        seen_started = started;
+        let outcome = crate::failure::catch(|| look(&rt, w, &mut states));
+        if let Err(panic) = outcome {
+            rt.internal_error("the worker monitor", &panic);
+            return;
+        }
+    }
+}
+
+/// One look at every worker's handler.
+fn look(rt: &Arc<Runtime>, w: &Workers, states: &mut Vec<Option<ThreadState>>) {
+    let now = rt.now_ns();
+    let threads = w.threads();
+    states.resize_with(threads, || None);
+    for (id, state) in states.iter_mut().enumerate() {
+        let rec = &w.records[id];
+        let word = rec.handler.load(Ordering::SeqCst);
+        if word == 0 || word & BLOCKED != 0 || now.saturating_sub(word >> 1) < STALL_NS {
+            continue;
+        }
+        if state.is_none() {
+            let tid = rec.tid.load(Ordering::Acquire);
+            *state = ThreadState::open(tid).ok();
+        }
+        if !state.as_ref().is_some_and(ThreadState::is_asleep) {
+            continue; // running, or waiting for a CPU: busy, not blocked
+        }
+        // Counted once: the worker's swap at the handler's end and this CAS
+        // agree on whether it was.
+        if rec
+            .handler
+            .compare_exchange(word, word | BLOCKED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue;
+        }
+        w.active.fetch_sub(1, Ordering::AcqRel);
+        w.blocked_now.fetch_add(1, Ordering::AcqRel);
+        if w.release_spare() || rt.start_spare() {
+            w.replaced.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

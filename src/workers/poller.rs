@@ -1,0 +1,233 @@
+//! A worker thread: waits in the pool's epoll set, takes the connection
+//! that became readable, checks it holds a whole request, runs the
+//! handler, and carries out what the handler decided.
+
+use super::{Job, Workers, BLOCKED, DOORBELL_TOKEN, EXIT_TOKEN};
+use crate::conn::{Handle, Slot, State};
+use crate::ffi::types::{EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
+use crate::message::{CloseHow, Handoff};
+use crate::readiness::{Readiness, Verdict};
+use crate::runtime::{mark_current_thread, Runtime};
+use crate::stats::Counters;
+use crate::sync::atomic::Ordering;
+use crate::sys::{self, epoll, socket};
+use crate::timeouts::Kind;
+use libc::c_int;
+use std::sync::Arc;
+
+/// A connection that keeps bringing buffered input runs at most this many
+/// handler calls in a row before it goes to the back of the queue.
+const MAX_CONSECUTIVE_RUNS: u32 = 16;
+
+/// The body of worker thread `id`. `spare`: it was started to sleep until
+/// released (never: every thread starts active).
+pub fn worker_main(rt: Arc<Runtime>, id: usize) {
+    mark_current_thread(&rt);
+    let w = &rt.workers;
+    let rec = &w.records[id];
+    rec.tid.store(sys::thread::current_tid(), Ordering::Release);
+    *rec.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current());
+    let mut readiness = Readiness::new(&rt.config);
+    let mut events = Vec::with_capacity(1);
+    while !w.exiting() {
+        if let Some(job) = w.take_job() {
+            guarded(&rt, || run_job(&rt, id, job));
+        } else {
+            if rt.workers.poll.wait(&mut events, -1).is_err() {
+                continue;
+            }
+            for ev in events.iter() {
+                let (token, flags) = (ev.u64, ev.events);
+                match token {
+                    DOORBELL_TOKEN => w.doorbell.reset(),
+                    EXIT_TOKEN => {}
+                    _ => guarded(&rt, || on_ready(&rt, id, &mut readiness, Handle(token), flags)),
+                }
+            }
+        }
+    }
+    let (lock, cv) = &rt.workers_running;
+    *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    cv.notify_all();
+}
+
+/// Runs one piece of a worker's work, turning a panic into the fail-stop.
+fn guarded(rt: &Runtime, f: impl FnOnce()) {
+    if let Err(panic) = crate::failure::catch(f) {
+        // The connection may be owned by nobody now; the stop closes it
+        // (see `failure`). This worker carries on until the stop ends it.
+        rt.internal_error("a worker", &panic);
+    }
+}
+
+/// A connection armed in the pool's set became readable (or its peer
+/// hung up). Takes it, checks for a whole request, and runs the handler.
+fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags: u32) {
+    let Some(slot) = rt.table.slot(h) else { return };
+    let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) else {
+        return; // a stale event: the connection moved on or closed
+    };
+    // Handler: the worker owns it. A forced stop meanwhile only shuts its
+    // socket down (the shutdown bit holds the descriptor open).
+    if slot.transition(h, state, State::Handler).is_err() {
+        return; // its timeout or the stop took it first
+    }
+    let fd = slot.fd();
+    let peer_closed = flags & (epoll::HANGUP | epoll::PEER_CLOSED) != 0;
+    if flags & epoll::ERROR != 0 || (peer_closed && peer_gone(fd)) {
+        // Nothing to serve.
+        return close(rt, h, slot, CloseHow::Abort);
+    }
+    match readiness.check(slot, h, fd, peer_closed) {
+        Verdict::Run => {}
+        Verdict::Close(how) => return close(rt, h, slot, how),
+        Verdict::Reject(value) => {
+            Counters::bump(&rt.counters.rejected);
+            if value != EVMPM_REQUEST_REJECT
+                && !rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
+            {
+                rt.log(
+                    EVMPM_LOG_ERROR,
+                    &format!(
+                        "evmpm: request_ready returned {value}, none of \
+                         EVMPM_REQUEST_COMPLETE/INCOMPLETE/REJECT; its connection was \
+                         closed as rejected (logged once)"
+                    ),
+                );
+            }
+            return close(rt, h, slot, CloseHow::Quick);
+        }
+        _ if rt.is_stopping() => {
+            // Stopping: an incomplete request is idle.
+            return close(rt, h, slot, CloseHow::Quick);
+        }
+        verdict => return wait_more(rt, h, slot, state, verdict == Verdict::Wait),
+    }
+    slot.set_header_since(0);
+    let reason = if state == State::Reading {
+        EVMPM_WAKE_NEW
+    } else {
+        EVMPM_WAKE_READABLE
+    };
+    run_handler(rt, id, h, slot, reason);
+}
+
+/// The request is not whole yet: gives the connection back to the pool's
+/// set, in the state it came from, under the header timeout from its first
+/// byte (`started`: this check saw the first part of it).
+fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, state: State, started: bool) {
+    if started && slot.header_since() == 0 {
+        slot.set_header_since(rt.now_ns());
+    }
+    let kind = if slot.header_since() != 0 {
+        Kind::Header
+    } else if state == State::Reading {
+        Kind::Reading
+    } else {
+        Kind::Keepalive
+    };
+    if slot.transition(h, State::Handler, state).is_err() {
+        return; // a forced stop holds it (the shutdown bit) and closes it
+    }
+    let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+    let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
+        // The timeout keeps counting from the stamp already in the slot.
+        Ok(()) => Handoff::Watch(kind),
+        Err(_) => match slot.transition(h, state, State::Closing) {
+            Ok(()) => rt.close_owned(h, slot, CloseHow::Abort),
+            Err(_) => Handoff::None,
+        },
+    };
+    rt.hand_over(h, handoff);
+}
+
+fn close(rt: &Runtime, h: Handle, slot: &Slot, how: CloseHow) {
+    if slot.transition(h, State::Handler, State::Closing).is_ok() {
+        let next = rt.close_owned(h, slot, how);
+        rt.hand_over(h, next);
+    }
+}
+
+/// A job from the run queue: the connection is Queued.
+fn run_job(rt: &Runtime, id: usize, job: Job) {
+    let h = job.conn;
+    let Some(slot) = rt.table.slot(h) else { return };
+    if slot.transition(h, State::Queued, State::Handler).is_err() {
+        return; // closed by a forced stop while it waited
+    }
+    run_handler(rt, id, h, slot, job.reason);
+}
+
+/// Runs the handler for `h` (state Handler, owned by this worker) until the
+/// host disposes of it, then settles this thread's place in the pool.
+fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_int) {
+    let w = &rt.workers;
+    let rec = &w.records[id];
+    let fd = slot.fd();
+    w.busy.fetch_add(1, Ordering::AcqRel);
+    let mut was_blocked = false;
+    for round in 0..=MAX_CONSECUTIVE_RUNS {
+        if round == MAX_CONSECUTIVE_RUNS {
+            // Fairness: the state is Handler again; queue it behind others.
+            if slot.transition(h, State::Handler, State::Queued).is_ok() {
+                w.push(Job { conn: h, reason });
+            }
+            break;
+        }
+        w.started.fetch_add(1, Ordering::Relaxed);
+        rec.handler.store(rt.now_ns().max(1) << 1, Ordering::SeqCst);
+        // SAFETY: the handler is the host's, called with the arguments the
+        // header documents; `rt` outlives the call (the caller holds an Arc).
+        unsafe { (rt.config.handler)(rt.config.user_data.0, rt.as_c_ptr(), h.0, fd, reason) };
+        if rec.handler.swap(0, Ordering::SeqCst) & BLOCKED != 0 {
+            w.blocked_now.fetch_sub(1, Ordering::AcqRel);
+            was_blocked = true;
+        }
+        match rt.finish_handler(h, slot) {
+            Some(next) => reason = next,
+            None => break,
+        }
+    }
+    w.busy.fetch_sub(1, Ordering::AcqRel);
+    rt.capacity_freed();
+    if was_blocked {
+        rejoin_or_retire(w, id);
+    }
+}
+
+/// This thread's handler was counted blocked, and another thread runs in
+/// its place. Now it is back: it stays active if the active threads are
+/// short of the target, or sleeps as a spare until it is needed.
+fn rejoin_or_retire(w: &Workers, id: usize) {
+    let mut active = w.active.load(Ordering::Acquire);
+    while active < w.target {
+        match w
+            .active
+            .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return,
+            Err(now) => active = now,
+        }
+    }
+    let rec = &w.records[id];
+    rec.released.store(false, Ordering::SeqCst);
+    w.spares
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(id);
+    // A release between the push and the park leaves `released` set and
+    // the thread's park token too: park returns at once.
+    while !rec.released.load(Ordering::SeqCst) && !w.exiting() {
+        std::thread::park();
+    }
+}
+
+/// True when a peek shows the peer closed with nothing left to read.
+fn peer_gone(fd: i32) -> bool {
+    let mut byte = [0u8; 1];
+    match socket::peek(fd, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !sys::would_block(&e),
+    }
+}
