@@ -138,7 +138,6 @@ static void bad_configs(void) {
         {"0 worker threads", cfg_zero_workers, EVMPM_EINVAL},
         {"4097 worker threads", cfg_too_many_workers, EVMPM_EINVAL},
         {"NaN factor", cfg_nan_factor, EVMPM_EINVAL},
-        {"infinite factor", cfg_infinite_factor, EVMPM_EINVAL},
         {"negative factor", cfg_negative_factor, EVMPM_EINVAL},
         {"keep-alive timeout 0", cfg_zero_keepalive, EVMPM_EINVAL},
         {"read timeout 0", cfg_zero_read_timeout, EVMPM_EINVAL},
@@ -153,6 +152,7 @@ static void bad_configs(void) {
         {"size below the oldest layout", cfg_size_short, EVMPM_EVERSION},
         {"not filled by evmpm_config_init", cfg_never_initialised, EVMPM_EVERSION},
         {"1 worker", cfg_one_worker, EVMPM_OK},
+        {"infinite factor (no admission rule)", cfg_infinite_factor, EVMPM_OK},
         {"4096 workers of 64 KiB, factor 0", cfg_max_workers_zero_factor, EVMPM_OK},
         {"linger 0, shedding off", cfg_zero_linger_and_shed, EVMPM_OK},
     };

@@ -318,12 +318,13 @@ typedef void (*evmpm_log_fn)(void *user_data,
 
  | field | default | Apache httpd |
  |---|---|---|
- | worker_threads | 16 | ThreadsPerChild |
+ | running_threads | 0: one per CPU | (none: httpd runs every thread it has) |
+ | worker_threads | 256 | ThreadsPerChild |
  | keepalive_timeout_ms | 5000 | KeepAliveTimeout |
  | read_timeout_ms | 60000 | Timeout (waiting for the first request) |
  | write_timeout_ms | 60000 | Timeout (write completion) |
  | linger_timeout_ms | 2000 | lingering close (2 s in httpd) |
- | async_request_worker_factor | 1024.0 | AsyncRequestWorkerFactor |
+ | async_request_worker_factor | INFINITY: no rule | AsyncRequestWorkerFactor |
  | connection_limit | 16384 | MaxRequestWorkers × (factor + 1) per process |
  | keepalive_shed_ms | 100 | (closes keep-alive when all workers busy) |
  | worker_stack_size | 8 MiB | ThreadStackSize |
@@ -339,7 +340,10 @@ typedef struct evmpm_config {
    */
   uint32_t size;
   /*
-   Worker threads that run the handler. 1 to 4096.
+   The most worker threads, so the most handlers that may run at once,
+   blocked or not (Apache's ThreadsPerChild). Threads start as they are
+   needed: `running_threads` at start, one more each time a handler
+   blocks while every thread is taken. 1 to 4096.
    */
   uint32_t worker_threads;
   /*
@@ -361,9 +365,12 @@ typedef struct evmpm_config {
    */
   uint32_t linger_timeout_ms;
   /*
-   New connections are accepted only while open connections (not counting
-   those in lingering close) < worker_threads + factor × idle workers.
-   Fractions work as written (1.5 is 1.5). 0 or more, finite.
+   Apache's admission rule, off by default (INFINITY): with a finite
+   factor, new connections are accepted only while open connections
+   (not counting those in lingering close) < worker_threads + factor ×
+   idle worker threads. Fractions work as written (1.5 is 1.5). Off, a
+   runtime accepts up to `connection_limit`, whatever its threads do.
+   0 or more (INFINITY included); not NaN.
    */
   double async_request_worker_factor;
   /*
@@ -419,6 +426,15 @@ typedef struct evmpm_config {
    The log callback. Optional (NULL: evmpm says nothing).
    */
   evmpm_log_fn log;
+  /*
+   How many threads run handlers at once while none blocks: they take
+   turns on readable connections and stay hot. A handler that blocks
+   (sleeps in the kernel for more than 100 µs) is not counted, and
+   another thread runs in its place, up to `worker_threads` in all. 0:
+   one per CPU the process may run on. 0 to 4096; at most
+   `worker_threads` is used.
+   */
+  uint32_t running_threads;
 } evmpm_config;
 
 /*
@@ -472,11 +488,12 @@ typedef struct evmpm_stats {
    */
   uint64_t conns_suspended;
   /*
-   Workers running a handler.
+   Worker threads running a handler.
    */
   uint64_t workers_busy;
   /*
-   Workers waiting for work.
+   Handlers that could start now: `worker_threads` (the limit) minus
+   those running.
    */
   uint64_t workers_idle;
   /*
@@ -527,6 +544,20 @@ typedef struct evmpm_stats {
    stops itself; the log callback has the details.
    */
   uint64_t internal_errors;
+  /*
+   Worker threads started (they stay until the stop).
+   */
+  uint64_t worker_threads;
+  /*
+   Handlers counted as blocked right now: sleeping in the kernel for
+   more than 100 µs while another thread runs in their place.
+   */
+  uint64_t handlers_blocked;
+  /*
+   Times a thread was released or started to run in place of a
+   blocked handler.
+   */
+  uint64_t blocked_replaced;
 } evmpm_stats;
 
 #ifdef __cplusplus

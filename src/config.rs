@@ -247,7 +247,7 @@ mod tests {
         g.base.handler = Some(noop);
         // SAFETY: readable for `size` bytes.
         let c = unsafe { read(&g.base) }.ok().unwrap();
-        assert_eq!(c.worker_threads, 16);
+        assert_eq!(c.worker_threads, 256);
         g.future = 1;
         // SAFETY: as above.
         assert!(matches!(unsafe { read(&g.base) }, Err(Error::Version)));

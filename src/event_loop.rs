@@ -264,13 +264,36 @@ impl EventLoop {
         // clock, never restarted by later bytes).
         let index = h.index();
         if waiting && slot.header_since() != 0 {
-            self.timeouts.insert(Kind::Header, index, slot.header_since());
+            self.timeouts
+                .insert(Kind::Header, index, slot.header_since());
         } else {
             self.timeouts.insert(kind, index, slot.watch_since());
         }
         if kind == Kind::Write {
             self.write_queued[index as usize] = socket::queued_output(slot.fd());
         }
+    }
+
+    /// Connections that wait for a worker: queued jobs, and connections
+    /// armed in the workers' set that the kernel says are readable (asked
+    /// only while every worker thread is busy, so rarely).
+    fn readable_waiting(&self) -> usize {
+        let workers = &self.rt.workers;
+        if !workers.poll.ready_now() {
+            return workers.queued();
+        }
+        let fds: Vec<i32> = self
+            .rt
+            .table
+            .iter()
+            .filter(|(_, slot)| matches!(slot.raw_state(), State::Reading | State::Keepalive))
+            .map(|(_, slot)| slot.fd())
+            .collect();
+        workers.queued()
+            + socket::readable_now(&fds)
+                .into_iter()
+                .filter(|&r| r)
+                .count()
     }
 
     /// True when `h` still idles in keep-alive (its link may be older than
@@ -435,6 +458,13 @@ impl EventLoop {
             self.resume_listeners();
         } else if !want && armed {
             self.pause_listeners(true);
+            // Dekker with `Runtime::capacity_freed`: a worker that freed
+            // capacity before the pause was published did not see it, and
+            // did not wake this thread; look again now that it is.
+            fence(Ordering::SeqCst);
+            if !self.rt.is_stopping() && self.backoff_until.is_none() && self.rt.admits() {
+                self.resume_listeners();
+            }
         }
     }
 
@@ -472,12 +502,9 @@ impl EventLoop {
         let workers = &self.rt.workers;
         // Only when every worker thread there may be is in a handler is it
         // worth asking whether connections wait for one.
-        let all_busy = shed_ns != 0 && self.stop_deadline.is_none() && workers.busy() >= workers.max;
-        let waiting = if all_busy {
-            workers.queued() + usize::from(workers.poll.ready_now())
-        } else {
-            0
-        };
+        let all_busy =
+            shed_ns != 0 && self.stop_deadline.is_none() && workers.busy() >= workers.max;
+        let waiting = if all_busy { self.readable_waiting() } else { 0 };
         if waiting == 0 {
             self.stall = None;
             return;
@@ -510,7 +537,11 @@ impl EventLoop {
         self.stop_deadline = Some(deadline_ns);
         self.pause_listeners(false);
         // Idle connections go at once: waiting for a first request, parked
-        // between requests, or still sending an incomplete one.
+        // between requests, or still sending an incomplete one. One whose
+        // request has arrived (readable: the receive low-water mark holds
+        // back a partial one) waits for a worker, which serves it: it stays
+        // linked, for the deadline.
+        let mut candidates = Vec::new();
         for kind in [Kind::Reading, Kind::Keepalive, Kind::Header] {
             while let Some(index) = self.timeouts.pop_oldest(kind) {
                 let slot = self.rt.table.slot_at(index);
@@ -518,8 +549,17 @@ impl EventLoop {
                     continue;
                 };
                 if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
-                    self.close(h, state, CloseHow::Quick);
+                    candidates.push((h, state, kind, slot.fd()));
                 }
+            }
+        }
+        let fds: Vec<i32> = candidates.iter().map(|c| c.3).collect();
+        let readable = socket::readable_now(&fds);
+        for (i, (h, state, kind, _)) in candidates.into_iter().enumerate() {
+            if readable.get(i).copied().unwrap_or(false) {
+                self.timeouts.insert(kind, h.index(), self.now);
+            } else {
+                self.close(h, state, CloseHow::Quick);
             }
         }
     }
@@ -565,7 +605,6 @@ impl EventLoop {
         Some(true)
     }
 }
-
 
 /// After the event thread has gone: connections handed to it late (a
 /// worker that raced the forced stop) are closed by whoever calls this.

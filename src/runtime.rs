@@ -272,11 +272,11 @@ impl Runtime {
     }
 
     pub fn accept_paused(&self) -> bool {
-        self.accept_paused.load(Ordering::Acquire)
+        self.accept_paused.load(Ordering::SeqCst)
     }
 
     pub fn set_accept_paused(&self, paused: bool) {
-        self.accept_paused.store(paused, Ordering::Release);
+        self.accept_paused.store(paused, Ordering::SeqCst);
     }
 
     pub fn load(&self) -> Load {
@@ -301,6 +301,10 @@ impl Runtime {
     /// Called when a worker goes idle or a connection closes: if accepting
     /// is paused and would now be admitted, the event thread must resume it.
     pub fn capacity_freed(&self) {
+        // The change that freed capacity (a connection closed, a worker left
+        // its handler) comes before this look at the pause: see the
+        // event thread's `sync_listeners`.
+        fence(Ordering::SeqCst);
         if self.accept_paused() && !self.is_stopping() && self.admits() {
             self.waker.wake();
         }

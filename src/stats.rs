@@ -7,6 +7,7 @@
 use crate::conn::State;
 use crate::conn::Table;
 use crate::ffi::types::evmpm_stats;
+use crate::sys::socket;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Monotonic counters. Relaxed: each is an independent tally.
@@ -42,8 +43,15 @@ pub struct Gauges {
 
 pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_stats {
     let mut s = evmpm_stats::default();
+    // Connections waiting for a request are armed in the workers' epoll
+    // set; whether one has become readable and waits for a worker, only
+    // the kernel knows: ask it, in one `poll` of them all.
+    let mut waiting = Vec::new();
     for (_, slot) in table.iter() {
         let state = slot.raw_state();
+        if matches!(state, State::Reading | State::Keepalive) {
+            waiting.push((slot.fd(), state == State::Reading));
+        }
         let gauge = match state {
             State::Free => continue,
             State::Reading => &mut s.conns_reading,
@@ -56,6 +64,18 @@ pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_sta
         };
         *gauge += 1;
         s.connections += 1;
+    }
+    let fds: Vec<i32> = waiting.iter().map(|&(fd, _)| fd).collect();
+    for (i, readable) in socket::readable_now(&fds).into_iter().enumerate() {
+        if readable {
+            let gauge = if waiting[i].1 {
+                &mut s.conns_reading
+            } else {
+                &mut s.conns_keepalive
+            };
+            *gauge = gauge.saturating_sub(1);
+            s.conns_queued += 1;
+        }
     }
     let busy = gauges.workers_busy as u64;
     s.workers_busy = busy;

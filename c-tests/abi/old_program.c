@@ -202,7 +202,7 @@ static void serve_with_guarded_structs(void) {
     CHECK_CODE(evmpm_config_init(cfg, sizeof *cfg), EVMPM_OK);
     CHECK(cfg->size == sizeof *cfg);
     /* The defaults this header documents. */
-    CHECK(cfg->worker_threads == 16);
+    CHECK(cfg->worker_threads == 256);
     CHECK(cfg->linger_timeout_ms == 2000);
     CHECK(cfg->request_peek_bytes == 8192);
     CHECK(cfg->handler == NULL && cfg->on_close == NULL && cfg->log == NULL);
@@ -263,7 +263,7 @@ static void newer_header(void) {
     CHECK_CODE(evmpm_config_init(&n->base, sizeof *n), EVMPM_OK);
     CHECK(n->base.size == sizeof *n);
     CHECK(n->future_field == 0);
-    CHECK(n->base.worker_threads == 16);
+    CHECK(n->base.worker_threads == 256);
     n->base.worker_threads = 1;
     n->base.handler = handler;
     CHECK_CODE(evmpm_create(&n->base, &rt), EVMPM_OK);

@@ -145,3 +145,28 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
     )
 }
+
+/// Which of `fds` have bytes to read now (one `poll`, timeout 0): the
+/// receive low-water mark counts, so a partial request held back by it is
+/// not readable. A descriptor that fails the poll reads false.
+pub fn readable_now(fds: &[i32]) -> Vec<bool> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    if polled.is_empty() {
+        return Vec::new();
+    }
+    // SAFETY: `polled` holds `polled.len()` live pollfds; timeout 0.
+    if syscall!(poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 0)).is_err() {
+        return vec![false; fds.len()];
+    }
+    polled
+        .iter()
+        .map(|p| p.revents & libc::POLLIN != 0)
+        .collect()
+}

@@ -24,46 +24,28 @@ pub fn set_idle_priority() -> io::Result<()> {
     syscall!(sched_setscheduler(0, libc::SCHED_IDLE, &param)).map(|_| ())
 }
 
-/// A thread's state as `/proc/self/task/<tid>/stat` reports it, read
-/// through a descriptor kept open so each look is one `pread`.
-pub struct ThreadState {
-    fd: i32,
-}
-
-impl ThreadState {
-    pub fn open(tid: i32) -> io::Result<ThreadState> {
-        let path = format!("/proc/self/task/{tid}/stat\0");
-        // SAFETY: `path` is NUL-terminated and outlives the call.
-        let fd = syscall!(open(
-            path.as_ptr().cast(),
-            libc::O_RDONLY | libc::O_CLOEXEC
-        ))?;
-        Ok(ThreadState { fd })
-    }
-
-    /// True while the thread sleeps in the kernel (state S or D: blocked in
-    /// a read, a lock, a sleep), false while it runs or waits for a CPU (R),
-    /// or if the state cannot be read.
-    pub fn is_asleep(&self) -> bool {
-        let mut buf = [0u8; 256];
-        // SAFETY: reads at most `buf.len()` bytes into `buf`.
-        let n = match syscall!(pread(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0)) {
-            Ok(n) => n as usize,
-            Err(_) => return false,
-        };
-        // "tid (comm) S ...": the state follows the last ')', as comm may
-        // itself hold parentheses.
-        let stat = &buf[..n];
-        match stat.iter().rposition(|&b| b == b')') {
-            Some(end) => matches!(stat.get(end + 2), Some(b'S' | b'D')),
-            None => false,
-        }
-    }
-}
-
-impl Drop for ThreadState {
-    fn drop(&mut self) {
-        super::close(self.fd);
+/// True while thread `tid` of this process sleeps in the kernel (state S
+/// or D in `/proc/self/task/<tid>/stat`: blocked in a read, a lock, a
+/// sleep), false while it runs or waits for a CPU (R), or if its state
+/// cannot be read. Opens and closes the file each time, so the process
+/// holds no descriptor for it: it is asked rarely.
+pub fn is_asleep(tid: i32) -> bool {
+    let path = format!("/proc/self/task/{tid}/stat\0");
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    let Ok(fd) = syscall!(open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC)) else {
+        return false;
+    };
+    let mut buf = [0u8; 256];
+    // SAFETY: reads at most `buf.len()` bytes into `buf`.
+    let n = syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len()));
+    super::close(fd);
+    let Ok(n) = n else { return false };
+    // "tid (comm) S ...": the state follows the last ')', as comm may
+    // itself hold parentheses.
+    let stat = &buf[..n as usize];
+    match stat.iter().rposition(|&b| b == b')') {
+        Some(end) => matches!(stat.get(end + 2), Some(b'S' | b'D')),
+        None => false,
     }
 }
 
@@ -82,16 +64,15 @@ mod tests {
             tid_tx.send(current_tid()).unwrap();
             go_rx.recv().unwrap();
         });
-        let state = ThreadState::open(tid_rx.recv().unwrap()).unwrap();
+        let tid = tid_rx.recv().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !state.is_asleep() {
+        while !is_asleep(tid) {
             assert!(Instant::now() < deadline, "never seen asleep");
             std::thread::sleep(Duration::from_millis(1));
         }
         go_tx.send(()).unwrap();
         sleeper.join().unwrap();
 
-        let me = ThreadState::open(current_tid()).unwrap();
-        assert!(!me.is_asleep(), "the calling thread runs");
+        assert!(!is_asleep(current_tid()), "the calling thread runs");
     }
 }

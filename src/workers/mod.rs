@@ -125,11 +125,7 @@ impl Workers {
         let poll = Epoll::new()?;
         let doorbell = Waker::new()?;
         let exit_signal = EventFd::new()?;
-        poll.add(
-            doorbell.fd(),
-            epoll::READABLE | epoll::EDGE,
-            DOORBELL_TOKEN,
-        )?;
+        poll.add(doorbell.fd(), epoll::READABLE | epoll::EDGE, DOORBELL_TOKEN)?;
         poll.add(exit_signal.fd(), epoll::READABLE, EXIT_TOKEN)?;
         Ok(Workers {
             poll,
@@ -212,7 +208,10 @@ impl Workers {
             if n >= self.max {
                 return None;
             }
-            match self.spawned.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .spawned
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     self.active.fetch_add(1, Ordering::AcqRel);
                     return Some(n);
@@ -253,7 +252,12 @@ impl Workers {
         self.active.fetch_add(1, Ordering::AcqRel);
         let rec = &self.records[id];
         rec.released.store(true, Ordering::SeqCst);
-        if let Some(t) = rec.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(t) = rec
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             t.unpark();
         }
         true
@@ -264,11 +268,21 @@ impl Workers {
         self.exit.store(true, Ordering::SeqCst);
         self.exit_signal.signal();
         for rec in self.records.iter() {
-            if let Some(t) = rec.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if let Some(t) = rec
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
                 t.unpark();
             }
         }
-        if let Some(t) = self.monitor.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(t) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             t.unpark();
         }
     }

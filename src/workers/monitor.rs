@@ -18,7 +18,7 @@
 use super::{Workers, BLOCKED, STALL_NS};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::sync::atomic::Ordering;
-use crate::sys::thread::{set_idle_priority, ThreadState};
+use crate::sys::thread::{is_asleep, set_idle_priority};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,6 @@ pub fn monitor_main(rt: Arc<Runtime>) {
     // Without the idle class (a kernel that refuses it) the monitor still
     // works; it then competes with handlers for its short looks.
     let _ = set_idle_priority();
-    let mut states: Vec<Option<ThreadState>> = Vec::new();
     let mut tick = TICK;
     let mut seen_started = usize::MAX;
     while !w.exiting() {
@@ -44,7 +43,7 @@ pub fn monitor_main(rt: Arc<Runtime>) {
         }
         tick = TICK;
         seen_started = started;
-        let outcome = crate::failure::catch(|| look(&rt, w, &mut states));
+        let outcome = crate::failure::catch(|| look(&rt, w));
         if let Err(panic) = outcome {
             rt.internal_error("the worker monitor", &panic);
             return;
@@ -53,21 +52,14 @@ pub fn monitor_main(rt: Arc<Runtime>) {
 }
 
 /// One look at every worker's handler.
-fn look(rt: &Arc<Runtime>, w: &Workers, states: &mut Vec<Option<ThreadState>>) {
+fn look(rt: &Arc<Runtime>, w: &Workers) {
     let now = rt.now_ns();
-    let threads = w.threads();
-    states.resize_with(threads, || None);
-    for (id, state) in states.iter_mut().enumerate() {
-        let rec = &w.records[id];
+    for rec in w.records[..w.threads()].iter() {
         let word = rec.handler.load(Ordering::SeqCst);
         if word == 0 || word & BLOCKED != 0 || now.saturating_sub(word >> 1) < STALL_NS {
             continue;
         }
-        if state.is_none() {
-            let tid = rec.tid.load(Ordering::Acquire);
-            *state = ThreadState::open(tid).ok();
-        }
-        if !state.as_ref().is_some_and(ThreadState::is_asleep) {
+        if !is_asleep(rec.tid.load(Ordering::Acquire)) {
             continue; // running, or waiting for a CPU: busy, not blocked
         }
         // Counted once: the worker's swap at the handler's end and this CAS

@@ -4,7 +4,9 @@
 
 use super::{Job, Workers, BLOCKED, DOORBELL_TOKEN, EXIT_TOKEN};
 use crate::conn::{Handle, Slot, State};
-use crate::ffi::types::{EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE};
+use crate::ffi::types::{
+    EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
+};
 use crate::message::{CloseHow, Handoff};
 use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
@@ -41,7 +43,9 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
                 match token {
                     DOORBELL_TOKEN => w.doorbell.reset(),
                     EXIT_TOKEN => {}
-                    _ => guarded(&rt, || on_ready(&rt, id, &mut readiness, Handle(token), flags)),
+                    _ => guarded(&rt, || {
+                        on_ready(&rt, id, &mut readiness, Handle(token), flags)
+                    }),
                 }
             }
         }
@@ -83,8 +87,7 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
         Verdict::Close(how) => return close(rt, h, slot, how),
         Verdict::Reject(value) => {
             Counters::bump(&rt.counters.rejected);
-            if value != EVMPM_REQUEST_REJECT
-                && !rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
+            if value != EVMPM_REQUEST_REJECT && !rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
             {
                 rt.log(
                     EVMPM_LOG_ERROR,
@@ -211,10 +214,7 @@ fn rejoin_or_retire(w: &Workers, id: usize) {
     }
     let rec = &w.records[id];
     rec.released.store(false, Ordering::SeqCst);
-    w.spares
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(id);
+    w.spares.lock().unwrap_or_else(|p| p.into_inner()).push(id);
     // A release between the push and the park leaves `released` set and
     // the thread's park token too: park returns at once.
     while !rec.released.load(Ordering::SeqCst) && !w.exiting() {
