@@ -24,6 +24,9 @@ const ACCEPT_BATCH: usize = 64;
 const EVENTS_PER_WAIT: usize = 256;
 const BACKOFF_FIRST_NS: u64 = 10_000_000;
 const BACKOFF_MAX_NS: u64 = 500_000_000;
+/// While handlers run, the event thread wakes at least this often to look
+/// whether they blocked.
+const HANDLER_LOOK_NS: u64 = 10_000_000;
 /// Shedding closes at most this many connections per turn of the loop.
 const SHED_BATCH: usize = 64;
 
@@ -152,6 +155,7 @@ impl EventLoop {
             self.accept_some();
         }
         self.sync_listeners();
+        crate::workers::look_if_due(&self.rt);
         self.shed();
         self.stop_progress()
     }
@@ -164,6 +168,10 @@ impl EventLoop {
             self.stall.map(|(_, since)| since + self.rt.config.shed_ns),
             // While stopping, look at the open count now and then.
             self.stop_deadline.map(|_| self.now + 10_000_000),
+            // While handlers run, look at them now and then (see
+            // `workers::look_if_due`): the backstop for when every worker
+            // blocks and the monitor cannot run.
+            (self.rt.workers.busy() > 0).then(|| self.now + HANDLER_LOOK_NS),
             Some(self.now.saturating_add(self.max_sleep_ns)),
         ];
         match deadlines.iter().flatten().min() {

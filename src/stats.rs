@@ -54,10 +54,10 @@ pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_sta
         }
         let gauge = match state {
             State::Free => continue,
-            State::Reading => &mut s.conns_reading,
+            State::Reading | State::ReadingCheck => &mut s.conns_reading,
             State::Queued => &mut s.conns_queued,
             State::Suspended => &mut s.conns_suspended,
-            State::Keepalive => &mut s.conns_keepalive,
+            State::Keepalive | State::KeepaliveCheck => &mut s.conns_keepalive,
             State::Writing => &mut s.conns_writing,
             State::Lingering | State::Closing => &mut s.conns_lingering,
             _ => &mut s.conns_in_handler,

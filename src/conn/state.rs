@@ -65,11 +65,17 @@ pub enum State {
     Writing,
     Lingering,
     Closing,
+    /// A worker took a new connection that became readable and checks
+    /// whether a whole request is there (`request_ready`); it goes on to
+    /// Handler, or back to Reading.
+    ReadingCheck,
+    /// As ReadingCheck, for a connection parked in keep-alive.
+    KeepaliveCheck,
 }
 
 impl State {
     pub fn from_u8(v: u8) -> State {
-        const ALL: [State; 16] = [
+        const ALL: [State; 18] = [
             State::Free,
             State::Reading,
             State::Queued,
@@ -86,6 +92,8 @@ impl State {
             State::Writing,
             State::Lingering,
             State::Closing,
+            State::ReadingCheck,
+            State::KeepaliveCheck,
         ];
         ALL.get(v as usize).copied().unwrap_or(State::Closing)
     }
@@ -127,7 +135,7 @@ mod tests {
 
     #[test]
     fn pack_round_trips_every_state() {
-        for v in 0..16u8 {
+        for v in 0..18u8 {
             let s = State::from_u8(v);
             assert_eq!(s as u8, v);
             assert_eq!(unpack(pack(9, s)), (9, s));

@@ -35,7 +35,7 @@
 mod monitor;
 mod poller;
 
-pub use monitor::monitor_main;
+pub use monitor::{look_if_due, monitor_main};
 pub use poller::worker_main;
 
 use crate::conn::Handle;
@@ -116,6 +116,8 @@ pub struct Workers {
     /// Handlers counted blocked right now, and spares released for them.
     blocked_now: AtomicUsize,
     pub(crate) replaced: AtomicU64,
+    /// When handlers were last looked at (see `monitor::look_if_due`).
+    last_look: CachePadded<AtomicU64>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     monitor: Mutex<Option<Thread>>,
 }
@@ -150,6 +152,7 @@ impl Workers {
             started: CachePadded::new(AtomicUsize::new(0)),
             blocked_now: AtomicUsize::new(0),
             replaced: AtomicU64::new(0),
+            last_look: CachePadded::new(AtomicU64::new(0)),
             handles: Mutex::new(Vec::new()),
             monitor: Mutex::new(None),
         })

@@ -43,7 +43,7 @@ pub fn monitor_main(rt: Arc<Runtime>) {
         }
         tick = TICK;
         seen_started = started;
-        let outcome = crate::failure::catch(|| look(&rt, w));
+        let outcome = crate::failure::catch(|| look_if_due(&rt));
         if let Err(panic) = outcome {
             rt.internal_error("the worker monitor", &panic);
             return;
@@ -51,9 +51,36 @@ pub fn monitor_main(rt: Arc<Runtime>) {
     }
 }
 
-/// One look at every worker's handler.
-fn look(rt: &Arc<Runtime>, w: &Workers) {
+/// Looks at the handlers unless someone did within the last `LOOK_EVERY_NS`.
+///
+/// The monitor is not the only one to look: it runs at idle priority, so
+/// while the CPUs are busy (with other work than ours, a load generator on
+/// the same machine, say) it may not get to run while handlers block. So
+/// the workers that still run look too, between their jobs, and the event
+/// thread looks whenever it wakes; whoever comes first does it. A look
+/// that finds nothing costs a few atomic loads.
+pub fn look_if_due(rt: &Arc<Runtime>) {
+    let w = &rt.workers;
+    if w.busy() == 0 {
+        return;
+    }
     let now = rt.now_ns();
+    let last = w.last_look.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < LOOK_EVERY_NS
+        || w.last_look
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    look(rt, w, now);
+}
+
+/// How often handlers are looked at, at most.
+const LOOK_EVERY_NS: u64 = 50_000;
+
+/// One look at every worker's handler.
+fn look(rt: &Arc<Runtime>, w: &Workers, now: u64) {
     for rec in w.records[..w.threads()].iter() {
         let word = rec.handler.load(Ordering::SeqCst);
         if word == 0 || word & BLOCKED != 0 || now.saturating_sub(word >> 1) < STALL_NS {

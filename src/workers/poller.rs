@@ -32,6 +32,9 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
     let mut readiness = Readiness::new(&rt.config);
     let mut events = Vec::with_capacity(1);
     while !w.exiting() {
+        // Between jobs: if another handler has run long, see whether it
+        // blocked (cheap when none has).
+        super::look_if_due(&rt);
         if let Some(job) = w.take_job() {
             guarded(&rt, || run_job(&rt, id, job));
         } else {
@@ -71,20 +74,25 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
     let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) else {
         return; // a stale event: the connection moved on or closed
     };
-    // Handler: the worker owns it. A forced stop meanwhile only shuts its
-    // socket down (the shutdown bit holds the descriptor open).
-    if slot.transition(h, state, State::Handler).is_err() {
+    // The worker owns it while it checks; nobody else touches a
+    // connection in a Check state.
+    let checking = if state == State::Reading {
+        State::ReadingCheck
+    } else {
+        State::KeepaliveCheck
+    };
+    if slot.transition(h, state, checking).is_err() {
         return; // its timeout or the stop took it first
     }
     let fd = slot.fd();
     let peer_closed = flags & (epoll::HANGUP | epoll::PEER_CLOSED) != 0;
     if flags & epoll::ERROR != 0 || (peer_closed && peer_gone(fd)) {
         // Nothing to serve.
-        return close(rt, h, slot, CloseHow::Abort);
+        return close(rt, h, slot, checking, CloseHow::Abort);
     }
     match readiness.check(slot, h, fd, peer_closed) {
         Verdict::Run => {}
-        Verdict::Close(how) => return close(rt, h, slot, how),
+        Verdict::Close(how) => return close(rt, h, slot, checking, how),
         Verdict::Reject(value) => {
             Counters::bump(&rt.counters.rejected);
             if value != EVMPM_REQUEST_REJECT && !rt.logged_bad_verdict.swap(true, Ordering::Relaxed)
@@ -98,15 +106,20 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
                     ),
                 );
             }
-            return close(rt, h, slot, CloseHow::Quick);
+            return close(rt, h, slot, checking, CloseHow::Quick);
         }
         _ if rt.is_stopping() => {
             // Stopping: an incomplete request is idle.
-            return close(rt, h, slot, CloseHow::Quick);
+            return close(rt, h, slot, checking, CloseHow::Quick);
         }
-        verdict => return wait_more(rt, h, slot, state, verdict == Verdict::Wait),
+        verdict => {
+            return wait_more(rt, h, slot, checking, state, verdict == Verdict::Wait);
+        }
     }
     slot.set_header_since(0);
+    if slot.transition(h, checking, State::Handler).is_err() {
+        return;
+    }
     let reason = if state == State::Reading {
         EVMPM_WAKE_NEW
     } else {
@@ -118,7 +131,7 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
 /// The request is not whole yet: gives the connection back to the pool's
 /// set, in the state it came from, under the header timeout from its first
 /// byte (`started`: this check saw the first part of it).
-fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, state: State, started: bool) {
+fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, checking: State, state: State, started: bool) {
     if started && slot.header_since() == 0 {
         slot.set_header_since(rt.now_ns());
     }
@@ -129,8 +142,8 @@ fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, state: State, started: bool) 
     } else {
         Kind::Keepalive
     };
-    if slot.transition(h, State::Handler, state).is_err() {
-        return; // a forced stop holds it (the shutdown bit) and closes it
+    if slot.transition(h, checking, state).is_err() {
+        return;
     }
     let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
     let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
@@ -144,8 +157,8 @@ fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, state: State, started: bool) 
     rt.hand_over(h, handoff);
 }
 
-fn close(rt: &Runtime, h: Handle, slot: &Slot, how: CloseHow) {
-    if slot.transition(h, State::Handler, State::Closing).is_ok() {
+fn close(rt: &Runtime, h: Handle, slot: &Slot, from: State, how: CloseHow) {
+    if slot.transition(h, from, State::Closing).is_ok() {
         let next = rt.close_owned(h, slot, how);
         rt.hand_over(h, next);
     }
@@ -183,7 +196,10 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
         // header documents; `rt` outlives the call (the caller holds an Arc).
         unsafe { (rt.config.handler)(rt.config.user_data.0, rt.as_c_ptr(), h.0, fd, reason) };
         if rec.handler.swap(0, Ordering::SeqCst) & BLOCKED != 0 {
+            // Counted blocked, and replaced; running again now, so active
+            // again (above the target for a moment, until it retires).
             w.blocked_now.fetch_sub(1, Ordering::AcqRel);
+            w.active.fetch_add(1, Ordering::AcqRel);
             was_blocked = true;
         }
         match rt.finish_handler(h, slot) {
@@ -194,21 +210,26 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
     w.busy.fetch_sub(1, Ordering::AcqRel);
     rt.capacity_freed();
     if was_blocked {
-        rejoin_or_retire(w, id);
+        retire_if_surplus(w, id);
     }
 }
 
-/// This thread's handler was counted blocked, and another thread runs in
-/// its place. Now it is back: it stays active if the active threads are
-/// short of the target, or sleeps as a spare until it is needed.
-fn rejoin_or_retire(w: &Workers, id: usize) {
+/// This thread's handler was counted blocked and another thread ran in its
+/// place. Now that it is back, it stays active if the active threads are
+/// not above the target, or sleeps as a spare until it is needed (LIFO:
+/// the most recent spare is released first, so the same few threads stay
+/// warm).
+fn retire_if_surplus(w: &Workers, id: usize) {
     let mut active = w.active.load(Ordering::Acquire);
-    while active < w.target {
+    loop {
+        if active <= w.target {
+            return;
+        }
         match w
             .active
-            .compare_exchange(active, active + 1, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(active, active - 1, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => return,
+            Ok(_) => break,
             Err(now) => active = now,
         }
     }
@@ -216,7 +237,8 @@ fn rejoin_or_retire(w: &Workers, id: usize) {
     rec.released.store(false, Ordering::SeqCst);
     w.spares.lock().unwrap_or_else(|p| p.into_inner()).push(id);
     // A release between the push and the park leaves `released` set and
-    // the thread's park token too: park returns at once.
+    // the thread's park token too: park returns at once. The releaser
+    // counted this thread active again.
     while !rec.released.load(Ordering::SeqCst) && !w.exiting() {
         std::thread::park();
     }
