@@ -33,6 +33,13 @@ fn admission() {
     c_test("test_admission");
 }
 
+/// The worker pool: blocked handlers replaced, computing ones not, the
+/// thread limit, an idle runtime's threads, admission by default.
+#[test]
+fn pool() {
+    c_test("test_pool");
+}
+
 #[test]
 fn stop() {
     c_test("test_stop");
