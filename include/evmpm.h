@@ -201,6 +201,12 @@ typedef uint64_t evmpm_conn;
  The host's request handler. Runs on a worker thread, with the connection's
  descriptor `fd` in blocking mode unless the host changed it.
 
+ It may block (a backend call, a lock, a slow disk): a handler whose
+ thread sleeps in the kernel for more than 100 µs is counted blocked and
+ another thread runs in its place, up to `worker_threads` (see
+ `evmpm_config.running_threads`). Short handlers are served by a few hot
+ threads, one per CPU by default.
+
  Before returning, the handler says what happens next by calling exactly one
  of `evmpm_park_keepalive`, `evmpm_complete_write`, `evmpm_close` or
  `evmpm_suspend` for `conn`. A handler that returns without doing so has
@@ -250,17 +256,19 @@ typedef void (*evmpm_close_fn)(void *user_data,
 /*
  Request-readiness check (optional, `evmpm_config.request_ready`).
 
- Before a waiting connection (new, or parked in keep-alive) goes to a
- worker, the event thread peeks at its pending bytes (MSG_PEEK: nothing is
- consumed, the handler still reads them all) and asks this callback
- whether a whole request is there. `data`/`len` are the first bytes
+ When a waiting connection (new, or parked in keep-alive) becomes
+ readable, the worker that takes it peeks at its pending bytes
+ (MSG_PEEK: nothing is consumed, the handler still reads them all) and
+ asks this callback whether a whole request is there, before it runs the
+ handler. `data`/`len` are the first bytes
  waiting, at most `request_peek_bytes`; `conn_user` is the pointer set
  with `evmpm_conn_set_user` (NULL if none), so a host that reads ahead
  can combine its own buffered bytes with these. Return:
  - `EVMPM_REQUEST_COMPLETE`: run the handler;
- - `EVMPM_REQUEST_INCOMPLETE`: keep waiting on the event thread, holding no
-   worker, for more bytes, at most `header_timeout_ms` from the first
-   byte; a client that takes longer is closed (counted in `timed_out`);
+ - `EVMPM_REQUEST_INCOMPLETE`: keep waiting, holding no worker (the
+   connection goes back to waiting at once), for more bytes, at most
+   `header_timeout_ms` from the first byte; a client that takes longer is
+   closed (counted in `timed_out`);
  - `EVMPM_REQUEST_REJECT`: close without running the handler (counted in
    `rejected`).
 
@@ -276,9 +284,10 @@ typedef void (*evmpm_close_fn)(void *user_data,
  part of one) off the workers: without it a connection goes to a worker at
  its first byte, and a handler blocked reading the rest holds that worker.
 
- Runs on the event thread: it must be fast and must not block or call
- evmpm functions. `user_data` is `evmpm_config.user_data`. Not useful for
- protocols the event thread cannot read (TLS): leave it NULL there.
+ Runs on a worker thread, between handlers, never at the same time as a
+ handler for the same connection: it must be fast and must not block or
+ call evmpm functions. `user_data` is `evmpm_config.user_data`. Not
+ useful for protocols evmpm cannot read (TLS): leave it NULL there.
  */
 typedef int (*evmpm_request_ready_fn)(void *user_data,
                                       evmpm_conn conn,
@@ -464,7 +473,9 @@ typedef struct evmpm_stats {
    */
   uint64_t conns_reading;
   /*
-   Readable connections waiting for a free worker.
+   Connections waiting for a free worker: readable ones not taken yet
+   (the kernel is asked, in one `poll`, when the snapshot is made), and
+   ones handed back or holding buffered input.
    */
   uint64_t conns_queued;
   /*
