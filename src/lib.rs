@@ -2,16 +2,17 @@
 //!
 //! A C server keeps its blocking request handlers; evmpm takes over
 //! connection management. One event thread owns the listening sockets, the
-//! idle keep-alive connections and the connections whose remaining output
-//! only has to be written; a fixed pool of worker threads runs the handler
-//! only while a connection has work.
+//! timeouts and the connections whose remaining output only has to be
+//! written; idle worker threads wait for readable connections themselves,
+//! a few while handlers are short, more only while handlers block.
 //!
 //! Where things are:
 //! - `ffi/`: the C boundary (`api.rs` exported functions, `types.rs` what
 //!   the header declares);
 //! - `runtime.rs`: shared state and lifecycle;
 //! - `event_loop.rs`: the event thread;
-//! - `workers.rs`: the worker pool and its run queue;
+//! - `workers/`: the worker pool (`mod.rs`), a worker's loop (`poller.rs`)
+//!   and the monitor that replaces blocked handlers (`monitor.rs`);
 //! - `handoff.rs`: carrying out host calls and handler returns: the close
 //!   path (`on_close`, lingering, final close) and the hand-over to the
 //!   event thread;

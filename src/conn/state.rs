@@ -4,7 +4,7 @@
 //! acts on it. Ownership passes in one of two ways:
 //! - by a compare-and-swap on the slot's state word, from a state the old
 //!   owner holds to one that names the new owner (Queued → Handler,
-//!   Suspended → Claimed, Keepalive → Queued, ...): of threads racing for a
+//!   Suspended → Claimed, Keepalive → KeepaliveCheck, ...): of threads racing for a
 //!   connection only one CAS succeeds, the AcqRel CAS publishes the old
 //!   owner's writes to the new one, and a stale handle's CAS fails on the
 //!   generation;
@@ -25,13 +25,14 @@
 //!
 //! | state | owner | Apache event MPM equivalent |
 //! |---|---|---|
-//! | Reading | event thread: new connection, waiting for its first byte | (accept) |
-//! | Queued | the run queue: readable, waiting for a worker | (worker queue) |
+//! | Reading | nobody acts until it is readable: armed in the workers' epoll set; the worker that gets the event takes it by CAS, and the event thread by CAS at its timeout | (accept) |
+//! | ReadingCheck, KeepaliveCheck | the worker checking for a whole request (`request_ready`) | |
+//! | Queued | the run queue: handed back or holding buffered input, waiting for a worker | (worker queue) |
 //! | Handler | a worker, running the handler | CONN_STATE_READ_REQUEST_LINE/handler |
 //! | *Req | a worker, handler still running, next step recorded | |
 //! | Claimed | the host thread whose call claimed it (`transitions::claim_in`) | |
 //! | Suspended | the host | CONN_STATE_SUSPENDED |
-//! | Keepalive | event thread | CONN_STATE_CHECK_REQUEST_LINE_READABLE |
+//! | Keepalive | as Reading: armed in the workers' set, taken by CAS by a worker when readable or by the event thread at its timeout | CONN_STATE_CHECK_REQUEST_LINE_READABLE |
 //! | Writing | the thread sending (a worker, or the host thread that completed the write) until it arms EPOLLOUT; then the event thread | CONN_STATE_WRITE_COMPLETION |
 //! | Lingering | the closer until it arms the read interest; then the event thread | CONN_STATE_LINGER |
 //! | Closing | the thread closing it | |
