@@ -84,6 +84,44 @@ struct Record {
     thread: Mutex<Option<Thread>>,
 }
 
+impl Record {
+    fn new() -> Record {
+        Record {
+            handler: CachePadded::new(AtomicU64::new(0)),
+            tid: AtomicI32::new(0),
+            released: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// The worker, as its handler starts at `now_ns`.
+    fn begin_handler(&self, now_ns: u64) {
+        self.handler.store(now_ns.max(1) << 1, Ordering::SeqCst);
+    }
+
+    /// The worker, as its handler returns: true if the monitor counted it
+    /// blocked (and released another thread in its place).
+    fn end_handler(&self) -> bool {
+        self.handler.swap(0, Ordering::SeqCst) & BLOCKED != 0
+    }
+
+    /// The handler running now, as `(word, started_ns)`, if one runs and
+    /// is not counted blocked yet.
+    fn running_handler(&self) -> Option<(u64, u64)> {
+        let word = self.handler.load(Ordering::SeqCst);
+        (word != 0 && word & BLOCKED == 0).then_some((word, word >> 1))
+    }
+
+    /// Whoever looks: counts the handler it saw as `word` blocked. False
+    /// if that handler ended (or was counted) meanwhile: the worker's swap
+    /// and this CAS agree on whether it was counted.
+    fn mark_blocked(&self, word: u64) -> bool {
+        self.handler
+            .compare_exchange(word, word | BLOCKED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
 pub struct Workers {
     /// Connections waiting for a request, armed one-shot, plus the
     /// doorbell and the exit signal. Idle active workers wait here.
@@ -135,14 +173,7 @@ impl Workers {
             doorbell,
             exit_signal,
             exit: AtomicBool::new(false),
-            records: (0..max)
-                .map(|_| Record {
-                    handler: CachePadded::new(AtomicU64::new(0)),
-                    tid: AtomicI32::new(0),
-                    released: AtomicBool::new(false),
-                    thread: Mutex::new(None),
-                })
-                .collect(),
+            records: (0..max).map(|_| Record::new()).collect(),
             target: target.min(max),
             max,
             active: CachePadded::new(AtomicUsize::new(0)),
@@ -288,5 +319,58 @@ impl Workers {
         {
             t.unpark();
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model check of the pool's count of active threads, on the
+    //! production `Record` operations.
+    //!
+    //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+
+    use super::*;
+    use crate::sync::model;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Property: a handler ending while someone counts it blocked is counted
+    /// at most once, and the count of active threads comes back to where it
+    /// was: either the look counts it (active - 1) and the worker, seeing
+    /// the mark as it ends, counts itself back (active + 1), or the look
+    /// finds it ended and does nothing. A count that drifts would, over
+    /// time, leave every thread asleep as a spare with requests waiting
+    /// (which a first version of this pool did).
+    #[test]
+    fn loom_a_handler_is_counted_blocked_at_most_once() {
+        model("handler end vs blocked count", || {
+            let rec = Arc::new(Record::new());
+            let active = Arc::new(AtomicUsize::new(1));
+            let blocked = Arc::new(AtomicUsize::new(0));
+            rec.begin_handler(5);
+
+            let (r, a, b) = (Arc::clone(&rec), Arc::clone(&active), Arc::clone(&blocked));
+            let looker = thread::spawn(move || {
+                let Some((word, _)) = r.running_handler() else {
+                    return false;
+                };
+                if !r.mark_blocked(word) {
+                    return false;
+                }
+                a.fetch_sub(1, Ordering::AcqRel);
+                b.fetch_add(1, Ordering::AcqRel);
+                true
+            });
+            let counted = rec.end_handler();
+            if counted {
+                blocked.fetch_sub(1, Ordering::AcqRel);
+                active.fetch_add(1, Ordering::AcqRel);
+            }
+            let marked = looker.join().unwrap();
+            assert_eq!(marked, counted, "the look and the worker disagree");
+            assert_eq!(active.load(Ordering::SeqCst), 1);
+            assert_eq!(blocked.load(Ordering::SeqCst), 0);
+            assert!(rec.running_handler().is_none());
+        });
     }
 }

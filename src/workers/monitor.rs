@@ -15,7 +15,7 @@
 //! `IDLE_TICK` when none has run since its last look, so an idle runtime
 //! wakes it ten times a second.
 
-use super::{Workers, BLOCKED, STALL_NS};
+use super::{Workers, STALL_NS};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::sync::atomic::Ordering;
 use crate::sys::thread::{is_asleep, set_idle_priority};
@@ -82,8 +82,10 @@ const LOOK_EVERY_NS: u64 = 50_000;
 /// One look at every worker's handler.
 fn look(rt: &Arc<Runtime>, w: &Workers, now: u64) {
     for rec in w.records[..w.threads()].iter() {
-        let word = rec.handler.load(Ordering::SeqCst);
-        if word == 0 || word & BLOCKED != 0 || now.saturating_sub(word >> 1) < STALL_NS {
+        let Some((word, started)) = rec.running_handler() else {
+            continue;
+        };
+        if now.saturating_sub(started) < STALL_NS {
             continue;
         }
         if !is_asleep(rec.tid.load(Ordering::Acquire)) {
@@ -91,11 +93,7 @@ fn look(rt: &Arc<Runtime>, w: &Workers, now: u64) {
         }
         // Counted once: the worker's swap at the handler's end and this CAS
         // agree on whether it was.
-        if rec
-            .handler
-            .compare_exchange(word, word | BLOCKED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
+        if !rec.mark_blocked(word) {
             continue;
         }
         w.active.fetch_sub(1, Ordering::AcqRel);

@@ -2,7 +2,7 @@
 //! that became readable, checks it holds a whole request, runs the
 //! handler, and carries out what the handler decided.
 
-use super::{Job, Workers, BLOCKED, DOORBELL_TOKEN, EXIT_TOKEN};
+use super::{Job, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
     EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
@@ -191,11 +191,11 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             break;
         }
         w.started.fetch_add(1, Ordering::Relaxed);
-        rec.handler.store(rt.now_ns().max(1) << 1, Ordering::SeqCst);
+        rec.begin_handler(rt.now_ns());
         // SAFETY: the handler is the host's, called with the arguments the
         // header documents; `rt` outlives the call (the caller holds an Arc).
         unsafe { (rt.config.handler)(rt.config.user_data.0, rt.as_c_ptr(), h.0, fd, reason) };
-        if rec.handler.swap(0, Ordering::SeqCst) & BLOCKED != 0 {
+        if rec.end_handler() {
             // Counted blocked, and replaced; running again now, so active
             // again (above the target for a moment, until it retires).
             w.blocked_now.fetch_sub(1, Ordering::AcqRel);
