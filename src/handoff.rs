@@ -223,7 +223,10 @@ impl Runtime {
                     };
                 }
                 Err(_) => {
-                    drop(w);
+                    // Back in the slot, so the close drops it after the
+                    // close callback, as for a write timeout.
+                    // SAFETY: still the owner (state Writing).
+                    unsafe { slot.put_write(w) };
                     return self.reclaim_and_abort(h, slot, State::Writing);
                 }
             }
