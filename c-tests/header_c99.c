@@ -92,6 +92,19 @@ int header_c99_host(int listen_fd) {
     evmpm_conn_fd(rt, conn, &fd);
     evmpm_hand_back_to_worker(rt, conn);
     evmpm_complete_write(rt, conn, "x", 1, rel, NULL, EVMPM_WRITE_BUFFERED);
+    {
+        /* A head and a body gathered, and a head then a file. */
+        evmpm_iovec parts[2];
+        parts[0].base = "head";
+        parts[0].len = 4;
+        parts[1].base = NULL;
+        parts[1].len = 0;
+        evmpm_complete_writev(rt, conn, parts, 2, rel, NULL, EVMPM_WRITE_KEEPALIVE);
+        evmpm_complete_sendfile(rt, conn, parts, 1, fd, (uint64_t)0, (uint64_t)4096, rel, NULL,
+                                EVMPM_WRITE_KEEPALIVE);
+        if (EVMPM_IOV_MAX < 2)
+            return EVMPM_EINVAL;
+    }
     evmpm_get_stats(rt, &st, sizeof st);
     rc = (int)(st.connections + st.conns_reading + st.conns_queued + st.conns_in_handler +
                st.conns_writing + st.conns_keepalive + st.conns_lingering + st.conns_suspended +

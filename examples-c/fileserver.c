@@ -14,9 +14,11 @@
  *   has arrived, so a client that sends its request slowly holds no worker;
  * - handler (a worker) reads and parses the head, finds the file and builds
  *   the response;
- * - evmpm_complete_write sends the response from the event thread as the
- *   client reads it, so a slow reader holds no worker either. Big files are
- *   mmap()ed, smaller ones copied into the response buffer.
+ * - the runtime sends the response as the client reads it, from the event
+ *   thread, so a slow reader holds no worker either: a file with
+ *   evmpm_complete_sendfile (the head from memory, the body by sendfile(2)
+ *   from the page cache, never read into this process; the file is closed
+ *   when the runtime releases it), anything else with evmpm_complete_write.
  *
  * Requests cannot reach outside DOCROOT: the target is percent-decoded once
  * (%00 and control characters refused), ".." segments are refused, and the
@@ -38,7 +40,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -51,7 +52,6 @@
 #define TARGET_MAX 2048       /* the longest request target (414 beyond) */
 #define HEADERS_MAX 100       /* header lines per request (431 beyond) */
 #define IO_TIMEOUT_S 10       /* a client stalled mid-request is dropped */
-#define MAP_MIN (256 * 1024)  /* files this large are mmap()ed, not copied */
 #define STOP_DEADLINE_MS 5000
 #define STATUS_PATH "/server-status"
 
@@ -61,7 +61,7 @@ struct server {
     size_t root_len;
     time_t started;
     atomic_ullong requests;  /* responses sent or handed to the runtime */
-    atomic_ullong offloaded; /* of those, handed to evmpm_complete_write */
+    atomic_ullong offloaded; /* of those, handed to the runtime to send */
 };
 
 /* One client connection: bytes read but not yet parsed (the rest of the
@@ -82,19 +82,20 @@ struct request {
 };
 
 /* A response ready to send: `len` bytes of head (and, unless the body is
-   mapped, body) in data[]; a mapped body is `map_len` bytes at `map`.
-   Handed to evmpm_complete_write as a whole and freed by release_out. */
+   a file, body) in data[]; a file body is `file_len` bytes of `file_fd`
+   (-1: none). Handed to the runtime as a whole and freed by release_out,
+   which closes the file too. */
 struct out {
-    void *map;
-    size_t map_len;
+    int file_fd;
+    uint64_t file_len;
     size_t len;
     char data[];
 };
 
 static void release_out(void *arg) {
     struct out *o = arg;
-    if (o->map != NULL)
-        munmap(o->map, o->map_len);
+    if (o->file_fd >= 0)
+        close(o->file_fd);
     free(o);
 }
 
@@ -118,22 +119,6 @@ static int first_line_bad(const char *buf, size_t len) {
     n = (size_t)(nl - buf);
     /* shortest: "M / HTTP/1.1\r" */
     return n < 13 || buf[n - 1] != '\r' || memcmp(buf + n - 10, " HTTP/", 6) != 0;
-}
-
-/* Sends all of buf, blocking. MSG_NOSIGNAL: a client that went away is an
-   error code, not a SIGPIPE that kills the server. Returns 0 on failure. */
-static int send_all(int fd, const void *buf, size_t len) {
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 0;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 1;
 }
 
 /* RFC 9110 token characters (method and header names). */
@@ -477,8 +462,8 @@ static struct out *make_out(const struct request *r, int status, int keep, const
     o = malloc(sizeof *o + (size_t)n + copy);
     if (o == NULL)
         return NULL;
-    o->map = NULL;
-    o->map_len = 0;
+    o->file_fd = -1;
+    o->file_len = 0;
     o->len = (size_t)n + copy;
     memcpy(o->data, head, (size_t)n);
     if (body != NULL)
@@ -550,7 +535,7 @@ static struct out *file_out(struct server *s, const struct request *r, const cha
     char real[PATH_MAX];
     struct stat st;
     struct out *o;
-    size_t size, got = 0;
+    size_t size;
     int fd = -1, status = open_file(s, decoded, real, &fd, &st);
 
     if (status == 301) {
@@ -566,44 +551,17 @@ static struct out *file_out(struct server *s, const struct request *r, const cha
         return error_out(r, status, *keep, "");
     size = (size_t)st.st_size;
 
-    if (size >= MAP_MIN && !r->head_only) {
-        /* Mapped, not copied: the page cache is the buffer. A file cut short
-           while mapped makes the send fail (EFAULT); the runtime then closes
-           the connection, and the client sees a short body. */
-        void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    o = make_out(r, 200, *keep, content_type(real), "", size, NULL, 0);
+    if (o == NULL || r->head_only) {
         close(fd);
-        if (map == MAP_FAILED) {
-            *keep = 0;
-            return error_out(r, 500, 0, "");
-        }
-        o = make_out(r, 200, *keep, content_type(real), "", size, NULL, 0);
-        if (o == NULL) {
-            munmap(map, size);
-            return NULL;
-        }
-        o->map = map;
-        o->map_len = size;
         return o;
     }
-
-    o = make_out(r, 200, *keep, content_type(real), "", size, NULL, size);
-    if (o != NULL && !r->head_only) {
-        char *body = o->data + (o->len - size);
-        while (got < size) {
-            ssize_t n = read(fd, body + got, size - got);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                break;
-            got += (size_t)n;
-        }
-        if (got < size) { /* the file shrank since fstat */
-            free(o);
-            *keep = 0;
-            o = error_out(r, 500, 0, "");
-        }
-    }
-    close(fd);
+    /* The body is the runtime's to send from the file, which stays open
+       until release_out. A file cut short meanwhile cannot fill the
+       Content-Length: the runtime then closes the connection, and the
+       client sees a short body. */
+    o->file_fd = fd;
+    o->file_len = (uint64_t)size;
     return o;
 }
 
@@ -618,22 +576,19 @@ static void send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struc
     uint32_t after = !keep                                   ? 0
                      : head_length(c->buf, c->len) > 0 ? EVMPM_WRITE_BUFFERED
                                                              : EVMPM_WRITE_KEEPALIVE;
+    int rc;
     atomic_fetch_add(&s->requests, 1);
-    if (o->map != NULL) {
-        /* The head is small and the socket idle: it goes now; the mapped body
-           is the runtime's to send. */
-        if (!send_all(c->fd, o->data, o->len)) {
-            release_out(o);
-            evmpm_close(rt, conn);
-            return;
-        }
-        if (evmpm_complete_write(rt, conn, o->map, o->map_len, release_out, o, after) ==
-            EVMPM_OK) {
-            atomic_fetch_add(&s->offloaded, 1);
-            return;
-        }
-    } else if (evmpm_complete_write(rt, conn, o->data, o->len, release_out, o, after) ==
-               EVMPM_OK) {
+    if (o->file_fd >= 0) {
+        /* The head and the file in one call: one release for both. */
+        evmpm_iovec head;
+        head.base = o->data;
+        head.len = o->len;
+        rc = evmpm_complete_sendfile(rt, conn, &head, 1, o->file_fd, 0, o->file_len, release_out,
+                                     o, after);
+    } else {
+        rc = evmpm_complete_write(rt, conn, o->data, o->len, release_out, o, after);
+    }
+    if (rc == EVMPM_OK) {
         atomic_fetch_add(&s->offloaded, 1);
         return;
     }

@@ -18,9 +18,9 @@
 use crate::conn::transitions::{
     claim_in, finish_step, hand_back, settle, store_write, Finish, HandBack, HELD,
 };
-use crate::conn::{AfterWrite, Handle, PendingWrite, Slot, State};
+use crate::conn::{AfterWrite, Handle, Part, PendingWrite, Slot, State};
 use crate::error::Error;
-use crate::ffi::types::{EVMPM_WAKE_BUFFERED, EVMPM_WAKE_RESUMED};
+use crate::ffi::types::{EVMPM_LOG_WARNING, EVMPM_WAKE_BUFFERED, EVMPM_WAKE_RESUMED};
 use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::runtime::{Phase, Runtime};
 use crate::stats::Counters;
@@ -199,7 +199,9 @@ impl Runtime {
 
     /// Sends as much of the pending write as the socket takes without
     /// blocking. Finished: parks or closes. Not finished: arms EPOLLOUT and
-    /// asks the event thread to watch the write timeout.
+    /// asks the event thread to watch the write timeout. Failed: closes at
+    /// once. A file that ends before its range: lingering close, so the
+    /// client gets what was sent and then the end of the stream.
     pub fn write_owned(&self, h: Handle, slot: &Slot, from: State) -> Handoff {
         if from != State::Writing && slot.transition(h, from, State::Writing).is_err() {
             return Handoff::None;
@@ -209,23 +211,39 @@ impl Runtime {
             return self.reclaim_and_abort(h, slot, State::Writing);
         };
         let fd = slot.fd();
-        while !w.is_done() {
-            match socket::send_nonblocking(fd, w.remaining()) {
-                Ok(n) => w.advance(n),
-                Err(e) if sys::would_block(&e) => {
-                    // SAFETY: still the owner; the event thread takes over
-                    // only after the interest below is armed.
-                    unsafe { slot.put_write(w) };
-                    let interest = epoll::WRITABLE | epoll::ONESHOT;
-                    return match self.arm_event(slot, fd, interest, h) {
-                        Ok(()) => self.watch(slot, Kind::Write),
-                        Err(_) => self.reclaim_and_abort(h, slot, State::Writing),
-                    };
-                }
-                Err(_) => {
-                    drop(w);
-                    return self.reclaim_and_abort(h, slot, State::Writing);
-                }
+        match send_pending(fd, &mut w) {
+            Sent::All => {}
+            Sent::WouldBlock => {
+                // SAFETY: still the owner; the event thread takes over
+                // only after the interest below is armed.
+                unsafe { slot.put_write(w) };
+                let interest = epoll::WRITABLE | epoll::ONESHOT;
+                return match self.arm_event(slot, fd, interest, h) {
+                    Ok(()) => self.watch(slot, Kind::Write),
+                    Err(_) => self.reclaim_and_abort(h, slot, State::Writing),
+                };
+            }
+            Sent::Failed => {
+                // Back in the slot, so the close drops it after the
+                // close callback, as for a write timeout.
+                // SAFETY: still the owner (state Writing).
+                unsafe { slot.put_write(w) };
+                return self.reclaim_and_abort(h, slot, State::Writing);
+            }
+            Sent::FileEnded(missing) => {
+                self.log(
+                    EVMPM_LOG_WARNING,
+                    &format!(
+                        "evmpm: a complete-write's file ended {missing} bytes short of its \
+                         range; the connection is closed"
+                    ),
+                );
+                // SAFETY: still the owner (state Writing).
+                unsafe { slot.put_write(w) };
+                return match slot.transition(h, State::Writing, State::Closing) {
+                    Ok(()) => self.close_owned(h, slot, CloseHow::Linger),
+                    Err(_) => Handoff::None,
+                };
             }
         }
         let after = w.after;
@@ -357,5 +375,52 @@ impl Runtime {
         self.open.fetch_sub(1, Ordering::AcqRel);
         Counters::bump(&self.counters.closed);
         self.capacity_freed();
+    }
+}
+
+/// How far `send_pending` got.
+enum Sent {
+    /// Everything.
+    All,
+    /// The socket is full: wait until it is writable.
+    WouldBlock,
+    /// A send failed (the client is gone, or the file cannot be read).
+    Failed,
+    /// The file ended this many bytes before its range did.
+    FileEnded(u64),
+}
+
+/// Sends the pending write's slices, then its file range, until it is
+/// done or the socket takes no more. The socket is made non-blocking only
+/// while a file is sent (`sendfile` has no flag for it) and is back in its
+/// mode when this returns.
+fn send_pending(fd: i32, w: &mut PendingWrite) -> Sent {
+    let mut nonblocking = None;
+    loop {
+        let result = match w.next_part() {
+            Part::Done => return Sent::All,
+            Part::Bytes(slices) => socket::send_slices(fd, slices, w.file_follows()),
+            Part::File(file) => {
+                if nonblocking.is_none() {
+                    match socket::NonBlocking::set(fd) {
+                        Ok(guard) => nonblocking = Some(guard),
+                        Err(_) => return Sent::Failed,
+                    }
+                }
+                match socket::send_file(fd, file.fd, file.offset, file.len) {
+                    Ok(0) => return Sent::FileEnded(file.len),
+                    Ok(n) => {
+                        w.advance_file(n as u64);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(n) => w.advance(n),
+            Err(e) if sys::would_block(&e) => return Sent::WouldBlock,
+            Err(_) => return Sent::Failed,
+        }
     }
 }

@@ -23,6 +23,13 @@ fn write() {
     c_test("test_write");
 }
 
+/// The gathered (`evmpm_complete_writev`) and file-range
+/// (`evmpm_complete_sendfile`) forms of write completion.
+#[test]
+fn writev_sendfile() {
+    c_test("test_writev_sendfile");
+}
+
 #[test]
 fn suspend() {
     c_test("test_suspend");

@@ -27,25 +27,57 @@ pub enum AfterWrite {
     RunBuffered,
 }
 
-/// The rest of a response handed over by `evmpm_complete_write`.
+/// The rest of a response handed over by `evmpm_complete_write`,
+/// `evmpm_complete_writev` or `evmpm_complete_sendfile`: byte slices the
+/// host lends, then, optionally, a range of a file the host keeps open.
 ///
 /// Dropping it calls the host's release callback, so the callback runs
 /// exactly once however the write ends (sent, failed, timed out, stopped).
 pub struct PendingWrite {
-    data: *const u8,
-    len: usize,
-    sent: usize,
+    slices: Slices,
+    /// The first slice not yet sent in full; the slice there is trimmed in
+    /// place by what was sent of it.
+    next: usize,
+    file: Option<FileRange>,
     release: evmpm_release_fn,
     release_arg: *mut c_void,
     pub after: AfterWrite,
 }
 
-// SAFETY: the host hands the buffer over for the runtime's exclusive use
-// until release, and promises (in the header) that release may run on any
-// runtime thread.
+/// The byte slices of a pending write, none of them empty but a single
+/// one. One slice (`evmpm_complete_write`) needs no allocation.
+enum Slices {
+    One([libc::iovec; 1]),
+    Many(Box<[libc::iovec]>),
+}
+
+/// What is left to send of a file: `len` bytes of `fd` from `offset`. The
+/// descriptor is the host's; the runtime never closes it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileRange {
+    pub fd: i32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What to send next.
+pub enum Part<'a> {
+    /// These slices, the first trimmed to what is left of it.
+    Bytes(&'a [libc::iovec]),
+    /// Then this range of the file.
+    File(FileRange),
+    /// Nothing: the write is done.
+    Done,
+}
+
+// SAFETY: the host hands the buffers (and the file range) over for the
+// runtime's exclusive use until release, and promises (in the header) that
+// release may run on any runtime thread.
 unsafe impl Send for PendingWrite {}
 
 impl PendingWrite {
+    /// One buffer (`evmpm_complete_write`).
+    ///
     /// # Safety
     /// `data` must be valid for reads of `len` bytes until `release` runs.
     pub unsafe fn new(
@@ -55,31 +87,120 @@ impl PendingWrite {
         release_arg: *mut c_void,
         after: AfterWrite,
     ) -> PendingWrite {
-        PendingWrite {
-            data,
-            len,
-            sent: 0,
+        let slice = libc::iovec {
+            iov_base: data as *mut c_void,
+            iov_len: len,
+        };
+        let mut w = PendingWrite {
+            slices: Slices::One([slice]),
+            next: 0,
+            file: None,
             release,
             release_arg,
             after,
+        };
+        w.skip_sent();
+        w
+    }
+
+    /// Several buffers, sent in order (`evmpm_complete_writev`), then, if
+    /// `file` is given, that range of a file (`evmpm_complete_sendfile`).
+    /// `slices` is the runtime's own copy of the host's array.
+    ///
+    /// # Safety
+    /// Each slice's base must be valid for reads of its length until
+    /// `release` runs, and `file`'s descriptor must stay open until then.
+    pub unsafe fn gathered(
+        slices: Box<[libc::iovec]>,
+        file: Option<FileRange>,
+        release: evmpm_release_fn,
+        release_arg: *mut c_void,
+        after: AfterWrite,
+    ) -> PendingWrite {
+        let mut w = PendingWrite {
+            slices: Slices::Many(slices),
+            next: 0,
+            file: file.filter(|f| f.len > 0),
+            release,
+            release_arg,
+            after,
+        };
+        w.skip_sent();
+        w
+    }
+
+    fn slices(&self) -> &[libc::iovec] {
+        match &self.slices {
+            Slices::One(one) => one,
+            Slices::Many(many) => many,
         }
     }
 
-    pub fn remaining(&self) -> &[u8] {
-        if self.sent >= self.len {
-            return &[];
+    fn slices_mut(&mut self) -> &mut [libc::iovec] {
+        match &mut self.slices {
+            Slices::One(one) => one,
+            Slices::Many(many) => many,
         }
-        // SAFETY: `new`'s contract: `data` is readable for `len` bytes until
-        // release, which only runs in `drop`, after this borrow ends.
-        unsafe { std::slice::from_raw_parts(self.data.add(self.sent), self.len - self.sent) }
     }
 
-    pub fn advance(&mut self, n: usize) {
-        self.sent = (self.sent + n).min(self.len);
+    /// Moves `next` past the slices sent in full (or empty).
+    fn skip_sent(&mut self) {
+        let slices = self.slices();
+        let mut next = self.next;
+        while next < slices.len() && slices[next].iov_len == 0 {
+            next += 1;
+        }
+        self.next = next;
     }
 
-    pub fn is_done(&self) -> bool {
-        self.sent >= self.len
+    /// What to send next: the unsent slices, then the file range.
+    pub fn next_part(&self) -> Part<'_> {
+        let slices = &self.slices()[self.next..];
+        if !slices.is_empty() {
+            Part::Bytes(slices)
+        } else if let Some(file) = self.file {
+            Part::File(file)
+        } else {
+            Part::Done
+        }
+    }
+
+    /// True while a file range follows the unsent slices.
+    pub fn file_follows(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// `n` bytes of the slices were sent.
+    pub fn advance(&mut self, mut n: usize) {
+        let next = self.next;
+        for slice in &mut self.slices_mut()[next..] {
+            if n == 0 {
+                break;
+            }
+            let step = n.min(slice.iov_len);
+            // Stays within the host's buffer: `step` <= its length left.
+            slice.iov_base = slice.iov_base.cast::<u8>().wrapping_add(step).cast();
+            slice.iov_len -= step;
+            n -= step;
+        }
+        self.skip_sent();
+    }
+
+    /// `n` bytes of the file range were sent.
+    pub fn advance_file(&mut self, n: u64) {
+        if let Some(file) = &mut self.file {
+            let step = n.min(file.len);
+            file.offset += step;
+            file.len -= step;
+            if file.len == 0 {
+                self.file = None;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn is_done(&self) -> bool {
+        matches!(self.next_part(), Part::Done)
     }
 }
 
@@ -505,6 +626,28 @@ mod tests {
         assert!(t.slot(Handle::new(5, 1)).is_none());
     }
 
+    /// The bytes `w` would send next, as one vector (slices only).
+    fn next_bytes(w: &PendingWrite) -> Vec<u8> {
+        match w.next_part() {
+            Part::Bytes(slices) => slices
+                .iter()
+                .flat_map(|s| {
+                    // SAFETY: the tests' slices point into live statics.
+                    unsafe { std::slice::from_raw_parts(s.iov_base.cast::<u8>(), s.iov_len) }
+                })
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn iov(bytes: &'static [u8]) -> libc::iovec {
+        libc::iovec {
+            iov_base: bytes.as_ptr() as *mut c_void,
+            iov_len: bytes.len(),
+        }
+    }
+
     #[test]
     fn pending_write_releases_exactly_once() {
         use std::sync::atomic::AtomicUsize;
@@ -523,12 +666,92 @@ mod tests {
                 AfterWrite::Park,
             )
         };
-        assert_eq!(w.remaining(), b"hello");
+        assert_eq!(next_bytes(&w), b"hello");
         w.advance(3);
-        assert_eq!(w.remaining(), b"lo");
+        assert_eq!(next_bytes(&w), b"lo");
         w.advance(10);
         assert!(w.is_done());
         drop(w);
         assert_eq!(RELEASED.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn an_empty_write_is_done_at_once() {
+        // SAFETY: zero bytes are never read.
+        let w =
+            unsafe { PendingWrite::new(ptr::null(), 0, None, ptr::null_mut(), AfterWrite::Close) };
+        assert!(w.is_done());
+        // SAFETY: no slices; a file range of 0 bytes is never read.
+        let w = unsafe {
+            PendingWrite::gathered(
+                Box::new([]),
+                Some(FileRange {
+                    fd: 0,
+                    offset: 5,
+                    len: 0,
+                }),
+                None,
+                ptr::null_mut(),
+                AfterWrite::Close,
+            )
+        };
+        assert!(w.is_done());
+    }
+
+    #[test]
+    fn gathered_slices_go_in_order_across_partial_sends() {
+        let slices = vec![iov(b"ab"), iov(b""), iov(b"cde"), iov(b"f")];
+        // SAFETY: static slices; no file.
+        let mut w = unsafe {
+            PendingWrite::gathered(
+                slices.into_boxed_slice(),
+                None,
+                None,
+                ptr::null_mut(),
+                AfterWrite::Park,
+            )
+        };
+        assert_eq!(next_bytes(&w), b"abcdef");
+        w.advance(1);
+        assert_eq!(next_bytes(&w), b"bcdef");
+        // Ends exactly at a slice's end; the empty slice is skipped.
+        w.advance(1);
+        assert!(matches!(w.next_part(), Part::Bytes(s) if s.len() == 2));
+        w.advance(4);
+        assert_eq!(next_bytes(&w), b"");
+        assert!(w.is_done());
+    }
+
+    #[test]
+    fn a_file_range_follows_the_slices() {
+        let file = FileRange {
+            fd: 7,
+            offset: 100,
+            len: 10,
+        };
+        // SAFETY: static slices; the file range is never read here.
+        let mut w = unsafe {
+            PendingWrite::gathered(
+                vec![iov(b"head")].into_boxed_slice(),
+                Some(file),
+                None,
+                ptr::null_mut(),
+                AfterWrite::Close,
+            )
+        };
+        assert!(w.file_follows());
+        assert_eq!(next_bytes(&w), b"head");
+        w.advance(4);
+        assert!(matches!(w.next_part(), Part::File(f) if f == file));
+        w.advance_file(4);
+        let rest = FileRange {
+            fd: 7,
+            offset: 104,
+            len: 6,
+        };
+        assert!(matches!(w.next_part(), Part::File(f) if f == rest));
+        w.advance_file(6);
+        assert!(!w.file_follows());
+        assert!(w.is_done());
     }
 }

@@ -92,6 +92,18 @@ fn struct_layouts_match() {
         accepting_paused,
         internal_errors,
     });
+    same_layout!(evmpm_iovec { base, len });
+    // The fields of `struct iovec`, in its order: a host's iovec array
+    // converts entry by entry without surprises.
+    assert_eq!(size_of::<c::evmpm_iovec>(), size_of::<libc::iovec>());
+    assert_eq!(
+        offset_of!(c::evmpm_iovec, base),
+        offset_of!(libc::iovec, iov_base)
+    );
+    assert_eq!(
+        offset_of!(c::evmpm_iovec, len),
+        offset_of!(libc::iovec, iov_len)
+    );
     assert_eq!(size_of::<c::evmpm_conn>(), size_of::<rust::evmpm_conn>());
     assert_eq!(size_of::<c::evmpm_error>(), size_of::<rust::evmpm_error>());
 }
@@ -112,6 +124,7 @@ fn constants_match() {
         EVMPM_PARK_BUFFERED,
         EVMPM_WRITE_KEEPALIVE,
         EVMPM_WRITE_BUFFERED,
+        EVMPM_IOV_MAX,
         EVMPM_LOG_ERROR,
         EVMPM_LOG_WARNING,
     );
@@ -154,6 +167,43 @@ fn calls_through_the_header_declarations_work() {
     let rc = unsafe { c::evmpm_create(&cfg, &mut rt) };
     assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
     assert!(rt.is_null());
+    // The write calls check their arguments before the runtime: a buffer
+    // array the header's struct describes, too long by one, is refused.
+    let iov = [c::evmpm_iovec {
+        base: b"x".as_ptr().cast(),
+        len: 1,
+    }; 1];
+    // SAFETY: NULL runtime and a readable one-entry array: refused
+    // without touching either beyond the array.
+    let rc = unsafe {
+        c::evmpm_complete_writev(
+            std::ptr::null_mut(),
+            1,
+            iov.as_ptr(),
+            1,
+            None,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
+    // SAFETY: as above, with an iovcnt past EVMPM_IOV_MAX, which is never
+    // read through.
+    let rc = unsafe {
+        c::evmpm_complete_sendfile(
+            std::ptr::null_mut(),
+            1,
+            iov.as_ptr(),
+            c::EVMPM_IOV_MAX as i32 + 1,
+            0,
+            0,
+            0,
+            None,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
     // SAFETY: any code is accepted; the result is a static C string.
     let text = unsafe { std::ffi::CStr::from_ptr(c::evmpm_strerror(c::evmpm_error_EVMPM_ESTALE)) };
     assert!(text.to_str().unwrap().contains("stale"));

@@ -10,7 +10,7 @@ use super::ffi_guard;
 use super::types::evmpm_error::{self, *};
 use super::types::*;
 use crate::config::{self, Config};
-use crate::conn::{AfterWrite, Handle, PendingWrite};
+use crate::conn::{AfterWrite, FileRange, Handle, PendingWrite};
 use crate::error::{self, Error};
 use crate::runtime::{HostCall, Runtime};
 use libc::{c_char, c_int, c_void};
@@ -340,18 +340,12 @@ pub unsafe extern "C" fn evmpm_complete_write(
     flags: u32,
 ) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
-        if flags & !(EVMPM_WRITE_KEEPALIVE | EVMPM_WRITE_BUFFERED) != 0
-            || (data.is_null() && len > 0)
-        {
+        let Some(after) = after_write(flags) else {
+            return EVMPM_EINVAL;
+        };
+        if data.is_null() && len > 0 {
             return EVMPM_EINVAL;
         }
-        let after = if flags & EVMPM_WRITE_BUFFERED != 0 {
-            AfterWrite::RunBuffered
-        } else if flags & EVMPM_WRITE_KEEPALIVE != 0 {
-            AfterWrite::Park
-        } else {
-            AfterWrite::Close
-        };
         // SAFETY: `rt` per this function's contract.
         with_conn(
             unsafe { runtime(rt) },
@@ -368,10 +362,208 @@ pub unsafe extern "C" fn evmpm_complete_write(
     })
 }
 
+/// What a complete-write's `flags` ask for once it is sent; None for an
+/// unknown flag.
+fn after_write(flags: u32) -> Option<AfterWrite> {
+    if flags & !(EVMPM_WRITE_KEEPALIVE | EVMPM_WRITE_BUFFERED) != 0 {
+        None
+    } else if flags & EVMPM_WRITE_BUFFERED != 0 {
+        Some(AfterWrite::RunBuffered)
+    } else if flags & EVMPM_WRITE_KEEPALIVE != 0 {
+        Some(AfterWrite::Park)
+    } else {
+        Some(AfterWrite::Close)
+    }
+}
+
+/// The runtime's copy of the host's buffer array `iov[..count]`, without
+/// its empty buffers; None if the array breaks the rules: `count` outside
+/// 0..=`EVMPM_IOV_MAX`, a NULL array with `count` > 0, a NULL base with a
+/// length, or lengths adding up past `isize::MAX` (what one send can
+/// report).
+///
+/// # Safety
+/// `iov` is NULL or readable for `count` entries.
+unsafe fn copy_slices(iov: *const evmpm_iovec, count: c_int) -> Option<Box<[libc::iovec]>> {
+    let count = usize::try_from(count).ok()?;
+    if count > EVMPM_IOV_MAX as usize || (iov.is_null() && count > 0) {
+        return None;
+    }
+    if count == 0 {
+        return Some(Box::new([]));
+    }
+    // SAFETY: non-NULL and readable for `count` entries (contract).
+    let entries = unsafe { std::slice::from_raw_parts(iov, count) };
+    let mut total = 0usize;
+    let mut slices = Vec::with_capacity(count);
+    for e in entries {
+        if e.base.is_null() && e.len > 0 {
+            return None;
+        }
+        total = total
+            .checked_add(e.len)
+            .filter(|&t| t <= isize::MAX as usize)?;
+        if e.len > 0 {
+            slices.push(libc::iovec {
+                iov_base: e.base.cast_mut(),
+                iov_len: e.len,
+            });
+        }
+    }
+    Some(slices.into_boxed_slice())
+}
+
+/// `evmpm_complete_write` for several buffers: the rest of the response is
+/// the `iovcnt` buffers `iov[0]`, `iov[1]`, ..., sent in that order as one
+/// stream (gathered with `sendmsg`, without copying them), for instance a
+/// response head and a body kept apart. Everything else is as for
+/// `evmpm_complete_write`: the flags, the threads, the write timeout, and
+/// `release(release_arg)`, called exactly once, after the last buffer was
+/// sent or when the write ends otherwise.
+///
+/// Ownership: the array `iov` is copied: it is the caller's again when this
+/// returns (it may live on the stack). The buffers it points to are
+/// borrowed until `release` runs. Empty buffers are skipped (their `base`
+/// may be NULL); with `iovcnt` 0 (`iov` may then be NULL) nothing is sent
+/// and the connection moves on at once. On error nothing is kept and
+/// `release` is not called.
+///
+/// Threads: the connection's handler, or any thread while the host holds the
+/// connection suspended.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`; `iovcnt` below 0 or above
+/// `EVMPM_IOV_MAX`; NULL `iov` with `iovcnt` > 0; a NULL `base` with `len` >
+/// 0; lengths adding up past `SSIZE_MAX`; unknown flag), `EVMPM_ESTALE`,
+/// `EVMPM_ESTATE` (not held by the host, or already
+/// parked/written/closed), `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_complete_writev(
+    rt: *mut evmpm_runtime,
+    conn: evmpm_conn,
+    iov: *const evmpm_iovec,
+    iovcnt: c_int,
+    release: evmpm_release_fn,
+    release_arg: *mut c_void,
+    flags: u32,
+) -> evmpm_error {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        let Some(after) = after_write(flags) else {
+            return EVMPM_EINVAL;
+        };
+        // SAFETY: `iov` is NULL or readable for `iovcnt` entries (contract).
+        let Some(slices) = (unsafe { copy_slices(iov, iovcnt) }) else {
+            return EVMPM_EINVAL;
+        };
+        // SAFETY: `rt` per this function's contract.
+        with_conn(
+            unsafe { runtime(rt) },
+            "evmpm_complete_writev",
+            conn,
+            |rt, h| {
+                rt.host_complete_write(h, || {
+                    // SAFETY: the host lends each buffer (readable for its
+                    // length) until release, per this function's contract.
+                    unsafe { PendingWrite::gathered(slices, None, release, release_arg, after) }
+                })
+            },
+        )
+    })
+}
+
+/// Gives the runtime the rest of the response as the `head_count` buffers
+/// at `head` (under `evmpm_complete_writev`'s rules; none: NULL, 0)
+/// followed by `len` bytes of the file `file_fd` from byte `offset`: an
+/// HTTP response head and a file body in one call. The buffers go out
+/// gathered, the file with `sendfile(2)`, from the page cache without a
+/// copy through user space. The file's own position is neither used nor
+/// moved, so one descriptor may serve several responses at once. Flags,
+/// threads and the write timeout are as for `evmpm_complete_write`.
+///
+/// A file that ends before `offset + len` (it was truncated, or `len` was
+/// wrong) cannot complete the response: what the file has is sent, then the
+/// connection is closed whatever the flags say (lingering close: the client
+/// sees the response end early), and the log callback is told at
+/// `EVMPM_LOG_WARNING`. A file that cannot be read closes the connection
+/// at once, as a failed send does. Either way `release` runs after the
+/// close callback.
+///
+/// Ownership: `file_fd` stays the host's: the runtime reads it until it
+/// calls `release(release_arg)`, exactly once as for
+/// `evmpm_complete_write`, and never closes it. Close it in `release` (or
+/// later), not before. The `head` array is copied; its buffers are
+/// borrowed until `release`. On error nothing is kept and `release` is not
+/// called.
+///
+/// While it sends the file the runtime sets O_NONBLOCK on the connection's
+/// descriptor (`sendfile` has no per-call flag for it) and clears it again
+/// before the handler or the close callback can see it. A file not in the
+/// page cache makes the sending thread, often the event thread, wait for
+/// the disk: files on slow or network file systems hold up every
+/// connection it serves meanwhile.
+///
+/// Threads: the connection's handler, or any thread while the host holds the
+/// connection suspended.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`; `head` and `head_count` break
+/// `evmpm_complete_writev`'s rules for `iov` and `iovcnt`; `file_fd` is not
+/// open for reading, or not a regular file or block device; `offset + len`
+/// past `INT64_MAX`; unknown flag), `EVMPM_ESTALE`, `EVMPM_ESTATE` (not held
+/// by the host, or already parked/written/closed), `EVMPM_ESTOPPED`.
+#[no_mangle]
+pub unsafe extern "C" fn evmpm_complete_sendfile(
+    rt: *mut evmpm_runtime,
+    conn: evmpm_conn,
+    head: *const evmpm_iovec,
+    head_count: c_int,
+    file_fd: c_int,
+    offset: u64,
+    len: u64,
+    release: evmpm_release_fn,
+    release_arg: *mut c_void,
+    flags: u32,
+) -> evmpm_error {
+    ffi_guard!(EVMPM_EINTERNAL, {
+        let Some(after) = after_write(flags) else {
+            return EVMPM_EINVAL;
+        };
+        if offset > i64::MAX as u64 || len > i64::MAX as u64 - offset {
+            return EVMPM_EINVAL;
+        }
+        // SAFETY: `head` is NULL or readable for `head_count` entries
+        // (contract).
+        let Some(slices) = (unsafe { copy_slices(head, head_count) }) else {
+            return EVMPM_EINVAL;
+        };
+        if file_fd < 0 || !crate::sys::socket::is_readable_file(file_fd) {
+            return EVMPM_EINVAL;
+        }
+        let file = FileRange {
+            fd: file_fd,
+            offset,
+            len,
+        };
+        // SAFETY: `rt` per this function's contract.
+        with_conn(
+            unsafe { runtime(rt) },
+            "evmpm_complete_sendfile",
+            conn,
+            |rt, h| {
+                rt.host_complete_write(h, || {
+                    // SAFETY: the host lends the head's buffers and keeps
+                    // `file_fd` open until release, per this function's
+                    // contract.
+                    unsafe {
+                        PendingWrite::gathered(slices, Some(file), release, release_arg, after)
+                    }
+                })
+            },
+        )
+    })
+}
+
 /// The host keeps the connection for now: when the handler returns the
 /// worker is free and the runtime does not poll the connection until
-/// `evmpm_hand_back_to_worker`, `evmpm_park_keepalive`,
-/// `evmpm_complete_write` or `evmpm_close` is called for it. No timeout
+/// `evmpm_hand_back_to_worker`, `evmpm_park_keepalive`, a complete-write
+/// (`evmpm_complete_write`, `evmpm_complete_writev`,
+/// `evmpm_complete_sendfile`) or `evmpm_close` is called for it. No timeout
 /// applies while suspended.
 ///
 /// Threads: the connection's handler.

@@ -81,7 +81,8 @@ pub enum evmpm_error {
 /// threads, one per CPU by default.
 ///
 /// Before returning, the handler says what happens next by calling exactly one
-/// of `evmpm_park_keepalive`, `evmpm_complete_write`, `evmpm_close` or
+/// of `evmpm_park_keepalive`, `evmpm_complete_write` (or its forms
+/// `evmpm_complete_writev` and `evmpm_complete_sendfile`), `evmpm_close` or
 /// `evmpm_suspend` for `conn`. A handler that returns without doing so has
 /// its connection closed.
 ///
@@ -131,13 +132,29 @@ pub type evmpm_close_fn = Option<
     ),
 >;
 
-/// Gives back a buffer passed to `evmpm_complete_write`. Called exactly once,
-/// after the last byte was sent or when the write was abandoned (then after
-/// the connection's close callback). Runs on a worker, the event thread, or
-/// the host thread inside `evmpm_complete_write`/`evmpm_close`/`evmpm_stop`/
-/// `evmpm_destroy`; it must not block. `evmpm_stop` and `evmpm_destroy`
-/// return `EVMPM_ETHREAD` here.
+/// Gives back what a complete-write borrowed: the buffers passed to
+/// `evmpm_complete_write`, `evmpm_complete_writev` or
+/// `evmpm_complete_sendfile`, and the latter's file, which the host may
+/// close here. Called exactly once, after the last byte was sent or when
+/// the write was abandoned (then after the connection's close callback).
+/// Runs on a worker, the event thread, or the host thread inside a
+/// complete-write call, `evmpm_close`, `evmpm_stop` or `evmpm_destroy`; it
+/// must not block. `evmpm_stop` and `evmpm_destroy` return `EVMPM_ETHREAD`
+/// here.
 pub type evmpm_release_fn = Option<unsafe extern "C" fn(release_arg: *mut c_void)>;
+
+/// One buffer of a gathered write (`evmpm_complete_writev`, and the head
+/// of `evmpm_complete_sendfile`): `len` bytes at `base`. The fields of
+/// POSIX `struct iovec`, under evmpm's own name: `base` is const (the
+/// runtime only reads), and the header needs no system header for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct evmpm_iovec {
+    /// The first byte; may be NULL only when `len` is 0.
+    pub base: *const c_void,
+    /// The buffer's length in bytes.
+    pub len: usize,
+}
 
 /// Request-readiness check (optional, `evmpm_config.request_ready`).
 ///
@@ -390,14 +407,19 @@ pub const EVMPM_REQUEST_REJECT: c_int = -1;
 /// the handler again without waiting for the socket.
 pub const EVMPM_PARK_BUFFERED: u32 = 1;
 
-/// `evmpm_complete_write` flag: park the connection in keep-alive once the
-/// buffer is sent. Without it (and without `EVMPM_WRITE_BUFFERED`) the
+/// Complete-write flag (`evmpm_complete_write`, `evmpm_complete_writev`,
+/// `evmpm_complete_sendfile`): park the connection in keep-alive once the
+/// response is sent. Without it (and without `EVMPM_WRITE_BUFFERED`) the
 /// connection is closed (lingering close).
 pub const EVMPM_WRITE_KEEPALIVE: u32 = 1;
-/// `evmpm_complete_write` flag: once the buffer is sent, run the handler
-/// again with `EVMPM_WAKE_BUFFERED`: the host already holds the next
-/// (pipelined) request. Implies keep-alive.
+/// Complete-write flag: once the response is sent, run the handler again
+/// with `EVMPM_WAKE_BUFFERED`: the host already holds the next (pipelined)
+/// request. Implies keep-alive.
 pub const EVMPM_WRITE_BUFFERED: u32 = 2;
+
+/// The most buffers `evmpm_complete_writev` takes, and the most head
+/// buffers `evmpm_complete_sendfile` takes: Linux's `IOV_MAX`.
+pub const EVMPM_IOV_MAX: c_int = 1024;
 
 /// Log level: evmpm hit an internal error or a host mistake.
 pub const EVMPM_LOG_ERROR: c_int = 1;

@@ -1,5 +1,7 @@
-//! Socket calls: accept, non-blocking send and peek, shutdown, and the checks
-//! `evmpm_register_listener` makes on a descriptor it is handed.
+//! Socket calls: accept, non-blocking send (of buffers and of file ranges)
+//! and peek, shutdown, and the checks made on descriptors the host hands
+//! over (`evmpm_register_listener`'s listener, `evmpm_complete_sendfile`'s
+//! file).
 
 use super::syscall;
 use std::io;
@@ -17,17 +19,98 @@ pub fn accept(listener: i32) -> io::Result<i32> {
     ))
 }
 
-/// Sends without blocking, whatever mode the descriptor is in.
-/// MSG_NOSIGNAL turns a write to a closed peer into EPIPE instead of SIGPIPE.
-pub fn send_nonblocking(fd: i32, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
-    syscall!(send(
-        fd,
-        buf.as_ptr().cast(),
-        buf.len(),
-        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
-    ))
-    .map(|n| n as usize)
+/// The most slices one `sendmsg` takes (Linux's UIO_MAXIOV, IOV_MAX).
+pub const MAX_SLICES: usize = 1024;
+
+/// Sends the bytes of `slices`, in order, without blocking whatever mode
+/// the descriptor is in (MSG_DONTWAIT): one buffer with `send`, several
+/// gathered with `sendmsg` (at most `MAX_SLICES`). MSG_NOSIGNAL turns a
+/// write to a closed peer into EPIPE instead of SIGPIPE. `more`: more data
+/// follows at once (a file), so the kernel may hold a partial segment back
+/// for it (MSG_MORE).
+pub fn send_slices(fd: i32, slices: &[libc::iovec], more: bool) -> io::Result<usize> {
+    let mut flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    if more {
+        flags |= libc::MSG_MORE;
+    }
+    if let [one] = slices {
+        // SAFETY: the caller's slice is valid for reads of its length.
+        return syscall!(send(fd, one.iov_base.cast_const(), one.iov_len, flags))
+            .map(|n| n as usize);
+    }
+    // SAFETY: all-zero is a valid msghdr (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = slices.as_ptr().cast_mut();
+    msg.msg_iovlen = slices.len().min(MAX_SLICES) as _;
+    // SAFETY: `msg` points at `msg_iovlen` live iovecs, each valid for reads
+    // of its length (the caller's promise), and at nothing else.
+    syscall!(sendmsg(fd, &msg, flags)).map(|n| n as usize)
+}
+
+/// The most bytes one `sendfile` moves (Linux caps it there anyway).
+const SENDFILE_MAX: u64 = 0x7fff_f000;
+
+/// Sends up to `len` bytes of `file` from `offset` to the socket `fd` with
+/// `sendfile`, leaving the file's own position alone. Blocks unless `fd`
+/// is non-blocking (see `NonBlocking`). Returns 0 when the file ends at
+/// `offset`.
+pub fn send_file(fd: i32, file: i32, offset: u64, len: u64) -> io::Result<usize> {
+    let mut off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    let count = len.min(SENDFILE_MAX) as usize;
+    // SAFETY: `off` is a live off_t that sendfile reads and updates.
+    syscall!(sendfile(fd, file, &mut off, count)).map(|n| n as usize)
+}
+
+/// Sets O_NONBLOCK on a descriptor that lacks it, for as long as the guard
+/// lives, and then clears it again: `sendfile` has no per-call flag, and a
+/// host's blocking socket must not block the event thread. The descriptor
+/// is back in its mode before anyone else (the handler, the close
+/// callback) can see it.
+pub struct NonBlocking {
+    fd: i32,
+    /// The flags to restore; None if O_NONBLOCK was set already.
+    restore: Option<i32>,
+}
+
+impl NonBlocking {
+    pub fn set(fd: i32) -> io::Result<NonBlocking> {
+        let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+        if flags & libc::O_NONBLOCK != 0 {
+            return Ok(NonBlocking { fd, restore: None });
+        }
+        syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+        Ok(NonBlocking {
+            fd,
+            restore: Some(flags),
+        })
+    }
+}
+
+impl Drop for NonBlocking {
+    fn drop(&mut self) {
+        if let Some(flags) = self.restore {
+            let _ = syscall!(fcntl(self.fd, libc::F_SETFL, flags));
+        }
+    }
+}
+
+/// True if `fd` is open for reading and a regular file or block device:
+/// what `sendfile` can read at an offset.
+pub fn is_readable_file(fd: i32) -> bool {
+    let Ok(flags) = syscall!(fcntl(fd, libc::F_GETFL)) else {
+        return false;
+    };
+    if flags & libc::O_ACCMODE == libc::O_WRONLY || flags & libc::O_PATH != 0 {
+        return false;
+    }
+    // SAFETY: all-zero is a valid stat buffer for fstat to fill.
+    let mut st: libc::stat = unsafe { mem::zeroed() };
+    // SAFETY: `st` is a live, writable stat buffer.
+    if syscall!(fstat(fd, &mut st)).is_err() {
+        return false;
+    }
+    matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFBLK)
 }
 
 /// Reads and discards without blocking (lingering close only).
