@@ -72,18 +72,25 @@
 #define EVMPM_PARK_BUFFERED 1
 
 /*
- `evmpm_complete_write` flag: park the connection in keep-alive once the
- buffer is sent. Without it (and without `EVMPM_WRITE_BUFFERED`) the
+ Complete-write flag (`evmpm_complete_write`, `evmpm_complete_writev`,
+ `evmpm_complete_sendfile`): park the connection in keep-alive once the
+ response is sent. Without it (and without `EVMPM_WRITE_BUFFERED`) the
  connection is closed (lingering close).
  */
 #define EVMPM_WRITE_KEEPALIVE 1
 
 /*
- `evmpm_complete_write` flag: once the buffer is sent, run the handler
- again with `EVMPM_WAKE_BUFFERED`: the host already holds the next
- (pipelined) request. Implies keep-alive.
+ Complete-write flag: once the response is sent, run the handler again
+ with `EVMPM_WAKE_BUFFERED`: the host already holds the next (pipelined)
+ request. Implies keep-alive.
  */
 #define EVMPM_WRITE_BUFFERED 2
+
+/*
+ The most buffers `evmpm_complete_writev` takes, and the most head
+ buffers `evmpm_complete_sendfile` takes: Linux's `IOV_MAX`.
+ */
+#define EVMPM_IOV_MAX 1024
 
 /*
  Log level: evmpm hit an internal error or a host mistake.
@@ -208,7 +215,8 @@ typedef uint64_t evmpm_conn;
  threads, one per CPU by default.
 
  Before returning, the handler says what happens next by calling exactly one
- of `evmpm_park_keepalive`, `evmpm_complete_write`, `evmpm_close` or
+ of `evmpm_park_keepalive`, `evmpm_complete_write` (or its forms
+ `evmpm_complete_writev` and `evmpm_complete_sendfile`), `evmpm_close` or
  `evmpm_suspend` for `conn`. A handler that returns without doing so has
  its connection closed.
 
@@ -447,14 +455,34 @@ typedef struct evmpm_config {
 } evmpm_config;
 
 /*
- Gives back a buffer passed to `evmpm_complete_write`. Called exactly once,
- after the last byte was sent or when the write was abandoned (then after
- the connection's close callback). Runs on a worker, the event thread, or
- the host thread inside `evmpm_complete_write`/`evmpm_close`/`evmpm_stop`/
- `evmpm_destroy`; it must not block. `evmpm_stop` and `evmpm_destroy`
- return `EVMPM_ETHREAD` here.
+ Gives back what a complete-write borrowed: the buffers passed to
+ `evmpm_complete_write`, `evmpm_complete_writev` or
+ `evmpm_complete_sendfile`, and the latter's file, which the host may
+ close here. Called exactly once, after the last byte was sent or when
+ the write was abandoned (then after the connection's close callback).
+ Runs on a worker, the event thread, or the host thread inside a
+ complete-write call, `evmpm_close`, `evmpm_stop` or `evmpm_destroy`; it
+ must not block. `evmpm_stop` and `evmpm_destroy` return `EVMPM_ETHREAD`
+ here.
  */
 typedef void (*evmpm_release_fn)(void *release_arg);
+
+/*
+ One buffer of a gathered write (`evmpm_complete_writev`, and the head
+ of `evmpm_complete_sendfile`): `len` bytes at `base`. The fields of
+ POSIX `struct iovec`, under evmpm's own name: `base` is const (the
+ runtime only reads), and the header needs no system header for it.
+ */
+typedef struct evmpm_iovec {
+  /*
+   The first byte; may be NULL only when `len` is 0.
+   */
+  const void *base;
+  /*
+   The buffer's length in bytes.
+   */
+  size_t len;
+} evmpm_iovec;
 
 /*
  A snapshot of a runtime's counters, as mod_status shows them and more.
@@ -746,10 +774,94 @@ evmpm_error evmpm_complete_write(struct evmpm_runtime *rt,
                                  uint32_t flags);
 
 /*
+ `evmpm_complete_write` for several buffers: the rest of the response is
+ the `iovcnt` buffers `iov[0]`, `iov[1]`, ..., sent in that order as one
+ stream (gathered with `sendmsg`, without copying them), for instance a
+ response head and a body kept apart. Everything else is as for
+ `evmpm_complete_write`: the flags, the threads, the write timeout, and
+ `release(release_arg)`, called exactly once, after the last buffer was
+ sent or when the write ends otherwise.
+
+ Ownership: the array `iov` is copied: it is the caller's again when this
+ returns (it may live on the stack). The buffers it points to are
+ borrowed until `release` runs. Empty buffers are skipped (their `base`
+ may be NULL); with `iovcnt` 0 (`iov` may then be NULL) nothing is sent
+ and the connection moves on at once. On error nothing is kept and
+ `release` is not called.
+
+ Threads: the connection's handler, or any thread while the host holds the
+ connection suspended.
+ Errors: `EVMPM_EINVAL` (NULL `rt`; `iovcnt` below 0 or above
+ `EVMPM_IOV_MAX`; NULL `iov` with `iovcnt` > 0; a NULL `base` with `len` >
+ 0; lengths adding up past `SSIZE_MAX`; unknown flag), `EVMPM_ESTALE`,
+ `EVMPM_ESTATE` (not held by the host, or already
+ parked/written/closed), `EVMPM_ESTOPPED`.
+ */
+evmpm_error evmpm_complete_writev(struct evmpm_runtime *rt,
+                                  evmpm_conn conn,
+                                  const struct evmpm_iovec *iov,
+                                  int iovcnt,
+                                  evmpm_release_fn release,
+                                  void *release_arg,
+                                  uint32_t flags);
+
+/*
+ Gives the runtime the rest of the response as the `head_count` buffers
+ at `head` (under `evmpm_complete_writev`'s rules; none: NULL, 0)
+ followed by `len` bytes of the file `file_fd` from byte `offset`: an
+ HTTP response head and a file body in one call. The buffers go out
+ gathered, the file with `sendfile(2)`, from the page cache without a
+ copy through user space. The file's own position is neither used nor
+ moved, so one descriptor may serve several responses at once. Flags,
+ threads and the write timeout are as for `evmpm_complete_write`.
+
+ A file that ends before `offset + len` (it was truncated, or `len` was
+ wrong) cannot complete the response: what the file has is sent, then the
+ connection is closed whatever the flags say (lingering close: the client
+ sees the response end early), and the log callback is told at
+ `EVMPM_LOG_WARNING`. A file that cannot be read closes the connection
+ at once, as a failed send does. Either way `release` runs after the
+ close callback.
+
+ Ownership: `file_fd` stays the host's: the runtime reads it until it
+ calls `release(release_arg)`, exactly once as for
+ `evmpm_complete_write`, and never closes it. Close it in `release` (or
+ later), not before. The `head` array is copied; its buffers are
+ borrowed until `release`. On error nothing is kept and `release` is not
+ called.
+
+ While it sends the file the runtime sets O_NONBLOCK on the connection's
+ descriptor (`sendfile` has no per-call flag for it) and clears it again
+ before the handler or the close callback can see it. A file not in the
+ page cache makes the sending thread, often the event thread, wait for
+ the disk: files on slow or network file systems hold up every
+ connection it serves meanwhile.
+
+ Threads: the connection's handler, or any thread while the host holds the
+ connection suspended.
+ Errors: `EVMPM_EINVAL` (NULL `rt`; `head` and `head_count` break
+ `evmpm_complete_writev`'s rules for `iov` and `iovcnt`; `file_fd` is not
+ open for reading, or not a regular file or block device; `offset + len`
+ past `INT64_MAX`; unknown flag), `EVMPM_ESTALE`, `EVMPM_ESTATE` (not held
+ by the host, or already parked/written/closed), `EVMPM_ESTOPPED`.
+ */
+evmpm_error evmpm_complete_sendfile(struct evmpm_runtime *rt,
+                                    evmpm_conn conn,
+                                    const struct evmpm_iovec *head,
+                                    int head_count,
+                                    int file_fd,
+                                    uint64_t offset,
+                                    uint64_t len,
+                                    evmpm_release_fn release,
+                                    void *release_arg,
+                                    uint32_t flags);
+
+/*
  The host keeps the connection for now: when the handler returns the
  worker is free and the runtime does not poll the connection until
- `evmpm_hand_back_to_worker`, `evmpm_park_keepalive`,
- `evmpm_complete_write` or `evmpm_close` is called for it. No timeout
+ `evmpm_hand_back_to_worker`, `evmpm_park_keepalive`, a complete-write
+ (`evmpm_complete_write`, `evmpm_complete_writev`,
+ `evmpm_complete_sendfile`) or `evmpm_close` is called for it. No timeout
  applies while suspended.
 
  Threads: the connection's handler.
