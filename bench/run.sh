@@ -25,6 +25,12 @@
 #   --no-install  do not apt-get missing tools; fail instead
 #   --keep        keep the temporary directory (configs, logs, raw numbers)
 #
+# Smoke tests only (the report then says it is not a measurement):
+#   BENCH_DURATION=S  seconds per load run (wrk, and the syscall counts);
+#                     wrk's shortest is 1
+#   BENCH_ROUNDS=N    rounds per scenario, 1 or more (overrides --rounds)
+#   e.g. BENCH_DURATION=1 BENCH_ROUNDS=1 bench/run.sh --quick --only a
+#
 # Prints a markdown report and writes it to bench/results/<date>.md
 # (<date>-quick.md for --quick, -only-<LIST> added for --only). Installs
 # wrk, nginx, apache2-bin and strace with apt-get when missing (as root),
@@ -65,6 +71,15 @@ while [ $# -gt 0 ]; do
 done
 case $ROUNDS in '' | *[!0-9]*) usage ;; esac
 [ "$ROUNDS" -ge 3 ] || { echo "run.sh: --rounds must be at least 3" >&2; exit 2; }
+# The smoke-test knobs: shorter than any measurement should be.
+SMOKE=0
+for v in BENCH_DURATION BENCH_ROUNDS; do
+    [ -n "${!v:-}" ] || continue
+    case ${!v} in *[!0-9]* | 0*) echo "run.sh: $v must be a whole number, 1 or more" >&2; exit 2 ;; esac
+    SMOKE=1
+    COMMAND_LINE="$v=${!v} $COMMAND_LINE"
+done
+ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
 case ,$ONLY, in *[!a-f,]*) usage ;; esac
 want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
 ALL_SCENARIOS=0
@@ -85,8 +100,13 @@ else
     HANDOFF_N=100000
     SYSC_DUR=3
 fi
+if [ -n "${BENCH_DURATION:-}" ]; then
+    DUR=$BENCH_DURATION
+    SYSC_DUR=$BENCH_DURATION
+fi
 CONNS=100                  # wrk connections, and the concurrent hand-off client
-EVMPM_WORKERS=16           # hello_evmpm, and the hand-off echo server
+# hello_evmpm and the hand-off echo server run with the runtime's defaults
+# (no WORKERS argument): what is measured is what a user gets.
 BLOCKING_WORKERS=128       # hello_blocking needs a thread per connection: 100 + margin
 BLOCKING_MAX_WORKERS=4096  # the most hello_blocking accepts (scenario b)
 APACHE_THREADS=64          # per process, 2 processes: more threads than wrk connections
@@ -95,6 +115,7 @@ URL_PATH=/hello.txt        # the 100-byte file; the hello servers answer any pat
 IDLE_TARGET=10000          # the idle connections the targets speak of (b)
 PARKED_TARGET=15000        # the parked connections of the flatness target (d)
 export LC_ALL=C            # one decimal point for awk, sort and printf
+NCPU=$(nproc)              # evmpm's default running threads: one per CPU
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -418,11 +439,12 @@ wait_port() { # port: until it accepts (at most 10 s)
 WRAP=()
 start_server() {
     local kind=$1 port=$2 workers=${3:-} i
+    # Empty WORKERS: the server's own default (for hello_evmpm, evmpm's).
     local logf="$TMP/logs/$kind.$port.log"
     case $kind in
     evmpm | blocking)
         HELLO_KEEPALIVE_S=$KEEPALIVE_S "${WRAP[@]+"${WRAP[@]}"}" \
-            "$TMP/bin/hello_$kind" "$port" "$workers" >>"$logf" 2>&1 &
+            "$TMP/bin/hello_$kind" "$port" ${workers:+"$workers"} >>"$logf" 2>&1 &
         ;;
     nginx)
         write_nginx_conf "$port"
@@ -435,10 +457,10 @@ start_server() {
             >>"$logf" 2>&1 &
         ;;
     handoff-evmpm)
-        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" "$EVMPM_WORKERS" >>"$logf" 2>&1 &
+        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" 0 >>"$logf" 2>&1 &
         ;;
     handoff-ready)
-        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" "$EVMPM_WORKERS" --ready \
+        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" 0 --ready \
             >>"$logf" 2>&1 &
         ;;
     handoff-threads)
@@ -460,7 +482,12 @@ start_server() {
         PIDS+=("$SPID")
     fi
     wait_port "$port" || { cat "$logf" >&2; die "$kind did not listen on $port"; }
+    # hello_evmpm says how many workers it may run: evmpm's default most.
+    if [ "$kind" = evmpm ] && [ -z "$EVMPM_MAX" ]; then
+        EVMPM_MAX=$(sed -n 's/^listening on .*, \([0-9]*\) workers$/\1/p' "$logf" | head -n1)
+    fi
 }
+EVMPM_MAX="" # worker_threads as hello_evmpm reported it
 
 stop_server() { # stops the server SPID of job JOB
     local spid=$1 job=$2 i tree
@@ -674,7 +701,7 @@ HANDOFFS="handoff-threads handoff-evmpm handoff-ready"
 
 start_kind() { # KIND PORT: a server of the benchmark with its worker setting
     case $1 in
-    evmpm) start_server evmpm "$2" $EVMPM_WORKERS ;;
+    evmpm) start_server evmpm "$2" ;;
     blocking) start_server blocking "$2" "${3:-$BLOCKING_WORKERS}" ;;
     *) start_server "$1" "$2" ;;
     esac
@@ -685,7 +712,7 @@ start_kind() { # KIND PORT: a server of the benchmark with its worker setting
 scenarios_a_c() {
     local s r
     declare -A PORT_OF SPID_OF JOB_OF
-    log "scenarios a and c: hello_evmpm ($EVMPM_WORKERS workers), hello_blocking ($BLOCKING_WORKERS), nginx, Apache"
+    log "scenarios a and c: hello_evmpm (evmpm's defaults), hello_blocking ($BLOCKING_WORKERS), nginx, Apache"
     for s in $SERVERS4; do
         next_port
         PORT_OF[$s]=$PORT
@@ -775,7 +802,7 @@ scenario_d() {
     local r n port spid job
     log "scenario d: hello_evmpm with $IDLE_D idle connections"
     next_port
-    start_server evmpm "$PORT" $EVMPM_WORKERS
+    start_server evmpm "$PORT"
     port=$PORT spid=$SPID job=$JOB
     warm_up "$port"
     for r in $(seq "$ROUNDS"); do
@@ -900,7 +927,6 @@ scenario_f() {
     log "scenario f: syscalls per request (counted with $SYSCOUNT)"
     for s in $SERVERS4; do
         w=""
-        [ $s = evmpm ] && w=$EVMPM_WORKERS
         [ $s = blocking ] && w=$BLOCKING_WORKERS
         counted_run $s "$w" idle "$TMP/out/sysc.$s.idle"
         for load in wrk wrkclose; do
@@ -953,11 +979,14 @@ name_of() {
 }
 workers_of() {
     case $1 in
-    evmpm) echo "$EVMPM_WORKERS workers" ;;
+    evmpm) echo "evmpm's defaults" ;;
     blocking) echo "$BLOCKING_WORKERS threads max" ;;
     nginx) echo "2 worker processes" ;;
     apache) echo "2 × $APACHE_THREADS threads" ;;
     esac
+}
+evmpm_defaults() {
+    echo "running_threads one per CPU ($NCPU here), worker_threads ${EVMPM_MAX:-?} at most: more threads start only while handlers block"
 }
 idle_word() { [ "$1" = 0 ] && echo "none" || fmt_int "$1"; }
 cell() { [ -z "$1" ] && echo "n/a" || echo "$1"; }
@@ -1007,7 +1036,7 @@ targets() {
     if want b; then
         target_row "b. req/s with $(fmt_int "$IDLE_B") idle held ÷ without, hello_evmpm" "$(ratios b evmpm.idle.rps evmpm.noidle.rps | summary)" med ">=" 0.95 x
         target_row "b. idle connections still open at the end, hello_evmpm" "$(vals b evmpm.open_end | summary)" min ">=" "$IDLE_B" n
-        target_row "b. threads under load with idle held, hello_evmpm (workers + 2)" "$(vals b evmpm.idle.threads | summary)" max "<=" $((EVMPM_WORKERS + 2)) n
+        target_row "b. threads under load with idle held, hello_evmpm (one running thread per CPU + 3)" "$(vals b evmpm.idle.threads | summary)" max "<=" $((NCPU + 3)) n
         target_row "b. RSS growth per idle connection, hello_evmpm" "$(vals b evmpm.rss_per_conn | summary)" med "<=" 300 B
     fi
     if want c; then
@@ -1020,7 +1049,7 @@ targets() {
 
 report() {
     local s n v c sc
-    echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode)"
+    echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode$([ $SMOKE = 0 ] || echo ", smoke test: not a measurement"))"
     echo
     echo "Command: \`$COMMAND_LINE\`"
     echo
@@ -1033,7 +1062,7 @@ report() {
     fi
     echo "- Tools: $($NGINX -v 2>&1 | sed 's/^nginx version: //'), $($APACHE -v | sed -n 's/^Server version: //p'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
     echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body; $ROUNDS rounds per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
-    echo "- Servers: hello_evmpm with $EVMPM_WORKERS workers; hello_blocking with $BLOCKING_WORKERS threads at most ($BLOCKING_MAX_WORKERS in b; a thread per connection: with 16 it would serve only 16 of the $CONNS connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
+    echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $BLOCKING_WORKERS threads at most ($BLOCKING_MAX_WORKERS in b; a thread per connection: with 16 it would serve only 16 of the $CONNS connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
     echo "- Run time: $((T_END - T_START)) s."
     echo
     targets
@@ -1120,7 +1149,7 @@ report() {
 }
 
 mkdir -p "$ROOT/bench/results"
-SUFFIX=$([ "$MODE" = quick ] && echo -quick || true)$([ $ALL_SCENARIOS = 1 ] || echo "-only-$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')")
+SUFFIX=$([ "$MODE" = quick ] && echo -quick || true)$([ $ALL_SCENARIOS = 1 ] || echo "-only-$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')")$([ $SMOKE = 0 ] || echo -smoke)
 RESULT=$ROOT/bench/results/$(date +%F)$SUFFIX.md
 report >"$TMP/report.md"
 cat "$TMP/report.md"
