@@ -632,7 +632,7 @@ idle_open() {
     IDLE_PID=$!
     PIDS+=("$IDLE_PID")
     for i in $(seq 1400); do
-        grep -q '^ready' "$IDLE_OUT" && return 0
+        grep -qs '^ready' "$IDLE_OUT" && return 0
         kill -0 "$IDLE_PID" 2>/dev/null || die "idle_clients exited early"
         sleep 0.05
     done
@@ -687,10 +687,12 @@ fmt_us() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.1f Â
 
 # rotate "a b c" ROUND: the list started at element ROUND mod length.
 rotate() {
-    local -a xs=($1)
-    local n=${#xs[@]} i out=()
-    for ((i = 0; i < n; i++)); do out+=("${xs[$(((i + $2) % n))]}"); done
-    echo "${out[@]}"
+    local -a xs turn=()
+    local n i
+    read -ra xs <<<"$1"
+    n=${#xs[@]}
+    for ((i = 0; i < n; i++)); do turn+=("${xs[$(((i + $2) % n))]}"); done
+    echo "${turn[@]}"
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -873,7 +875,10 @@ counted_run() {
     local kind=$1 workers=$2 load=$3 out=$4 spec
     next_port
     case $SYSCOUNT in
-    perf) WRAP=(perf stat -x, -o "$out.raw" -e "$PERF_EVENTS" --) ;;
+    perf)
+        # shellcheck disable=SC2054 # -x, is perf's option: comma-separated output
+        WRAP=(perf stat -x, -o "$out.raw" -e "$PERF_EVENTS" --)
+        ;;
     strace) WRAP=(strace -f -c -o "$out.raw" --) ;;
     esac
     start_server "$kind" "$PORT" "$workers"
