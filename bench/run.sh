@@ -482,12 +482,7 @@ start_server() {
         PIDS+=("$SPID")
     fi
     wait_port "$port" || { cat "$logf" >&2; die "$kind did not listen on $port"; }
-    # hello_evmpm says how many workers it may run: evmpm's default most.
-    if [ "$kind" = evmpm ] && [ -z "$EVMPM_MAX" ]; then
-        EVMPM_MAX=$(sed -n 's/^listening on .*, \([0-9]*\) workers$/\1/p' "$logf" | head -n1)
-    fi
 }
-EVMPM_MAX="" # worker_threads as hello_evmpm reported it
 
 stop_server() { # stops the server SPID of job JOB
     local spid=$1 job=$2 i tree
@@ -990,8 +985,11 @@ workers_of() {
     apache) echo "2 × $APACHE_THREADS threads" ;;
     esac
 }
+# evmpm's defaults; the most workers as hello_evmpm reported it on start.
 evmpm_defaults() {
-    echo "running_threads one per CPU ($NCPU here), worker_threads ${EVMPM_MAX:-?} at most: more threads start only while handlers block"
+    local max
+    max=$(cat "$TMP"/logs/evmpm.*.log 2>/dev/null | sed -n 's/^listening on .*, \([0-9]*\) workers$/\1/p' | head -n1)
+    echo "running_threads one per CPU ($NCPU here), worker_threads ${max:-?} at most: more threads start only while handlers block"
 }
 idle_word() { [ "$1" = 0 ] && echo "none" || fmt_int "$1"; }
 cell() { [ -z "$1" ] && echo "n/a" || echo "$1"; }
