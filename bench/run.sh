@@ -85,6 +85,9 @@ want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
 ALL_SCENARIOS=0
 [ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdef ] && ALL_SCENARIOS=1
 
+# The machine's load before this script adds any (install, build, load).
+LOAD_LAUNCH=$(cut -d' ' -f1-3 /proc/loadavg)
+
 # ---- settings -----------------------------------------------------------------
 
 if [ "$MODE" = quick ]; then
@@ -114,6 +117,8 @@ KEEPALIVE_S=900            # idle timeout given to every server (see idle_timeou
 URL_PATH=/hello.txt        # the 100-byte file; the hello servers answer any path
 IDLE_TARGET=10000          # the idle connections the targets speak of (b)
 PARKED_TARGET=15000        # the parked connections of the flatness target (d)
+BUSY_LOAD=1.0              # a 1-minute load average above this at a scenario's start: busy
+QUIET_OTHER=0.10           # CPUs of other work (average over a scenario) a quiet run stays under
 export LC_ALL=C            # one decimal point for awk, sort and printf
 NCPU=$(nproc)              # evmpm's default running threads: one per CPU
 
@@ -690,7 +695,67 @@ rotate() {
     echo "${turn[@]}"
 }
 
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# ---- the machine's load, scenario by scenario -------------------------------------
+
+# The load average counts runnable threads, this script's own among them: a
+# scenario's start sees what the one before left behind, for minutes after
+# (it decays over a minute). So each scenario also gets the CPU time that
+# other work took while it ran: the machine's user + nice + system time
+# (/proc/stat) minus the CPU time of this script and every process it started
+# (bash's `times` for those reaped, /proc for those still running, such as
+# the servers scenarios a and c share). Interrupt time is left out on both sides: the
+# kernel may charge the loopback traffic's softirqs to no process. Steal
+# (time the hypervisor gave to other guests) is shown apart.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4, $9 }' /proc/stat; }
+# own_seconds: user + system seconds of this shell, the children it reaped,
+# and the processes it started that still run (with their children). `times`
+# runs in this shell (a redirection, no subshell), or it would time the
+# subshell.
+own_seconds() {
+    local p live=0
+    times >"$TMP/times"
+    # Each process once: a wrapper (perf, strace) and the server under it
+    # are both in PIDS.
+    for p in $(for q in "${PIDS[@]+"${PIDS[@]}"}"; do echo "$q"; children_of "$q"; done | sort -u); do
+        live=$((live + $(cpu_ticks "$p")))
+    done
+    awk -v live="$live" -v hz="$CLK_TCK" '
+        { for (i = 1; i <= NF; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } }
+        END { printf "%.3f\n", s + live / hz }' "$TMP/times"
+}
+SCEN_DONE=""   # the scenarios measured, in order
+declare -A SC_T0 SC_BUSY0 SC_STEAL0 SC_OWN0
+scenario_begin() { # SCEN
+    local l1 l5 l15
+    read -r l1 l5 l15 _ </proc/loadavg
+    rec load "$1" start "$l1 $l5 $l15"
+    read -r "SC_BUSY0[$1]" "SC_STEAL0[$1]" < <(machine_ticks)
+    SC_OWN0[$1]=$(own_seconds)
+    SC_T0[$1]=$EPOCHREALTIME
+    log "scenario $1: load average $l1 $l5 $l15 at its start$(awk -v l="$l1" -v b=$BUSY_LOAD 'BEGIN { if (l > b) print " (busy)" }')"
+}
+scenario_end() { # SCEN
+    local t1 busy1 steal1 own1 other steal l1 l5 l15
+    t1=$EPOCHREALTIME
+    read -r busy1 steal1 < <(machine_ticks)
+    own1=$(own_seconds)
+    read -r l1 l5 l15 _ </proc/loadavg
+    read -r other steal < <(awk -v t0="${SC_T0[$1]}" -v t1="$t1" -v b0="${SC_BUSY0[$1]}" -v b1="$busy1" \
+        -v s0="${SC_STEAL0[$1]}" -v s1="$steal1" -v o0="${SC_OWN0[$1]}" -v o1="$own1" -v hz="$CLK_TCK" 'BEGIN {
+        w = t1 - t0; if (w <= 0) w = 1
+        o = ((b1 - b0) / hz - (o1 - o0)) / w; if (o < 0) o = 0
+        printf "%.3f %.3f\n", o, (s1 - s0) / hz / w
+    }')
+    rec load "$1" end "$l1 $l5 $l15"
+    rec load "$1" other "$other"
+    rec load "$1" steal "$steal"
+    rec load "$1" seconds "$(awk -v a="${SC_T0[$1]}" -v b="$t1" 'BEGIN { printf "%.0f", b - a }')"
+    SCEN_DONE="$SCEN_DONE $1"
+    log "scenario $1 done: load average $l1 $l5 $l15; other work $other CPUs, steal $steal"
+}
+# load_field SCEN KEY: a recorded value of the machine-load table.
+load_field() { awk -F'\t' -v s="$1" -v k="$2" '$1 == "load" && $2 == s && $3 == k { print $4 }' "$RAW"; }
+
 T_START=$(date +%s)
 
 SERVERS4="evmpm blocking nginx apache"
@@ -719,20 +784,24 @@ scenarios_a_c() {
     done
     for s in $SERVERS4; do warm_up "${PORT_OF[$s]}"; done
     if want a; then
+        scenario_begin a
         for r in $(seq "$ROUNDS"); do
             for s in $(rotate "$SERVERS4" "$r"); do
                 SAMPLE_PID=${SPID_OF[$s]}
                 wrk_rec a "$r" "$s" "${PORT_OF[$s]}"
             done
         done
+        scenario_end a
     fi
     if want c; then
+        scenario_begin c
         for r in $(seq "$ROUNDS"); do
             for s in $(rotate "$SERVERS4" "$r"); do
                 SAMPLE_PID=${SPID_OF[$s]}
                 wrk_rec c "$r" "$s" "${PORT_OF[$s]}" -H 'Connection: close'
             done
         done
+        scenario_end c
     fi
     SAMPLE_PID=""
     for s in $SERVERS4; do stop_server "${SPID_OF[$s]}" "${JOB_OF[$s]}"; done
@@ -955,11 +1024,15 @@ scenario_f() {
     done
 }
 
+# a and c share their servers and time their load apart.
 if want a || want c; then scenarios_a_c; fi
-if want b; then scenario_b; fi
-if want d; then scenario_d; fi
-if want e; then scenario_e; fi
-if want f; then scenario_f; fi
+for x in b d e f; do
+    if want $x; then
+        scenario_begin $x
+        scenario_$x
+        scenario_end $x
+    fi
+done
 
 T_END=$(date +%s)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -1050,6 +1123,52 @@ targets() {
     fi
 }
 
+# The machine's load: whether the run was quiet (the README's figures come
+# only from a quiet run), and the scenarios that started on a busy machine.
+quiet_header() {
+    local launch1 worst why busy
+    launch1=${LOAD_LAUNCH%% *}
+    # The scenario with the most other work (or steal): "scen other steal".
+    worst=$(for x in $SCEN_DONE; do echo "$x $(load_field "$x" other) $(load_field "$x" steal)"; done |
+        sort -k2,2gr | head -n1)
+    why=$(awk -v l="$launch1" -v b=$BUSY_LOAD -v w="$worst" -v q=$QUIET_OTHER 'BEGIN {
+        split(w, f, " "); out = ""
+        if (l > b) out = sprintf("the 1-minute load average was %s before the run began (above %s)", l, b)
+        for (i = 2; i <= 3; i++) if (f[i] > q) {
+            out = out (out == "" ? "" : "; ") sprintf("%s took %.2f CPUs on average during scenario %s (above %.2f)", i == 2 ? "other work" : "steal", f[i], f[1], q)
+        }
+        print out
+    }')
+    busy=$(for x in $SCEN_DONE; do
+        awk -v x="$x" -v l="$(load_field "$x" start)" -v b=$BUSY_LOAD 'BEGIN { split(l, f, " "); if (f[1] > b) printf "%s (%s) ", x, f[1] }'
+    done | sed 's/ $//; s/) /), /g')
+    if [ $SMOKE = 1 ]; then
+        echo "- **Quiet run: not judged**, this is a smoke test. Load average $LOAD_LAUNCH before the run, $LOAD_END at its end."
+    elif [ -z "$why" ]; then
+        echo "- **Quiet run: yes.** The 1-minute load average was $launch1 before the run added any load, and other work (the machine's CPU time less this run's own) stayed at or below $(printf '%.2f' $QUIET_OTHER) CPUs in every scenario, steal too. Its figures may go into the README."
+    else
+        echo "- **Quiet run: no**: $why. Not for the README. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round. The scheduler shares a busy CPU per thread, so a server with many runnable threads (hello_blocking, Apache) loses less of it to other work than nginx's two single-threaded workers do; server CPU per request (a, c) does not depend on that share."
+    fi
+    if [ -n "$busy" ]; then
+        echo "- Load average above $BUSY_LOAD at the start of scenario $busy: flagged busy in the machine-load table. It counts every runnable thread, this run's own previous scenario's among them, and takes minutes to decay; the other-work column there is this run's own load taken out."
+    fi
+}
+
+# The machine-load table: each scenario's load average at its start and end,
+# and the CPU time other work took while it ran.
+load_table() {
+    local x
+    echo "## Machine load, scenario by scenario"
+    echo
+    echo "Load average (1, 5 and 15 minutes, /proc/loadavg) at each scenario's start and end; **busy**: the 1-minute figure above $BUSY_LOAD at its start. Other work: the machine's user + nice + system CPU time (/proc/stat) less that of this script and every process it started, divided by the scenario's wall time; steal: time the hypervisor gave elsewhere. Both in CPUs, out of $NCPU. A quiet run keeps both at or below $(printf '%.2f' $QUIET_OTHER)."
+    echo
+    echo "| scenario | load average at start | at end | busy at start | other work | steal | seconds |"
+    echo "|---|---|---|---|---:|---:|---:|"
+    for x in $SCEN_DONE; do
+        echo "| $x | $(load_field "$x" start) | $(load_field "$x" end) | $(awk -v l="$(load_field "$x" start)" -v b=$BUSY_LOAD 'BEGIN { split(l, f, " "); print (f[1] > b ? "**busy**" : "no") }') | $(printf '%.2f' "$(load_field "$x" other)") | $(printf '%.2f' "$(load_field "$x" steal)") | $(load_field "$x" seconds) |"
+    done
+}
+
 report() {
     local s n v c sc
     echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode$([ $SMOKE = 0 ] || echo ", smoke test: not a measurement"))"
@@ -1057,7 +1176,7 @@ report() {
     echo "Command: \`$COMMAND_LINE\`"
     echo
     echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r). Load generator on the same machine."
-    echo "- The machine was shared with other work (builds, tests) while this ran: load average $LOAD_START at the start, $LOAD_END at the end. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round. The scheduler shares a busy CPU per thread, so a server with many runnable threads (hello_blocking, Apache, hello_evmpm's workers) loses less of it to other work than nginx's two single-threaded workers do; server CPU per request (a, c) does not depend on that share."
+    quiet_header
     if [ -z "$GIT_DIRTY" ]; then
         echo "- evmpm: commit $GIT_COMMIT, no uncommitted changes in the sources measured (src, include, examples-c, bench, Cargo files); release build, C programs built with -O2."
     else
@@ -1069,6 +1188,8 @@ report() {
     echo "- Run time: $((T_END - T_START)) s."
     echo
     targets
+    echo
+    load_table
     if want a; then
         echo
         echo "## a. Keep-alive, $CONNS connections"
