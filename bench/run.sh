@@ -8,7 +8,8 @@
 # a noisy neighbour on the machine hits them alike.
 #
 # Scenarios:
-#   a  keep-alive, 100 connections, 100-byte responses: the four servers
+#   a  keep-alive, 100-byte responses, at 1, 10, 100 and 1,000 connections:
+#      hello_evmpm, hello_blocking and nginx; Apache at 100
 #   b  the same while idle keep-alive connections are held open (10,000)
 #   c  connection per request (Connection: close)
 #   d  flatness: hello_evmpm with 0, 5,000 and 15,000 parked connections
@@ -108,9 +109,14 @@ if [ -n "${BENCH_DURATION:-}" ]; then
     SYSC_DUR=$BENCH_DURATION
 fi
 CONNS=100                  # wrk connections, and the concurrent hand-off client
+KA_LEVELS="1 10 100 1000"  # connections in scenario a
+# What hello_evmpm's keep-alive req/s must reach in a, against hello_blocking
+# and against nginx, at each level: where a few threads running short
+# handlers should beat a thread per connection and nginx's two processes.
+ka_want() { case $1 in 10 | 100) echo 1.3 ;; *) echo 1.0 ;; esac; }
 # hello_evmpm and the hand-off echo server run with the runtime's defaults
 # (no WORKERS argument): what is measured is what a user gets.
-BLOCKING_WORKERS=128       # hello_blocking needs a thread per connection: 100 + margin
+BLOCKING_WORKERS=1100      # hello_blocking needs a thread per connection: 1,000 (a) + margin
 BLOCKING_MAX_WORKERS=4096  # the most hello_blocking accepts (scenario b)
 APACHE_THREADS=64          # per process, 2 processes: more threads than wrk connections
 KEEPALIVE_S=900            # idle timeout given to every server (see idle_timeout_shim.c)
@@ -316,7 +322,7 @@ $CC "${CFLAGS[@]}" "$ROOT/bench/idle_clients.c" -o "$TMP/bin/idle_clients"
 # one process needs: the parked connections plus the load and some spare.
 max_idle=0
 for n in $IDLE_B $IDLE_D; do [ "$n" -gt $max_idle ] && max_idle=$n; done
-NEED_NOFILE=$((max_idle + CONNS + 256))
+NEED_NOFILE=$((max_idle + 1000 + 256)) # the idle ones, the most load connections, spare
 HARD_NOFILE=$(ulimit -Hn)
 if [ "$HARD_NOFILE" != unlimited ] && [ "$HARD_NOFILE" -lt $NEED_NOFILE ]; then
     ulimit -Hn $NEED_NOFILE 2>/dev/null || true # root may raise it (up to fs.nr_open)
@@ -536,11 +542,12 @@ rss_of() {
 
 # ---- load and idle connections ------------------------------------------------------
 
-# run_wrk OUTFILE PORT [wrk options]: one bounded wrk run.
+# run_wrk OUTFILE PORT [wrk options]: one bounded wrk run, with WRK_CONNS
+# connections (CONNS when unset).
 run_wrk() {
     local out=$1 port=$2
     shift 2
-    timeout -k 5 $((DUR + 30)) wrk -t1 -c$CONNS -d${DUR}s --latency "$@" \
+    timeout -k 5 $((DUR + 30)) wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
         "http://127.0.0.1:$port$URL_PATH" >"$out" 2>&1 || true
 }
 
@@ -759,6 +766,7 @@ load_field() { awk -F'\t' -v s="$1" -v k="$2" '$1 == "load" && $2 == s && $3 == 
 T_START=$(date +%s)
 
 SERVERS4="evmpm blocking nginx apache"
+SERVERS3="evmpm blocking nginx" # a's servers at every level; Apache only at CONNS
 HANDOFFS="handoff-threads handoff-evmpm handoff-ready"
 
 start_kind() { # KIND PORT: a server of the benchmark with its worker setting
@@ -772,7 +780,7 @@ start_kind() { # KIND PORT: a server of the benchmark with its worker setting
 # ---- a and c: keep-alive and connection-per-request against four servers ---------
 
 scenarios_a_c() {
-    local s r
+    local s r c
     declare -A PORT_OF SPID_OF JOB_OF
     log "scenarios a and c: hello_evmpm (evmpm's defaults), hello_blocking ($BLOCKING_WORKERS), nginx, Apache"
     for s in $SERVERS4; do
@@ -784,11 +792,16 @@ scenarios_a_c() {
     done
     for s in $SERVERS4; do warm_up "${PORT_OF[$s]}"; done
     if want a; then
+        # Each level in turn, the servers in rotating order within it: each
+        # ratio compares runs a few seconds apart. Apache only at CONNS: its
+        # 2 × 64 threads would close keep-alive connections at 1,000.
         scenario_begin a
         for r in $(seq "$ROUNDS"); do
-            for s in $(rotate "$SERVERS4" "$r"); do
-                SAMPLE_PID=${SPID_OF[$s]}
-                wrk_rec a "$r" "$s" "${PORT_OF[$s]}"
+            for c in $KA_LEVELS; do
+                for s in $(rotate "$([ "$c" = $CONNS ] && echo "$SERVERS4" || echo "$SERVERS3")" "$r"); do
+                    SAMPLE_PID=${SPID_OF[$s]}
+                    WRK_CONNS=$c wrk_rec a "$r" "$s.c$c" "${PORT_OF[$s]}"
+                done
             done
         done
         scenario_end a
@@ -1053,7 +1066,7 @@ name_of() {
 workers_of() {
     case $1 in
     evmpm) echo "evmpm's defaults" ;;
-    blocking) echo "$BLOCKING_WORKERS threads max" ;;
+    blocking) echo "$(fmt_int $BLOCKING_WORKERS) threads max" ;;
     nginx) echo "2 worker processes" ;;
     apache) echo "2 × $APACHE_THREADS threads" ;;
     esac
@@ -1063,6 +1076,16 @@ evmpm_defaults() {
     local max
     max=$(cat "$TMP"/logs/evmpm.*.log 2>/dev/null | sed -n 's/^listening on .*, \([0-9]*\) workers$/\1/p' | head -n1)
     echo "running_threads one per CPU ($NCPU here), worker_threads ${max:-?} at most: more threads start only while handlers block"
+}
+# and_list "1 10 1000": "1, 10 and 1,000".
+and_list() {
+    local w out=() n
+    for w in $1; do out+=("$(fmt_int "$w")"); done
+    n=${#out[@]}
+    if [ "$n" -le 1 ]; then echo "${out[*]}"; return; fi
+    printf '%s' "${out[0]}"
+    for ((w = 1; w < n - 1; w++)); do printf ', %s' "${out[$w]}"; done
+    printf ' and %s\n' "${out[$((n - 1))]}"
 }
 idle_word() { [ "$1" = 0 ] && echo "none" || fmt_int "$1"; }
 cell() { [ -z "$1" ] && echo "n/a" || echo "$1"; }
@@ -1091,7 +1114,7 @@ target_row() {
 }
 
 targets() {
-    local dmax=0 n
+    local dmax=0 n c s
     for n in $IDLE_D; do [ "$n" -gt $dmax ] && dmax=$n; done
     echo "## Targets"
     echo
@@ -1104,10 +1127,15 @@ targets() {
     echo "| target | wanted | measured | rounds | verdict |"
     echo "|---|---:|---:|---:|---|"
     if want a; then
-        target_row "a. keep-alive req/s, hello_evmpm ÷ hello_blocking" "$(ratios a evmpm.rps blocking.rps | summary)" med ">=" 1.0 x
-        target_row "a. keep-alive req/s, hello_evmpm ÷ nginx (2 worker processes)" "$(ratios a evmpm.rps nginx.rps | summary)" med ">=" 1.0 x
-        target_row "a. keep-alive req/s, hello_evmpm ÷ Apache httpd (event MPM)" "$(ratios a evmpm.rps apache.rps | summary)" med ">=" 3.0 x
-        target_row "a. keep-alive p99, hello_evmpm ÷ nginx" "$(ratios a evmpm.p99 nginx.p99 | summary)" med "<=" 1.0 x
+        for c in $KA_LEVELS; do
+            for s in blocking nginx; do
+                target_row "a. keep-alive req/s at $(fmt_int "$c") conn., hello_evmpm ÷ $(name_of $s)" "$(ratios a "evmpm.c$c.rps" "$s.c$c.rps" | summary)" med ">=" "$(ka_want "$c")" x
+            done
+            for s in blocking nginx; do
+                target_row "a. keep-alive p99 at $(fmt_int "$c") conn., hello_evmpm ÷ $(name_of $s)" "$(ratios a "evmpm.c$c.p99" "$s.c$c.p99" | summary)" med "<=" 1.0 x
+            done
+        done
+        target_row "a. keep-alive req/s at $CONNS conn., hello_evmpm ÷ Apache httpd (event MPM)" "$(ratios a "evmpm.c$CONNS.rps" "apache.c$CONNS.rps" | summary)" med ">=" 3.0 x
     fi
     if want b; then
         target_row "b. req/s with $(fmt_int "$IDLE_B") idle held ÷ without, hello_evmpm" "$(ratios b evmpm.idle.rps evmpm.noidle.rps | summary)" med ">=" 0.95 x
@@ -1170,7 +1198,7 @@ load_table() {
 }
 
 report() {
-    local s n v c sc
+    local s n v c sc k
     echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode$([ $SMOKE = 0 ] || echo ", smoke test: not a measurement"))"
     echo
     echo "Command: \`$COMMAND_LINE\`"
@@ -1183,8 +1211,8 @@ report() {
         echo "- evmpm: commit $GIT_COMMIT **with uncommitted changes** in: $GIT_DIRTY. Release build, C programs built with -O2."
     fi
     echo "- Tools: $($NGINX -v 2>&1 | sed 's/^nginx version: //'), $($APACHE -v | sed -n 's/^Server version: //p'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
-    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body; $ROUNDS rounds per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
-    echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $BLOCKING_WORKERS threads at most ($BLOCKING_MAX_WORKERS in b; a thread per connection: with 16 it would serve only 16 of the $CONNS connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
+    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g')); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
+    echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $(fmt_int $BLOCKING_WORKERS) threads at most ($(fmt_int $BLOCKING_MAX_WORKERS) in b; a thread per connection, so as many as the largest load's connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
     echo "- Run time: $((T_END - T_START)) s."
     echo
     targets
@@ -1192,12 +1220,17 @@ report() {
     load_table
     if want a; then
         echo
-        echo "## a. Keep-alive, $CONNS connections"
+        echo "## a. Keep-alive at $(and_list "$KA_LEVELS") connections"
         echo
-        echo "| server | workers | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | server CPU per request | threads under load | RSS under load |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-        for s in $SERVERS4; do
-            echo "| $(name_of $s) | $(workers_of $s) | $(fmt_int "$(med a $s.rps)") | $(fmt_ms "$(med a $s.p99)") | $(fmt_x "$(ratio a evmpm.rps $s.rps)") | $(fmt_x "$(ratio a evmpm.p99 $s.p99)") | $(fmt_us "$(med a $s.cpu)") | $(fmt_int "$(med a $s.threads)") | $(fmt_mib "$(med a $s.rss)") |"
+        echo "The same server processes throughout; at each level the servers take turns in rotating order, and each ratio is the median of the per-round ratios at that level. Apache at $CONNS connections only. Threads and RSS: sampled half way through a run."
+        echo
+        echo "| connections | server | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | server CPU per request | threads under load | RSS under load | wrk errors |"
+        echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for c in $KA_LEVELS; do
+            for s in $([ "$c" = $CONNS ] && echo "$SERVERS4" || echo "$SERVERS3"); do
+                k=$s.c$c
+                echo "| $(fmt_int "$c") | $(name_of $s) | $(fmt_int "$(med a "$k.rps")") | $(fmt_ms "$(med a "$k.p99")") | $(fmt_x "$(ratio a "evmpm.c$c.rps" "$k.rps")") | $(fmt_x "$(ratio a "evmpm.c$c.p99" "$k.p99")") | $(fmt_us "$(med a "$k.cpu")") | $(fmt_int "$(med a "$k.threads")") | $(fmt_mib "$(med a "$k.rss")") | $(fmt_int "$(med a "$k.errors")") |"
+            done
         done
     fi
     if want b; then
