@@ -15,6 +15,9 @@
 #   d  flatness: hello_evmpm with 0, 5,000 and 15,000 parked connections
 #   e  the hand-off path (event thread -> worker -> park): ns per request
 #   f  system calls per request (perf, else strace), servers and hand-off
+#   g  handlers that block: every tenth request sleeps 5 ms (10, 100 and
+#      1,000 connections), then every request 50 ms (200 connections):
+#      hello_evmpm against hello_blocking
 # The report starts with the targets, each with its measured figure and
 # whether it is met. Timing never changes the exit status: 0 when it ran.
 #
@@ -22,7 +25,7 @@
 #   --quick       1 s load runs and fewer idle connections (2,000 in b,
 #                 1,000 and 3,000 in d); about 3 minutes
 #   --rounds N    rounds per scenario (default 3, at least 3)
-#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f)
+#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g)
 #   --no-install  do not apt-get missing tools; fail instead
 #   --keep        keep the temporary directory (configs, logs, raw numbers)
 #
@@ -48,7 +51,7 @@ MODE=full
 ROUNDS=3
 INSTALL=1
 KEEP=0
-ONLY=a,b,c,d,e,f
+ONLY=a,b,c,d,e,f,g
 COMMAND_LINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -81,10 +84,10 @@ for v in BENCH_DURATION BENCH_ROUNDS; do
     COMMAND_LINE="$v=${!v} $COMMAND_LINE"
 done
 ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
-case ,$ONLY, in *[!a-f,]*) usage ;; esac
+case ,$ONLY, in *[!a-g,]*) usage ;; esac
 want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
 ALL_SCENARIOS=0
-[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdef ] && ALL_SCENARIOS=1
+[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefg ] && ALL_SCENARIOS=1
 
 # The machine's load before this script adds any (install, build, load).
 LOAD_LAUNCH=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -120,6 +123,12 @@ BLOCKING_WORKERS=1100      # hello_blocking needs a thread per connection: 1,000
 BLOCKING_MAX_WORKERS=4096  # the most hello_blocking accepts (scenario b)
 APACHE_THREADS=64          # per process, 2 processes: more threads than wrk connections
 KEEPALIVE_S=900            # idle timeout given to every server (see idle_timeout_shim.c)
+MIX_LEVELS="10 100 1000"   # connections in g's mixed load
+MIX_EVERY=10               # g: every tenth request is GET /slow (bench/slow_every.lua) ...
+MIX_SLOW_MS=5              # ... which sleeps this long before its answer
+ALLSLOW_CONNS=200          # g: every request is GET /slow, on this many connections,
+ALLSLOW_MS=50              # sleeping this long: at most 200 / 50 ms = 4,000 req/s
+ALLSLOW_IDEAL=$((ALLSLOW_CONNS * 1000 / ALLSLOW_MS))
 URL_PATH=/hello.txt        # the 100-byte file; the hello servers answer any path
 IDLE_TARGET=10000          # the idle connections the targets speak of (b)
 PARKED_TARGET=15000        # the parked connections of the flatness target (d)
@@ -445,7 +454,8 @@ wait_port() { # port: until it accepts (at most 10 s)
 }
 
 # start_server KIND PORT [WORKERS]: starts it in the foreground of a
-# background job, under $WRAP (a syscall counter) when set. Sets SPID to the
+# background job, under $WRAP (a syscall counter) when set. The hello
+# servers sleep SLOW_MS (MIX_SLOW_MS when unset) before answering /slow. Sets SPID to the
 # server's process (the master, for nginx and Apache) and JOB to the job.
 WRAP=()
 start_server() {
@@ -454,7 +464,7 @@ start_server() {
     local logf="$TMP/logs/$kind.$port.log"
     case $kind in
     evmpm | blocking)
-        HELLO_KEEPALIVE_S=$KEEPALIVE_S "${WRAP[@]+"${WRAP[@]}"}" \
+        HELLO_KEEPALIVE_S=$KEEPALIVE_S HELLO_SLOW_MS=${SLOW_MS:-$MIX_SLOW_MS} "${WRAP[@]+"${WRAP[@]}"}" \
             "$TMP/bin/hello_$kind" "$port" ${workers:+"$workers"} >>"$logf" 2>&1 &
         ;;
     nginx)
@@ -543,12 +553,12 @@ rss_of() {
 # ---- load and idle connections ------------------------------------------------------
 
 # run_wrk OUTFILE PORT [wrk options]: one bounded wrk run, with WRK_CONNS
-# connections (CONNS when unset).
+# connections (CONNS when unset), for WRK_PATH (URL_PATH when unset).
 run_wrk() {
     local out=$1 port=$2
     shift 2
     timeout -k 5 $((DUR + 30)) wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
-        "http://127.0.0.1:$port$URL_PATH" >"$out" 2>&1 || true
+        "http://127.0.0.1:$port${WRK_PATH:-$URL_PATH}" >"$out" 2>&1 || true
 }
 
 # parse_wrk FILE: "rps p99_us requests errors" (errors: socket errors and
@@ -602,6 +612,47 @@ sampler_end() { # SCEN ROUND KEY OUTFILE
     rec "$1" "$2" "$3.rss" "$r"
 }
 
+# With WATCH_EVERY set (seconds), SAMPLE_PID is also watched all through the
+# run, every WATCH_EVERY seconds: the most threads seen (KEY.threads_max) and
+# the mean number in state R, running or waiting for a CPU (KEY.running).
+# Each look costs the watcher a few milliseconds of CPU.
+WATCH_EVERY=""
+WATCHER=""
+running_of() { # PID...: threads in state R
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/stat 2>/dev/null; done |
+        awk '{ sub(/^.*\) /, ""); if ($1 == "R") n++ } END { print n + 0 }'
+}
+watch_start() { # OUTFILE
+    [ -n "$SAMPLE_PID" ] && [ -n "$WATCH_EVERY" ] || return 0
+    local out=$1 procs
+    # The processes are fixed for the run: the server and its children.
+    procs="$SAMPLE_PID $(children_of "$SAMPLE_PID" | tr '\n' ' ')"
+    : >"$out"
+    (
+        local p t
+        while kill -0 "$SAMPLE_PID" 2>/dev/null; do
+            t=0
+            # shellcheck disable=SC2086 # a list of pids
+            for p in $procs; do t=$((t + $(ls /proc/"$p"/task 2>/dev/null | wc -l))); done
+            # shellcheck disable=SC2086
+            echo "$t $(running_of $procs)" >>"$out"
+            sleep "$WATCH_EVERY"
+        done
+    ) &
+    WATCHER=$!
+    PIDS+=("$WATCHER")
+}
+watch_end() { # SCEN ROUND KEY OUTFILE
+    [ -n "$WATCHER" ] || return 0
+    kill "$WATCHER" 2>/dev/null || true
+    wait "$WATCHER" 2>/dev/null || true
+    forget_pid "$WATCHER"
+    WATCHER=""
+    rec "$1" "$2" "$3.threads_max" "$(awk '$1 > m { m = $1 } END { print NR ? m : "nan" }' "$4")"
+    rec "$1" "$2" "$3.running" "$(awk '{ s += $2 } END { print NR ? s / NR : "nan" }' "$4")"
+}
+
 # wrk_rec SCEN ROUND KEY PORT [wrk options]: one run, recorded.
 wrk_rec() {
     local scen=$1 round=$2 key=$3 port=$4 out rps p99 req err c0 c1
@@ -609,7 +660,9 @@ wrk_rec() {
     out="$TMP/out/$scen.$key.$round.wrk"
     [ -z "$SAMPLE_PID" ] || c0=$(cpu_tree "$SAMPLE_PID")
     sampler_start "$out.sample"
+    watch_start "$out.watch"
     run_wrk "$out" "$port" "$@"
+    watch_end "$scen" "$round" "$key" "$out.watch"
     [ -z "$SAMPLE_PID" ] || c1=$(cpu_tree "$SAMPLE_PID")
     sampler_end "$scen" "$round" "$key" "$out.sample"
     read -r rps p99 req err < <(parse_wrk "$out")
@@ -676,6 +729,8 @@ summary() {
     }'
 }
 med() { vals "$1" "$2" | summary | cut -d' ' -f1; }
+# vals_round SCEN ROUND KEY: the value recorded in that round.
+vals_round() { awk -F'\t' -v s="$1" -v r="$2" -v k="$3" '$1 == s && $2 == r && $3 == k { v = $4 } END { print v == "" ? "nan" : v }' "$RAW"; }
 ratio() { ratios "$1" "$2" "$3" | summary | cut -d' ' -f1; }
 
 fmt_int() { # 1234567 -> 1,234,567
@@ -690,6 +745,7 @@ fmt_ms() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.2f m
 fmt_x() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.2f×", v }'; }
 fmt_mib() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.1f MiB", v / 1024 }'; }
 fmt_b() { [ "$1" = nan ] && echo "n/a" || echo "$(fmt_int "$1") B"; }
+fmt_pct() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.0f%%", v * 100 }'; }
 fmt_us() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.1f µs", v / 1000 }'; }
 
 # rotate "a b c" ROUND: the list started at element ROUND mod length.
@@ -1037,9 +1093,61 @@ scenario_f() {
     done
 }
 
+# ---- g: handlers that block ------------------------------------------------------------
+
+# The hello servers answer GET /slow after sleeping HELLO_SLOW_MS: a handler
+# waiting on a backend. hello_blocking has a thread per connection anyway;
+# evmpm runs a thread per CPU while handlers are short and must start more
+# while they sleep, or the CPUs idle with requests waiting.
+#
+# Mixed: bench/slow_every.lua makes every MIX_EVERY-th request GET /slow
+# (MIX_SLOW_MS), the rest the 100-byte file, at each of MIX_LEVELS
+# connections; the two servers take turns at each level, as in a.
+# All slow: every request GET /slow sleeping ALLSLOW_MS, on ALLSLOW_CONNS
+# connections: at most ALLSLOW_IDEAL req/s, each connection waiting out one
+# sleep per request. Servers with their own HELLO_SLOW_MS, so four processes,
+# all fresh: the threads evmpm starts are part of what is measured. Their
+# count is watched through the all-slow runs.
+scenario_g() {
+    local r c s m
+    declare -A PORT_OF SPID_OF JOB_OF
+    log "scenario g: handlers that block: 1 request in $MIX_EVERY sleeps $MIX_SLOW_MS ms, then all sleep $ALLSLOW_MS ms"
+    for s in evmpm blocking; do
+        for m in mix slow; do
+            next_port
+            PORT_OF[$s.$m]=$PORT
+            SLOW_MS=$([ $m = mix ] && echo $MIX_SLOW_MS || echo $ALLSLOW_MS) start_kind $s "$PORT"
+            SPID_OF[$s.$m]=$SPID
+            JOB_OF[$s.$m]=$JOB
+            warm_up "$PORT"
+        done
+    done
+    for r in $(seq "$ROUNDS"); do
+        for c in $MIX_LEVELS; do
+            for s in $(rotate "evmpm blocking" "$r"); do
+                SAMPLE_PID=${SPID_OF[$s.mix]}
+                WRK_CONNS=$c wrk_rec g "$r" "$s.mix.c$c" "${PORT_OF[$s.mix]}" \
+                    -s "$ROOT/bench/slow_every.lua"
+            done
+        done
+    done
+    for r in $(seq "$ROUNDS"); do
+        for s in $(rotate "evmpm blocking" "$r"); do
+            SAMPLE_PID=${SPID_OF[$s.slow]}
+            WATCH_EVERY=0.2 WRK_CONNS=$ALLSLOW_CONNS WRK_PATH=/slow wrk_rec g "$r" "$s.slow" "${PORT_OF[$s.slow]}"
+            rec g "$r" "$s.slow.share" "$(awk -v r="$(vals_round g "$r" "$s.slow.rps")" -v i=$ALLSLOW_IDEAL 'BEGIN { print r / i }')"
+        done
+    done
+    SAMPLE_PID=""
+    for s in evmpm blocking; do
+        rec g 0 "$s.slow.threads_end" "$(threads_of "${SPID_OF[$s.slow]}")"
+        for m in mix slow; do stop_server "${SPID_OF[$s.$m]}" "${JOB_OF[$s.$m]}"; done
+    done
+}
+
 # a and c share their servers and time their load apart.
 if want a || want c; then scenarios_a_c; fi
-for x in b d e f; do
+for x in b d e f g; do
     if want $x; then
         scenario_begin $x
         scenario_$x
@@ -1090,12 +1198,12 @@ and_list() {
 idle_word() { [ "$1" = 0 ] && echo "none" || fmt_int "$1"; }
 cell() { [ -z "$1" ] && echo "n/a" || echo "$1"; }
 
-fmt_unit() { case $1 in x) fmt_x "$2" ;; B) fmt_b "$2" ;; n) fmt_int "$2" ;; esac; }
+fmt_unit() { case $1 in x) fmt_x "$2" ;; B) fmt_b "$2" ;; n) fmt_int "$2" ;; %) fmt_pct "$2" ;; esac; }
 
 # target_row TEXT STATS PICK OP THRESHOLD UNIT: one row of the targets table.
 # STATS is "median min max count"; PICK says which of them decides (med for
-# ratios; min or max where every round must meet the target); UNIT is x, B
-# or n (a count).
+# ratios; min or max where every round must meet the target); UNIT is x, B,
+# n (a count) or % (a share).
 target_row() {
     local text=$1 pick=$3 op=$4 thr=$5 unit=$6 m lo hi n v shown range verdict
     read -r m lo hi n <<<"$2"
@@ -1148,6 +1256,12 @@ targets() {
     fi
     if want d; then
         target_row "d. req/s with $(fmt_int "$dmax") parked ÷ with none, hello_evmpm" "$(ratios d "idle$dmax.rps" idle0.rps | summary)" med ">=" 0.95 x
+    fi
+    if want g; then
+        for c in $MIX_LEVELS; do
+            target_row "g. 1 in $MIX_EVERY requests blocks $MIX_SLOW_MS ms, $(fmt_int "$c") conn.: req/s, hello_evmpm ÷ hello_blocking" "$(ratios g "evmpm.mix.c$c.rps" "blocking.mix.c$c.rps" | summary)" med ">=" 1.0 x
+        done
+        target_row "g. every request blocks $ALLSLOW_MS ms, $ALLSLOW_CONNS conn.: hello_evmpm req/s ÷ $(fmt_int $ALLSLOW_IDEAL)" "$(vals g evmpm.slow.share | summary)" med ">=" 0.90 %
     fi
 }
 
@@ -1301,6 +1415,31 @@ report() {
         echo "|---|---|---|"
         for s in $SERVERS4; do
             echo "| $(name_of $s) | $(cell "${SYSC[$s.wrk]:-}") | $(cell "${SYSC[$s.wrkclose]:-}") |"
+        done
+    fi
+    if want g; then
+        echo
+        echo "## g. Handlers that block"
+        echo
+        echo "The hello servers answer \`GET /slow\` after sleeping HELLO_SLOW_MS: a handler waiting on a backend. hello_blocking holds a thread per connection anyway; hello_evmpm, with evmpm's defaults, runs one thread per CPU while handlers are short and must start more while they sleep. Fresh servers for this scenario, so the threads evmpm starts are part of the measurement."
+        echo
+        echo "**Mixed**: \`wrk -s bench/slow_every.lua\`: every ${MIX_EVERY}th request is \`GET /slow\`, sleeping $MIX_SLOW_MS ms, the others get the 100-byte file. At each level the two servers take turns in rotating order; each ratio is the median of the per-round ratios. Threads: sampled half way through a run."
+        echo
+        echo "| connections | server | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | server CPU per request | threads under load | wrk errors |"
+        echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        for c in $MIX_LEVELS; do
+            for s in evmpm blocking; do
+                k=$s.mix.c$c
+                echo "| $(fmt_int "$c") | $(name_of $s) | $(fmt_int "$(med g "$k.rps")") | $(fmt_ms "$(med g "$k.p99")") | $(fmt_x "$(ratio g "evmpm.mix.c$c.rps" "$k.rps")") | $(fmt_x "$(ratio g "evmpm.mix.c$c.p99" "$k.p99")") | $(fmt_us "$(med g "$k.cpu")") | $(fmt_int "$(med g "$k.threads")") | $(fmt_int "$(med g "$k.errors")") |"
+            done
+        done
+        echo
+        echo "**Every request blocks**: \`GET /slow\` sleeping $ALLSLOW_MS ms, $ALLSLOW_CONNS connections: each connection waits out one sleep per request, so at most $ALLSLOW_CONNS ÷ $ALLSLOW_MS ms = $(fmt_int $ALLSLOW_IDEAL) req/s (a ${DUR} s run also loses the requests still in their sleep when it ends: up to $(awk -v d="$DUR" -v m=$ALLSLOW_MS 'BEGIN { printf "%.0f", m / (d * 10) }')%). Threads: the most the server had, sampled every 0.2 s through each run, and the count when the scenario ended."
+        echo
+        echo "| server | req/s | share of $(fmt_int $ALLSLOW_IDEAL) | p99 | threads, most during the run | threads at the end | wrk errors |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        for s in evmpm blocking; do
+            echo "| $(name_of $s) | $(fmt_int "$(med g "$s.slow.rps")") | $(fmt_pct "$(med g "$s.slow.share")") | $(fmt_ms "$(med g "$s.slow.p99")") | $(fmt_int "$(med g "$s.slow.threads_max")") | $(fmt_int "$(med g "$s.slow.threads_end")") | $(fmt_int "$(med g "$s.slow.errors")") |"
         done
     fi
 }
