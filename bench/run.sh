@@ -14,10 +14,13 @@
 #   c  connection per request (Connection: close)
 #   d  flatness: hello_evmpm with 0, 5,000 and 15,000 parked connections
 #   e  the hand-off path (event thread -> worker -> park): ns per request
-#   f  system calls per request (perf, else strace), servers and hand-off
+#   f  system calls per request (perf, else strace): connection per request
+#      and the hand-off (keep-alive is in h; here too without perf)
 #   g  handlers that block: every tenth request sleeps 5 ms (10, 100 and
 #      1,000 connections), then every request 50 ms (200 connections):
 #      hello_evmpm against hello_blocking
+#   h  counters per keep-alive request, 100 connections (perf attached to
+#      each server): system calls, context switches, threads in state R
 # The report starts with the targets, each with its measured figure and
 # whether it is met. Timing never changes the exit status: 0 when it ran.
 #
@@ -25,7 +28,7 @@
 #   --quick       1 s load runs and fewer idle connections (2,000 in b,
 #                 1,000 and 3,000 in d); about 3 minutes
 #   --rounds N    rounds per scenario (default 3, at least 3)
-#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g)
+#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g,h)
 #   --no-install  do not apt-get missing tools; fail instead
 #   --keep        keep the temporary directory (configs, logs, raw numbers)
 #
@@ -51,7 +54,7 @@ MODE=full
 ROUNDS=3
 INSTALL=1
 KEEP=0
-ONLY=a,b,c,d,e,f,g
+ONLY=a,b,c,d,e,f,g,h
 COMMAND_LINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -84,10 +87,10 @@ for v in BENCH_DURATION BENCH_ROUNDS; do
     COMMAND_LINE="$v=${!v} $COMMAND_LINE"
 done
 ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
-case ,$ONLY, in *[!a-g,]*) usage ;; esac
+case ,$ONLY, in *[!a-h,]*) usage ;; esac
 want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
 ALL_SCENARIOS=0
-[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefg ] && ALL_SCENARIOS=1
+[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefgh ] && ALL_SCENARIOS=1
 
 # The machine's load before this script adds any (install, build, load).
 LOAD_LAUNCH=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -553,11 +556,14 @@ rss_of() {
 # ---- load and idle connections ------------------------------------------------------
 
 # run_wrk OUTFILE PORT [wrk options]: one bounded wrk run, with WRK_CONNS
-# connections (CONNS when unset), for WRK_PATH (URL_PATH when unset).
+# connections (CONNS when unset), for WRK_PATH (URL_PATH when unset), under
+# the command in the array WRK_WRAP when set (a counter attached to the
+# server for exactly the length of the run).
+WRK_WRAP=()
 run_wrk() {
     local out=$1 port=$2
     shift 2
-    timeout -k 5 $((DUR + 30)) wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
+    timeout -k 5 $((DUR + 30)) "${WRK_WRAP[@]+"${WRK_WRAP[@]}"}" wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
         "http://127.0.0.1:$port${WRK_PATH:-$URL_PATH}" >"$out" 2>&1 || true
 }
 
@@ -1067,7 +1073,9 @@ scenario_f() {
         w=""
         [ $s = blocking ] && w=$BLOCKING_WORKERS
         counted_run $s "$w" idle "$TMP/out/sysc.$s.idle"
-        for load in wrk wrkclose; do
+        # Keep-alive is counted by h, attached to the server for the run
+        # alone, when perf works; strace cannot do that here.
+        for load in $([ $SYSCOUNT = perf ] || echo wrk) wrkclose; do
             counted_run $s "$w" $load "$TMP/out/sysc.$s.$load"
             read -r _ _ req _ < <(parse_wrk "$TMP/out/sysc.$s.$load.wrk")
             if [ "${req:-0}" -gt 0 ]; then
@@ -1145,9 +1153,53 @@ scenario_g() {
     done
 }
 
+# ---- h: counters per keep-alive request ---------------------------------------------
+
+# perf stat attached to a running server (its processes and all their
+# threads, those started during the run included) for exactly the length of
+# one wrk run, keep-alive, CONNS connections: every system call
+# (raw_syscalls:sys_enter) and, by name, the ones PERF_EVENTS lists, and the
+# context switches, each divided by the requests wrk counted. Meanwhile the
+# server's threads are looked at every 0.1 s: the mean number in state R
+# (running, or runnable and waiting for a CPU). One counted run per server,
+# a fresh one warmed up first: the counts are averages over every request
+# of the run. Perf's tracepoints cost each request some time, so req/s here
+# is not a throughput figure.
+scenario_h() {
+    local s procs out req
+    [ $SYSCOUNT = perf ] || { log "scenario h skipped: it needs perf (syscall tracepoints)"; return 0; }
+    log "scenario h: counters per keep-alive request, $CONNS connections"
+    for s in $SERVERS4; do
+        next_port
+        start_kind $s "$PORT"
+        warm_up "$PORT"
+        procs=$({ echo "$SPID"; children_of "$SPID"; } | paste -sd, -)
+        out=$TMP/out/h.$s
+        SAMPLE_PID=$SPID
+        # shellcheck disable=SC2054 # -x, is perf's option: comma-separated output
+        WRK_WRAP=(perf stat -x, -o "$out.perf" -e "$PERF_EVENTS,context-switches" -p "$procs" --)
+        WATCH_EVERY=0.1 DUR=$SYSC_DUR wrk_rec h 1 "$s" "$PORT"
+        WRK_WRAP=()
+        SAMPLE_PID=""
+        stop_server "$SPID" "$JOB"
+        read -r _ _ req _ < <(parse_wrk "$TMP/out/h.$s.1.wrk")
+        awk -F, '$1 ~ /^[0-9]+$/ && $3 != "context-switches" {
+            n = $3; sub(/^syscalls:sys_enter_/, "", n); sub(/^raw_syscalls:sys_enter$/, "total", n); print n, $1
+        }' "$out.perf" >"$out.counts"
+        if [ "${req:-0}" -gt 0 ] && [ -s "$out.counts" ]; then
+            rec h 1 "$s.syscalls" "$(awk -v n="$req" '$1 == "total" { print $2 / n }' "$out.counts")"
+            rec h 1 "$s.cs" "$(awk -F, -v n="$req" '$3 == "context-switches" { print $1 / n }' "$out.perf")"
+            SYSC[$s.h]=$(per_request "$out.counts" /dev/null "$req")
+        else
+            SYSC[$s.h]="n/a (nothing counted)"
+        fi
+        log "  h $s: ${SYSC[$s.h]}; $(awk -v c="$(med h "$s.cs")" -v r="$(med h "$s.running")" 'BEGIN { printf "%.2f context switches per request, %.1f threads in state R", c, r }')"
+    done
+}
+
 # a and c share their servers and time their load apart.
 if want a || want c; then scenarios_a_c; fi
-for x in b d e f g; do
+for x in b d e f g h; do
     if want $x; then
         scenario_begin $x
         scenario_$x
@@ -1409,13 +1461,21 @@ report() {
         echo
         echo "## f. System calls per request, $CONNS connections"
         echo
-        echo "Server processes only, counted with $SYSCOUNT over ${SYSC_DUR} s of wrk load on a fresh server; the count of an idle run of the same length is subtracted. Bold: all system calls; then the most frequent by name."
+        echo "Server processes only, counted with $SYSCOUNT over ${SYSC_DUR} s of wrk load on a fresh server; the count of an idle run of the same length is subtracted. Bold: all system calls; then the most frequent by name.$([ $SYSCOUNT != perf ] || echo " Keep-alive: see h, which counts with perf attached for the run alone.")"
         echo
-        echo "| server | keep-alive | connection per request |"
-        echo "|---|---|---|"
-        for s in $SERVERS4; do
-            echo "| $(name_of $s) | $(cell "${SYSC[$s.wrk]:-}") | $(cell "${SYSC[$s.wrkclose]:-}") |"
-        done
+        if [ $SYSCOUNT = perf ]; then
+            echo "| server | connection per request |"
+            echo "|---|---|"
+            for s in $SERVERS4; do
+                echo "| $(name_of $s) | $(cell "${SYSC[$s.wrkclose]:-}") |"
+            done
+        else
+            echo "| server | keep-alive | connection per request |"
+            echo "|---|---|---|"
+            for s in $SERVERS4; do
+                echo "| $(name_of $s) | $(cell "${SYSC[$s.wrk]:-}") | $(cell "${SYSC[$s.wrkclose]:-}") |"
+            done
+        fi
     fi
     if want g; then
         echo
@@ -1440,6 +1500,18 @@ report() {
         echo "|---|---:|---:|---:|---:|---:|---:|"
         for s in evmpm blocking; do
             echo "| $(name_of $s) | $(fmt_int "$(med g "$s.slow.rps")") | $(fmt_pct "$(med g "$s.slow.share")") | $(fmt_ms "$(med g "$s.slow.p99")") | $(fmt_int "$(med g "$s.slow.threads_max")") | $(fmt_int "$(med g "$s.slow.threads_end")") | $(fmt_int "$(med g "$s.slow.errors")") |"
+        done
+    fi
+    if want h && [ $SYSCOUNT = perf ]; then
+        echo
+        echo "## h. Counters per keep-alive request, $CONNS connections"
+        echo
+        echo "\`perf stat -p\` attached to each server (all its processes and threads, those started during the run included) for exactly one \`wrk -t1 -c$CONNS -d${SYSC_DUR}s\` run on a fresh, warmed-up server; each count divided by the requests wrk counted. System calls: bold, all of them (raw_syscalls:sys_enter); then the most frequent by name. Context switches: the kernel's count for the server's threads, voluntary or not. Threads in state R: running or waiting for a CPU, the mean of looks every 0.1 s through the run; the $NCPU CPUs are shared with wrk. One run per server. The tracepoints slow every system call, so req/s here is not a throughput figure. Reports before this scenario existed counted keep-alive system calls in f, from the server's start with an idle run subtracted: comparable totals."
+        echo
+        echo "| server | system calls per request | context switches per request | threads in state R, mean | threads | req/s under perf |"
+        echo "|---|---|---:|---:|---:|---:|"
+        for s in $SERVERS4; do
+            echo "| $(name_of $s) | $(cell "${SYSC[$s.h]:-}") | $(awk -v v="$(med h "$s.cs")" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.2f", v }') | $(awk -v v="$(med h "$s.running")" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.1f", v }') | $(fmt_int "$(med h "$s.threads_max")") | $(fmt_int "$(med h "$s.rps")") |"
         done
     fi
 }
