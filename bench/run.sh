@@ -287,6 +287,10 @@ if perf_works; then
         done
         break
     done
+    # f makes 20 counted runs, and each of these tracepoints takes perf tens
+    # of milliseconds to tear down: in quick mode f counts the total alone.
+    F_EVENTS=$PERF_EVENTS
+    [ "$MODE" = quick ] && F_EVENTS=raw_syscalls:sys_enter
 elif command -v strace >/dev/null; then
     SYSCOUNT=strace
 else
@@ -1016,7 +1020,7 @@ counted_run() {
     case $SYSCOUNT in
     perf)
         # shellcheck disable=SC2054 # -x, is perf's option: comma-separated output
-        WRAP=(perf stat -x, -o "$out.raw" -e "$PERF_EVENTS" --)
+        WRAP=(perf stat -x, -o "$out.raw" -e "$F_EVENTS" --)
         ;;
     strace) WRAP=(strace -f -c -o "$out.raw" --) ;;
     esac
@@ -1051,9 +1055,10 @@ per_request() {
     FILENAME == ARGV[1] { base[$1] = $2; next }
     { n[$1] = $2 - base[$1] }
     END {
-        for (k in n) if (k != "total") { if (n[k] < 0) n[k] = 0; named += n[k] }
+        for (k in n) if (k != "total") { if (n[k] < 0) n[k] = 0; named += n[k]; names++ }
         total = named
-        if ("total" in n) { total = n["total"]; if (total > named) n["other"] = total - named; delete n["total"] }
+        # "other": what the named ones leave of the total, when any is named.
+        if ("total" in n) { total = n["total"]; if (names && total > named) n["other"] = total - named; delete n["total"] }
         line = sprintf("**%.2f**", total / req)
         for (i = 0; i < 7; i++) {
             best = ""; for (k in n) if (best == "" || n[k] > n[best]) best = k
@@ -1461,7 +1466,7 @@ report() {
         echo
         echo "## f. System calls per request, $CONNS connections"
         echo
-        echo "Server processes only, counted with $SYSCOUNT over ${SYSC_DUR} s of wrk load on a fresh server; the count of an idle run of the same length is subtracted. Bold: all system calls; then the most frequent by name.$([ $SYSCOUNT != perf ] || echo " Keep-alive: see h, which counts with perf attached for the run alone.")"
+        echo "Server processes only, counted with $SYSCOUNT over ${SYSC_DUR} s of wrk load on a fresh server; the count of an idle run of the same length is subtracted. Bold: all system calls; then the most frequent by name$([ "$SYSCOUNT:$MODE" != perf:quick ] || echo " (not in quick mode, where f counts the total alone: every named tracepoint makes each counted run a second longer)").$([ $SYSCOUNT != perf ] || echo " Keep-alive: see h, which counts with perf attached for the run alone.")"
         echo
         if [ $SYSCOUNT = perf ]; then
             echo "| server | connection per request |"
