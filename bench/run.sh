@@ -25,8 +25,9 @@
 # whether it is met. Timing never changes the exit status: 0 when it ran.
 #
 # usage: bench/run.sh [--quick] [--rounds N] [--only LIST] [--no-install] [--keep]
-#   --quick       1 s load runs and fewer idle connections (2,000 in b,
-#                 1,000 and 3,000 in d); about 3 minutes
+#   --quick       1 s load runs, fewer idle connections (2,000 in b, 1,000
+#                 and 3,000 in d), f's system calls in total only; about 4
+#                 minutes
 #   --rounds N    rounds per scenario (default 3, at least 3)
 #   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g,h)
 #   --no-install  do not apt-get missing tools; fail instead
@@ -39,7 +40,9 @@
 #   e.g. BENCH_DURATION=1 BENCH_ROUNDS=1 bench/run.sh --quick --only a
 #
 # Prints a markdown report and writes it to bench/results/<date>.md
-# (<date>-quick.md for --quick, -only-<LIST> added for --only). Installs
+# (<date>-quick.md for --quick, -only-<LIST> added for --only, -smoke for
+# the smoke-test knobs). The report's header says whether the machine was
+# quiet, and a table gives each scenario's load (see scenario_begin). Installs
 # wrk, nginx, apache2-bin and strace with apt-get when missing (as root),
 # never starting their services. Raises its descriptor limit to the hard
 # limit (full mode needs about 15,500: 15,000 parked connections).
@@ -776,10 +779,18 @@ rotate() {
 # other work took while it ran: the machine's user + nice + system time
 # (/proc/stat) minus the CPU time of this script and every process it started
 # (bash's `times` for those reaped, /proc for those still running, such as
-# the servers scenarios a and c share). Interrupt time is left out on both sides: the
-# kernel may charge the loopback traffic's softirqs to no process. Steal
-# (time the hypervisor gave to other guests) is shown apart.
+# the servers scenarios a and c share), minus the kernel's own threads
+# (ksoftirqd, kworkers: much of their work is this run's loopback traffic),
+# shown apart. Interrupt time is left out on both sides: the kernel may
+# charge the loopback traffic's softirqs to no process. Steal (time the
+# hypervisor gave to other guests) is shown apart too.
 machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4, $9 }' /proc/stat; }
+# kthread_ticks: user + system ticks of the kernel's threads (kthreadd, pid
+# 2, and its children), those alive now.
+kthread_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null |
+        awk '{ pid = $1; sub(/^.*\) /, ""); if (pid == 2 || $2 == 2) t += $12 + $13 } END { print t + 0 }'
+}
 # own_seconds: user + system seconds of this shell, the children it reaped,
 # and the processes it started that still run (with their children). `times`
 # runs in this shell (a redirection, no subshell), or it would time the
@@ -797,34 +808,39 @@ own_seconds() {
         END { printf "%.3f\n", s + live / hz }' "$TMP/times"
 }
 SCEN_DONE=""   # the scenarios measured, in order
-declare -A SC_T0 SC_BUSY0 SC_STEAL0 SC_OWN0
+declare -A SC_T0 SC_BUSY0 SC_STEAL0 SC_OWN0 SC_KT0
 scenario_begin() { # SCEN
     local l1 l5 l15
     read -r l1 l5 l15 _ </proc/loadavg
     rec load "$1" start "$l1 $l5 $l15"
     read -r "SC_BUSY0[$1]" "SC_STEAL0[$1]" < <(machine_ticks)
+    SC_KT0[$1]=$(kthread_ticks)
     SC_OWN0[$1]=$(own_seconds)
     SC_T0[$1]=$EPOCHREALTIME
     log "scenario $1: load average $l1 $l5 $l15 at its start$(awk -v l="$l1" -v b=$BUSY_LOAD 'BEGIN { if (l > b) print " (busy)" }')"
 }
 scenario_end() { # SCEN
-    local t1 busy1 steal1 own1 other steal l1 l5 l15
+    local t1 busy1 steal1 own1 kt1 other steal kernel l1 l5 l15
     t1=$EPOCHREALTIME
     read -r busy1 steal1 < <(machine_ticks)
+    kt1=$(kthread_ticks)
     own1=$(own_seconds)
     read -r l1 l5 l15 _ </proc/loadavg
-    read -r other steal < <(awk -v t0="${SC_T0[$1]}" -v t1="$t1" -v b0="${SC_BUSY0[$1]}" -v b1="$busy1" \
-        -v s0="${SC_STEAL0[$1]}" -v s1="$steal1" -v o0="${SC_OWN0[$1]}" -v o1="$own1" -v hz="$CLK_TCK" 'BEGIN {
+    read -r other steal kernel < <(awk -v t0="${SC_T0[$1]}" -v t1="$t1" -v b0="${SC_BUSY0[$1]}" -v b1="$busy1" \
+        -v s0="${SC_STEAL0[$1]}" -v s1="$steal1" -v o0="${SC_OWN0[$1]}" -v o1="$own1" \
+        -v k0="${SC_KT0[$1]}" -v k1="$kt1" -v hz="$CLK_TCK" 'BEGIN {
         w = t1 - t0; if (w <= 0) w = 1
-        o = ((b1 - b0) / hz - (o1 - o0)) / w; if (o < 0) o = 0
-        printf "%.3f %.3f\n", o, (s1 - s0) / hz / w
+        k = (k1 - k0) / hz; if (k < 0) k = 0 # a kernel thread that ended takes its time along
+        o = ((b1 - b0) / hz - (o1 - o0) - k) / w; if (o < 0) o = 0
+        printf "%.3f %.3f %.3f\n", o, (s1 - s0) / hz / w, k / w
     }')
     rec load "$1" end "$l1 $l5 $l15"
     rec load "$1" other "$other"
     rec load "$1" steal "$steal"
+    rec load "$1" kernel "$kernel"
     rec load "$1" seconds "$(awk -v a="${SC_T0[$1]}" -v b="$t1" 'BEGIN { printf "%.0f", b - a }')"
     SCEN_DONE="$SCEN_DONE $1"
-    log "scenario $1 done: load average $l1 $l5 $l15; other work $other CPUs, steal $steal"
+    log "scenario $1 done: load average $l1 $l5 $l15; other work $other CPUs, kernel threads $kernel, steal $steal"
 }
 # load_field SCEN KEY: a recorded value of the machine-load table.
 load_field() { awk -F'\t' -v s="$1" -v k="$2" '$1 == "load" && $2 == s && $3 == k { print $4 }' "$RAW"; }
@@ -1266,7 +1282,7 @@ target_row() {
     read -r m lo hi n <<<"$2"
     case $pick in med) v=$m ;; min) v=$lo ;; max) v=$hi ;; esac
     shown=$(fmt_unit "$unit" "$v")
-    [ "$pick" != med ] && shown="$shown ($pick of $n rounds)"
+    [ "$pick" != med ] && shown="$shown ($pick of $n round$([ "$n" = 1 ] || echo s))"
     range=$([ "$n" -gt 0 ] && echo "$(fmt_unit "$unit" "$lo") – $(fmt_unit "$unit" "$hi")" || echo "n/a")
     verdict=$(awk -v v="$v" -v t="$thr" -v op="$op" 'BEGIN {
         if (v == "nan") { print "not measured"; exit }
@@ -1325,26 +1341,27 @@ targets() {
 # The machine's load: whether the run was quiet (the README's figures come
 # only from a quiet run), and the scenarios that started on a busy machine.
 quiet_header() {
-    local launch1 worst why busy
+    local launch1 why busy
     launch1=${LOAD_LAUNCH%% *}
-    # The scenario with the most other work (or steal): "scen other steal".
-    worst=$(for x in $SCEN_DONE; do echo "$x $(load_field "$x" other) $(load_field "$x" steal)"; done |
-        sort -k2,2gr | head -n1)
-    why=$(awk -v l="$launch1" -v b=$BUSY_LOAD -v w="$worst" -v q=$QUIET_OTHER 'BEGIN {
-        split(w, f, " "); out = ""
-        if (l > b) out = sprintf("the 1-minute load average was %s before the run began (above %s)", l, b)
-        for (i = 2; i <= 3; i++) if (f[i] > q) {
-            out = out (out == "" ? "" : "; ") sprintf("%s took %.2f CPUs on average during scenario %s (above %.2f)", i == 2 ? "other work" : "steal", f[i], f[1], q)
-        }
-        print out
-    }')
+    # Why the run was not quiet, if it was not: the load before it began,
+    # the scenario with the most other work, the one with the most steal.
+    why=$(for x in $SCEN_DONE; do echo "$x $(load_field "$x" other) $(load_field "$x" steal)"; done |
+        awk -v l="$launch1" -v b=$BUSY_LOAD -v q=$QUIET_OTHER '
+        { if ($2 > mo) { mo = $2; so = $1 } if ($3 > ms) { ms = $3; ss = $1 } }
+        END {
+            out = ""
+            if (l > b) out = sprintf("the 1-minute load average was %s before the run began (above %s)", l, b)
+            if (mo > q) out = out (out == "" ? "" : "; ") sprintf("other work took %.2f CPUs on average during scenario %s (above %.2f)", mo, so, q)
+            if (ms > q) out = out (out == "" ? "" : "; ") sprintf("steal took %.2f CPUs on average during scenario %s (above %.2f)", ms, ss, q)
+            print out
+        }')
     busy=$(for x in $SCEN_DONE; do
         awk -v x="$x" -v l="$(load_field "$x" start)" -v b=$BUSY_LOAD 'BEGIN { split(l, f, " "); if (f[1] > b) printf "%s (%s) ", x, f[1] }'
     done | sed 's/ $//; s/) /), /g')
     if [ $SMOKE = 1 ]; then
         echo "- **Quiet run: not judged**, this is a smoke test. Load average $LOAD_LAUNCH before the run, $LOAD_END at its end."
     elif [ -z "$why" ]; then
-        echo "- **Quiet run: yes.** The 1-minute load average was $launch1 before the run added any load, and other work (the machine's CPU time less this run's own) stayed at or below $(printf '%.2f' $QUIET_OTHER) CPUs in every scenario, steal too. Its figures may go into the README."
+        echo "- **Quiet run: yes.** The 1-minute load average was $launch1 before the run added any load, and other work (the machine's CPU time less this run's own and the kernel threads') stayed at or below $(printf '%.2f' $QUIET_OTHER) CPUs in every scenario, steal too. Its figures may go into the README."
     else
         echo "- **Quiet run: no**: $why. Not for the README. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round. The scheduler shares a busy CPU per thread, so a server with many runnable threads (hello_blocking, Apache) loses less of it to other work than nginx's two single-threaded workers do; server CPU per request (a, c) does not depend on that share."
     fi
@@ -1359,12 +1376,12 @@ load_table() {
     local x
     echo "## Machine load, scenario by scenario"
     echo
-    echo "Load average (1, 5 and 15 minutes, /proc/loadavg) at each scenario's start and end; **busy**: the 1-minute figure above $BUSY_LOAD at its start. Other work: the machine's user + nice + system CPU time (/proc/stat) less that of this script and every process it started, divided by the scenario's wall time; steal: time the hypervisor gave elsewhere. Both in CPUs, out of $NCPU. A quiet run keeps both at or below $(printf '%.2f' $QUIET_OTHER)."
+    echo "Load average (1, 5 and 15 minutes, /proc/loadavg) at each scenario's start and end; **busy**: the 1-minute figure above $BUSY_LOAD at its start. Other work: the machine's user + nice + system CPU time (/proc/stat) less that of this script and every process it started and that of the kernel's threads, divided by the scenario's wall time. Kernel threads (ksoftirqd, kworkers; much of it this run's loopback traffic) and steal (time the hypervisor gave elsewhere) apart. All in CPUs, out of $NCPU. A quiet run keeps other work and steal at or below $(printf '%.2f' $QUIET_OTHER)."
     echo
-    echo "| scenario | load average at start | at end | busy at start | other work | steal | seconds |"
-    echo "|---|---|---|---|---:|---:|---:|"
+    echo "| scenario | load average at start | at end | busy at start | other work | kernel threads | steal | seconds |"
+    echo "|---|---|---|---|---:|---:|---:|---:|"
     for x in $SCEN_DONE; do
-        echo "| $x | $(load_field "$x" start) | $(load_field "$x" end) | $(awk -v l="$(load_field "$x" start)" -v b=$BUSY_LOAD 'BEGIN { split(l, f, " "); print (f[1] > b ? "**busy**" : "no") }') | $(printf '%.2f' "$(load_field "$x" other)") | $(printf '%.2f' "$(load_field "$x" steal)") | $(load_field "$x" seconds) |"
+        echo "| $x | $(load_field "$x" start) | $(load_field "$x" end) | $(awk -v l="$(load_field "$x" start)" -v b=$BUSY_LOAD 'BEGIN { split(l, f, " "); print (f[1] > b ? "**busy**" : "no") }') | $(printf '%.2f' "$(load_field "$x" other)") | $(printf '%.2f' "$(load_field "$x" kernel)") | $(printf '%.2f' "$(load_field "$x" steal)") | $(load_field "$x" seconds) |"
     done
 }
 
@@ -1382,7 +1399,7 @@ report() {
         echo "- evmpm: commit $GIT_COMMIT **with uncommitted changes** in: $GIT_DIRTY. Release build, C programs built with -O2."
     fi
     echo "- Tools: $($NGINX -v 2>&1 | sed 's/^nginx version: //'), $($APACHE -v | sed -n 's/^Server version: //p'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
-    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g')); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
+    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g'); g's loads are in its section); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
     echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $(fmt_int $BLOCKING_WORKERS) threads at most ($(fmt_int $BLOCKING_MAX_WORKERS) in b; a thread per connection, so as many as the largest load's connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
     echo "- Run time: $((T_END - T_START)) s."
     echo
