@@ -341,7 +341,9 @@ $CC "${CFLAGS[@]}" "$ROOT/bench/idle_clients.c" -o "$TMP/bin/idle_clients"
 # one process needs: the parked connections plus the load and some spare.
 max_idle=0
 for n in $IDLE_B $IDLE_D; do [ "$n" -gt $max_idle ] && max_idle=$n; done
-NEED_NOFILE=$((max_idle + 1000 + 256)) # the idle ones, the most load connections, spare
+max_load=$ALLSLOW_CONNS
+for n in $CONNS $KA_LEVELS $MIX_LEVELS; do [ "$n" -gt $max_load ] && max_load=$n; done
+NEED_NOFILE=$((max_idle + max_load + 256))
 HARD_NOFILE=$(ulimit -Hn)
 if [ "$HARD_NOFILE" != unlimited ] && [ "$HARD_NOFILE" -lt $NEED_NOFILE ]; then
     ulimit -Hn $NEED_NOFILE 2>/dev/null || true # root may raise it (up to fs.nr_open)
@@ -464,9 +466,10 @@ wait_port() { # port: until it accepts (at most 10 s)
 }
 
 # start_server KIND PORT [WORKERS]: starts it in the foreground of a
-# background job, under $WRAP (a syscall counter) when set. The hello
-# servers sleep SLOW_MS (MIX_SLOW_MS when unset) before answering /slow. Sets SPID to the
+# background job, under $WRAP (a syscall counter) when set. Sets SPID to the
 # server's process (the master, for nginx and Apache) and JOB to the job.
+# The hello servers sleep SLOW_MS (MIX_SLOW_MS when unset) before they
+# answer /slow.
 WRAP=()
 start_server() {
     local kind=$1 port=$2 workers=${3:-} i
@@ -1242,14 +1245,6 @@ name_of() {
     handoff-threads) echo "thread per connection" ;;
     handoff-evmpm) echo "evmpm" ;;
     handoff-ready) echo "evmpm + request_ready" ;;
-    esac
-}
-workers_of() {
-    case $1 in
-    evmpm) echo "evmpm's defaults" ;;
-    blocking) echo "$(fmt_int $BLOCKING_WORKERS) threads max" ;;
-    nginx) echo "2 worker processes" ;;
-    apache) echo "2 × $APACHE_THREADS threads" ;;
     esac
 }
 # evmpm's defaults; the most workers as hello_evmpm reported it on start.
