@@ -781,7 +781,7 @@ rotate() {
 # (it decays over a minute). So each scenario also gets the CPU time that
 # other work took while it ran: the machine's user + nice + system time
 # (/proc/stat) minus the CPU time of this script and every process it started
-# (bash's `times` for those reaped, /proc for those still running, such as
+# (bash's `times` for those reaped, /proc for every live descendant, such as
 # the servers scenarios a and c share), minus the kernel's own threads
 # (ksoftirqd, kworkers: much of their work is this run's loopback traffic),
 # shown apart. Interrupt time is left out on both sides: the kernel may
@@ -790,22 +790,28 @@ rotate() {
 machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4, $9 }' /proc/stat; }
 # kthread_ticks: user + system ticks of the kernel's threads (kthreadd, pid
 # 2, and its children), those alive now.
+# (cat fails for a process that ended meanwhile: what it read is enough.)
 kthread_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null |
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
         awk '{ pid = $1; sub(/^.*\) /, ""); if (pid == 2 || $2 == 2) t += $12 + $13 } END { print t + 0 }'
 }
-# own_seconds: user + system seconds of this shell, the children it reaped,
-# and the processes it started that still run (with their children). `times`
-# runs in this shell (a redirection, no subshell), or it would time the
-# subshell.
+# own_seconds: user + system seconds of this shell, the children it reaped
+# (bash's `times`) and every live process descending from it (/proc: the
+# servers, the wrappers and what runs under them). The caller runs `times
+# >"$TMP/times"` first, in this shell: own_seconds runs in a command
+# substitution, a subshell, whose `times` would time the subshell.
 own_seconds() {
-    local p live=0
-    times >"$TMP/times"
-    # Each process once: a wrapper (perf, strace) and the server under it
-    # are both in PIDS.
-    for p in $(for q in "${PIDS[@]+"${PIDS[@]}"}"; do echo "$q"; children_of "$q"; done | sort -u); do
-        live=$((live + $(cpu_ticks "$p")))
-    done
+    local live
+    live=$({ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root=$$ '
+        { pid = $1; sub(/^.*\) /, ""); pp[pid] = $2; t[pid] = $12 + $13 }
+        END {
+            for (p in pp) {
+                q = pp[p]
+                while (q > 1 && q != root) q = pp[q]
+                if (q == root) s += t[p]
+            }
+            print s + 0
+        }')
     awk -v live="$live" -v hz="$CLK_TCK" '
         { for (i = 1; i <= NF; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } }
         END { printf "%.3f\n", s + live / hz }' "$TMP/times"
@@ -818,6 +824,7 @@ scenario_begin() { # SCEN
     rec load "$1" start "$l1 $l5 $l15"
     read -r "SC_BUSY0[$1]" "SC_STEAL0[$1]" < <(machine_ticks)
     SC_KT0[$1]=$(kthread_ticks)
+    times >"$TMP/times"
     SC_OWN0[$1]=$(own_seconds)
     SC_T0[$1]=$EPOCHREALTIME
     log "scenario $1: load average $l1 $l5 $l15 at its start$(awk -v l="$l1" -v b=$BUSY_LOAD 'BEGIN { if (l > b) print " (busy)" }')"
@@ -827,6 +834,7 @@ scenario_end() { # SCEN
     t1=$EPOCHREALTIME
     read -r busy1 steal1 < <(machine_ticks)
     kt1=$(kthread_ticks)
+    times >"$TMP/times"
     own1=$(own_seconds)
     read -r l1 l5 l15 _ </proc/loadavg
     read -r other steal kernel < <(awk -v t0="${SC_T0[$1]}" -v t1="$t1" -v b0="${SC_BUSY0[$1]}" -v b1="$busy1" \
