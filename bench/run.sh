@@ -636,7 +636,7 @@ WATCH_EVERY=""
 WATCHER=""
 running_of() { # PID...: threads in state R
     local p
-    for p in "$@"; do cat /proc/"$p"/task/*/stat 2>/dev/null; done |
+    for p in "$@"; do cat /proc/"$p"/task/*/stat 2>/dev/null || true; done |
         awk '{ sub(/^.*\) /, ""); if ($1 == "R") n++ } END { print n + 0 }'
 }
 watch_start() { # OUTFILE
@@ -650,7 +650,7 @@ watch_start() { # OUTFILE
         while kill -0 "$SAMPLE_PID" 2>/dev/null; do
             t=0
             # shellcheck disable=SC2086 # a list of pids
-            for p in $procs; do t=$((t + $(ls /proc/"$p"/task 2>/dev/null | wc -l))); done
+            for p in $procs; do t=$((t + $({ ls /proc/"$p"/task 2>/dev/null || true; } | wc -l))); done
             # shellcheck disable=SC2086
             echo "$t $(running_of $procs)" >>"$out"
             sleep "$WATCH_EVERY"
