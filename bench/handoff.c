@@ -2,7 +2,8 @@
  * handoff: the cost of evmpm's hand-off path (event thread -> worker ->
  * park), measured with one connection doing sequential ping-pongs.
  *
- *   handoff evmpm PORT WORKERS [--ready]   echo server on evmpm
+ *   handoff evmpm PORT WORKERS [--ready]   echo server on evmpm (WORKERS 0:
+ *                                          the runtime's default threads)
  *   handoff threads PORT                   echo server, a thread per connection
  *   handoff client PORT N SIZE [CONNS]     N round trips of SIZE bytes
  *
@@ -111,7 +112,8 @@ static int serve_evmpm(int port, int workers, int ready) {
         return 1;
     }
     evmpm_config_init(&cfg, sizeof cfg);
-    cfg.worker_threads = (uint32_t)workers;
+    if (workers > 0)
+        cfg.worker_threads = (uint32_t)workers;
     cfg.keepalive_timeout_ms = 600000;
     cfg.handler = echo_handler;
     if (ready)

@@ -8,25 +8,41 @@
 # a noisy neighbour on the machine hits them alike.
 #
 # Scenarios:
-#   a  keep-alive, 100 connections, 100-byte responses: the four servers
+#   a  keep-alive, 100-byte responses, at 1, 10, 100 and 1,000 connections:
+#      hello_evmpm, hello_blocking and nginx; Apache at 100
 #   b  the same while idle keep-alive connections are held open (10,000)
 #   c  connection per request (Connection: close)
 #   d  flatness: hello_evmpm with 0, 5,000 and 15,000 parked connections
 #   e  the hand-off path (event thread -> worker -> park): ns per request
-#   f  system calls per request (perf, else strace), servers and hand-off
+#   f  system calls per request (perf, else strace): connection per request
+#      and the hand-off (keep-alive is in h; here too without perf)
+#   g  handlers that block: every tenth request sleeps 5 ms (10, 100 and
+#      1,000 connections), then every request 50 ms (200 connections):
+#      hello_evmpm against hello_blocking
+#   h  counters per keep-alive request, 100 connections (perf attached to
+#      each server): system calls, context switches, threads in state R
 # The report starts with the targets, each with its measured figure and
 # whether it is met. Timing never changes the exit status: 0 when it ran.
 #
 # usage: bench/run.sh [--quick] [--rounds N] [--only LIST] [--no-install] [--keep]
-#   --quick       1 s load runs and fewer idle connections (2,000 in b,
-#                 1,000 and 3,000 in d); about 3 minutes
+#   --quick       1 s load runs, fewer idle connections (2,000 in b, 1,000
+#                 and 3,000 in d), f's system calls in total only; about 4
+#                 minutes
 #   --rounds N    rounds per scenario (default 3, at least 3)
-#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f)
+#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g,h)
 #   --no-install  do not apt-get missing tools; fail instead
 #   --keep        keep the temporary directory (configs, logs, raw numbers)
 #
+# Smoke tests only (the report then says it is not a measurement):
+#   BENCH_DURATION=S  seconds per load run (wrk, and the syscall counts);
+#                     wrk's shortest is 1
+#   BENCH_ROUNDS=N    rounds per scenario, 1 or more (overrides --rounds)
+#   e.g. BENCH_DURATION=1 BENCH_ROUNDS=1 bench/run.sh --quick --only a
+#
 # Prints a markdown report and writes it to bench/results/<date>.md
-# (<date>-quick.md for --quick, -only-<LIST> added for --only). Installs
+# (<date>-quick.md for --quick, -only-<LIST> added for --only, -smoke for
+# the smoke-test knobs). The report's header says whether the machine was
+# quiet, and a table gives each scenario's load (see scenario_begin). Installs
 # wrk, nginx, apache2-bin and strace with apt-get when missing (as root),
 # never starting their services. Raises its descriptor limit to the hard
 # limit (full mode needs about 15,500: 15,000 parked connections).
@@ -41,7 +57,7 @@ MODE=full
 ROUNDS=3
 INSTALL=1
 KEEP=0
-ONLY=a,b,c,d,e,f
+ONLY=a,b,c,d,e,f,g,h
 COMMAND_LINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -65,10 +81,22 @@ while [ $# -gt 0 ]; do
 done
 case $ROUNDS in '' | *[!0-9]*) usage ;; esac
 [ "$ROUNDS" -ge 3 ] || { echo "run.sh: --rounds must be at least 3" >&2; exit 2; }
-case ,$ONLY, in *[!a-f,]*) usage ;; esac
+# The smoke-test knobs: shorter than any measurement should be.
+SMOKE=0
+for v in BENCH_DURATION BENCH_ROUNDS; do
+    [ -n "${!v:-}" ] || continue
+    case ${!v} in *[!0-9]* | 0*) echo "run.sh: $v must be a whole number, 1 or more" >&2; exit 2 ;; esac
+    SMOKE=1
+    COMMAND_LINE="$v=${!v} $COMMAND_LINE"
+done
+ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
+case ,$ONLY, in *[!a-h,]*) usage ;; esac
 want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
 ALL_SCENARIOS=0
-[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdef ] && ALL_SCENARIOS=1
+[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefgh ] && ALL_SCENARIOS=1
+
+# The machine's load before this script adds any (install, build, load).
+LOAD_LAUNCH=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- settings -----------------------------------------------------------------
 
@@ -85,16 +113,35 @@ else
     HANDOFF_N=100000
     SYSC_DUR=3
 fi
+if [ -n "${BENCH_DURATION:-}" ]; then
+    DUR=$BENCH_DURATION
+    SYSC_DUR=$BENCH_DURATION
+fi
 CONNS=100                  # wrk connections, and the concurrent hand-off client
-EVMPM_WORKERS=16           # hello_evmpm, and the hand-off echo server
-BLOCKING_WORKERS=128       # hello_blocking needs a thread per connection: 100 + margin
+KA_LEVELS="1 10 100 1000"  # connections in scenario a
+# What hello_evmpm's keep-alive req/s must reach in a, against hello_blocking
+# and against nginx, at each level: where a few threads running short
+# handlers should beat a thread per connection and nginx's two processes.
+ka_want() { case $1 in 10 | 100) echo 1.3 ;; *) echo 1.0 ;; esac; }
+# hello_evmpm and the hand-off echo server run with the runtime's defaults
+# (no WORKERS argument): what is measured is what a user gets.
+BLOCKING_WORKERS=1100      # hello_blocking needs a thread per connection: 1,000 (a) + margin
 BLOCKING_MAX_WORKERS=4096  # the most hello_blocking accepts (scenario b)
 APACHE_THREADS=64          # per process, 2 processes: more threads than wrk connections
 KEEPALIVE_S=900            # idle timeout given to every server (see idle_timeout_shim.c)
+MIX_LEVELS="10 100 1000"   # connections in g's mixed load
+MIX_EVERY=10               # g: every tenth request is GET /slow (bench/slow_every.lua) ...
+MIX_SLOW_MS=5              # ... which sleeps this long before its answer
+ALLSLOW_CONNS=200          # g: every request is GET /slow, on this many connections,
+ALLSLOW_MS=50              # sleeping this long: at most 200 / 50 ms = 4,000 req/s
+ALLSLOW_IDEAL=$((ALLSLOW_CONNS * 1000 / ALLSLOW_MS))
 URL_PATH=/hello.txt        # the 100-byte file; the hello servers answer any path
 IDLE_TARGET=10000          # the idle connections the targets speak of (b)
 PARKED_TARGET=15000        # the parked connections of the flatness target (d)
+BUSY_LOAD=1.0              # a 1-minute load average above this at a scenario's start: busy
+QUIET_OTHER=0.10           # CPUs of other work (average over a scenario) a quiet run stays under
 export LC_ALL=C            # one decimal point for awk, sort and printf
+NCPU=$(nproc)              # evmpm's default running threads: one per CPU
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -243,6 +290,10 @@ if perf_works; then
         done
         break
     done
+    # f makes 20 counted runs, and each of these tracepoints takes perf tens
+    # of milliseconds to tear down: in quick mode f counts the total alone.
+    F_EVENTS=$PERF_EVENTS
+    [ "$MODE" = quick ] && F_EVENTS=raw_syscalls:sys_enter
 elif command -v strace >/dev/null; then
     SYSCOUNT=strace
 else
@@ -290,7 +341,9 @@ $CC "${CFLAGS[@]}" "$ROOT/bench/idle_clients.c" -o "$TMP/bin/idle_clients"
 # one process needs: the parked connections plus the load and some spare.
 max_idle=0
 for n in $IDLE_B $IDLE_D; do [ "$n" -gt $max_idle ] && max_idle=$n; done
-NEED_NOFILE=$((max_idle + CONNS + 256))
+max_load=$ALLSLOW_CONNS
+for n in $CONNS $KA_LEVELS $MIX_LEVELS; do [ "$n" -gt $max_load ] && max_load=$n; done
+NEED_NOFILE=$((max_idle + max_load + 256))
 HARD_NOFILE=$(ulimit -Hn)
 if [ "$HARD_NOFILE" != unlimited ] && [ "$HARD_NOFILE" -lt $NEED_NOFILE ]; then
     ulimit -Hn $NEED_NOFILE 2>/dev/null || true # root may raise it (up to fs.nr_open)
@@ -415,14 +468,17 @@ wait_port() { # port: until it accepts (at most 10 s)
 # start_server KIND PORT [WORKERS]: starts it in the foreground of a
 # background job, under $WRAP (a syscall counter) when set. Sets SPID to the
 # server's process (the master, for nginx and Apache) and JOB to the job.
+# The hello servers sleep SLOW_MS (MIX_SLOW_MS when unset) before they
+# answer /slow.
 WRAP=()
 start_server() {
     local kind=$1 port=$2 workers=${3:-} i
+    # Empty WORKERS: the server's own default (for hello_evmpm, evmpm's).
     local logf="$TMP/logs/$kind.$port.log"
     case $kind in
     evmpm | blocking)
-        HELLO_KEEPALIVE_S=$KEEPALIVE_S "${WRAP[@]+"${WRAP[@]}"}" \
-            "$TMP/bin/hello_$kind" "$port" "$workers" >>"$logf" 2>&1 &
+        HELLO_KEEPALIVE_S=$KEEPALIVE_S HELLO_SLOW_MS=${SLOW_MS:-$MIX_SLOW_MS} "${WRAP[@]+"${WRAP[@]}"}" \
+            "$TMP/bin/hello_$kind" "$port" ${workers:+"$workers"} >>"$logf" 2>&1 &
         ;;
     nginx)
         write_nginx_conf "$port"
@@ -435,10 +491,10 @@ start_server() {
             >>"$logf" 2>&1 &
         ;;
     handoff-evmpm)
-        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" "$EVMPM_WORKERS" >>"$logf" 2>&1 &
+        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" 0 >>"$logf" 2>&1 &
         ;;
     handoff-ready)
-        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" "$EVMPM_WORKERS" --ready \
+        "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" 0 --ready \
             >>"$logf" 2>&1 &
         ;;
     handoff-threads)
@@ -509,12 +565,16 @@ rss_of() {
 
 # ---- load and idle connections ------------------------------------------------------
 
-# run_wrk OUTFILE PORT [wrk options]: one bounded wrk run.
+# run_wrk OUTFILE PORT [wrk options]: one bounded wrk run, with WRK_CONNS
+# connections (CONNS when unset), for WRK_PATH (URL_PATH when unset), under
+# the command in the array WRK_WRAP when set (a counter attached to the
+# server for exactly the length of the run).
+WRK_WRAP=()
 run_wrk() {
     local out=$1 port=$2
     shift 2
-    timeout -k 5 $((DUR + 30)) wrk -t1 -c$CONNS -d${DUR}s --latency "$@" \
-        "http://127.0.0.1:$port$URL_PATH" >"$out" 2>&1 || true
+    timeout -k 5 $((DUR + 30)) "${WRK_WRAP[@]+"${WRK_WRAP[@]}"}" wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
+        "http://127.0.0.1:$port${WRK_PATH:-$URL_PATH}" >"$out" 2>&1 || true
 }
 
 # parse_wrk FILE: "rps p99_us requests errors" (errors: socket errors and
@@ -568,6 +628,47 @@ sampler_end() { # SCEN ROUND KEY OUTFILE
     rec "$1" "$2" "$3.rss" "$r"
 }
 
+# With WATCH_EVERY set (seconds), SAMPLE_PID is also watched all through the
+# run, every WATCH_EVERY seconds: the most threads seen (KEY.threads_max) and
+# the mean number in state R, running or waiting for a CPU (KEY.running).
+# Each look costs the watcher a few milliseconds of CPU.
+WATCH_EVERY=""
+WATCHER=""
+running_of() { # PID...: threads in state R
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/stat 2>/dev/null || true; done |
+        awk '{ sub(/^.*\) /, ""); if ($1 == "R") n++ } END { print n + 0 }'
+}
+watch_start() { # OUTFILE
+    [ -n "$SAMPLE_PID" ] && [ -n "$WATCH_EVERY" ] || return 0
+    local out=$1 procs
+    # The processes are fixed for the run: the server and its children.
+    procs="$SAMPLE_PID $(children_of "$SAMPLE_PID" | tr '\n' ' ')"
+    : >"$out"
+    (
+        local p t
+        while kill -0 "$SAMPLE_PID" 2>/dev/null; do
+            t=0
+            # shellcheck disable=SC2086 # a list of pids
+            for p in $procs; do t=$((t + $({ ls /proc/"$p"/task 2>/dev/null || true; } | wc -l))); done
+            # shellcheck disable=SC2086
+            echo "$t $(running_of $procs)" >>"$out"
+            sleep "$WATCH_EVERY"
+        done
+    ) &
+    WATCHER=$!
+    PIDS+=("$WATCHER")
+}
+watch_end() { # SCEN ROUND KEY OUTFILE
+    [ -n "$WATCHER" ] || return 0
+    kill "$WATCHER" 2>/dev/null || true
+    wait "$WATCHER" 2>/dev/null || true
+    forget_pid "$WATCHER"
+    WATCHER=""
+    rec "$1" "$2" "$3.threads_max" "$(awk '$1 > m { m = $1 } END { print NR ? m : "nan" }' "$4")"
+    rec "$1" "$2" "$3.running" "$(awk '{ s += $2 } END { print NR ? s / NR : "nan" }' "$4")"
+}
+
 # wrk_rec SCEN ROUND KEY PORT [wrk options]: one run, recorded.
 wrk_rec() {
     local scen=$1 round=$2 key=$3 port=$4 out rps p99 req err c0 c1
@@ -575,7 +676,9 @@ wrk_rec() {
     out="$TMP/out/$scen.$key.$round.wrk"
     [ -z "$SAMPLE_PID" ] || c0=$(cpu_tree "$SAMPLE_PID")
     sampler_start "$out.sample"
+    watch_start "$out.watch"
     run_wrk "$out" "$port" "$@"
+    watch_end "$scen" "$round" "$key" "$out.watch"
     [ -z "$SAMPLE_PID" ] || c1=$(cpu_tree "$SAMPLE_PID")
     sampler_end "$scen" "$round" "$key" "$out.sample"
     read -r rps p99 req err < <(parse_wrk "$out")
@@ -605,7 +708,7 @@ idle_open() {
     IDLE_PID=$!
     PIDS+=("$IDLE_PID")
     for i in $(seq 1400); do
-        grep -q '^ready' "$IDLE_OUT" && return 0
+        grep -qs '^ready' "$IDLE_OUT" && return 0
         kill -0 "$IDLE_PID" 2>/dev/null || die "idle_clients exited early"
         sleep 0.05
     done
@@ -642,6 +745,8 @@ summary() {
     }'
 }
 med() { vals "$1" "$2" | summary | cut -d' ' -f1; }
+# vals_round SCEN ROUND KEY: the value recorded in that round.
+vals_round() { awk -F'\t' -v s="$1" -v r="$2" -v k="$3" '$1 == s && $2 == r && $3 == k { v = $4 } END { print v == "" ? "nan" : v }' "$RAW"; }
 ratio() { ratios "$1" "$2" "$3" | summary | cut -d' ' -f1; }
 
 fmt_int() { # 1234567 -> 1,234,567
@@ -656,25 +761,110 @@ fmt_ms() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.2f m
 fmt_x() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.2f×", v }'; }
 fmt_mib() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.1f MiB", v / 1024 }'; }
 fmt_b() { [ "$1" = nan ] && echo "n/a" || echo "$(fmt_int "$1") B"; }
+fmt_pct() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.0f%%", v * 100 }'; }
 fmt_us() { [ "$1" = nan ] && echo "n/a" || awk -v v="$1" 'BEGIN { printf "%.1f µs", v / 1000 }'; }
 
 # rotate "a b c" ROUND: the list started at element ROUND mod length.
 rotate() {
-    local -a xs=($1)
-    local n=${#xs[@]} i out=()
-    for ((i = 0; i < n; i++)); do out+=("${xs[$(((i + $2) % n))]}"); done
-    echo "${out[@]}"
+    local -a xs turn=()
+    local n i
+    read -ra xs <<<"$1"
+    n=${#xs[@]}
+    for ((i = 0; i < n; i++)); do turn+=("${xs[$(((i + $2) % n))]}"); done
+    echo "${turn[@]}"
 }
 
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# ---- the machine's load, scenario by scenario -------------------------------------
+
+# The load average counts runnable threads, this script's own among them: a
+# scenario's start sees what the one before left behind, for minutes after
+# (it decays over a minute). So each scenario also gets the CPU time that
+# other work took while it ran: the machine's user + nice + system time
+# (/proc/stat) minus the CPU time of this script and every process it started
+# (bash's `times` for those reaped, /proc for every live descendant, such as
+# the servers scenarios a and c share), minus the kernel's own threads
+# (ksoftirqd, kworkers: much of their work is this run's loopback traffic),
+# shown apart. Interrupt time is left out on both sides: the kernel may
+# charge the loopback traffic's softirqs to no process. Steal (time the
+# hypervisor gave to other guests) is shown apart too.
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4, $9 }' /proc/stat; }
+# kthread_ticks: user + system ticks of the kernel's threads (kthreadd, pid
+# 2, and its children), those alive now.
+# (cat fails for a process that ended meanwhile: what it read is enough.)
+kthread_ticks() {
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
+        awk '{ pid = $1; sub(/^.*\) /, ""); if (pid == 2 || $2 == 2) t += $12 + $13 } END { print t + 0 }'
+}
+# own_seconds: user + system seconds of this shell, the children it reaped
+# (bash's `times`) and every live process descending from it (/proc: the
+# servers, the wrappers and what runs under them). The caller runs `times
+# >"$TMP/times"` first, in this shell: own_seconds runs in a command
+# substitution, a subshell, whose `times` would time the subshell.
+own_seconds() {
+    local live
+    live=$({ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root=$$ '
+        { pid = $1; sub(/^.*\) /, ""); pp[pid] = $2; t[pid] = $12 + $13 }
+        END {
+            for (p in pp) {
+                q = pp[p]
+                while (q > 1 && q != root) q = pp[q]
+                if (q == root) s += t[p]
+            }
+            print s + 0
+        }')
+    awk -v live="$live" -v hz="$CLK_TCK" '
+        { for (i = 1; i <= NF; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } }
+        END { printf "%.3f\n", s + live / hz }' "$TMP/times"
+}
+SCEN_DONE=""   # the scenarios measured, in order
+declare -A SC_T0 SC_BUSY0 SC_STEAL0 SC_OWN0 SC_KT0
+scenario_begin() { # SCEN
+    local l1 l5 l15
+    read -r l1 l5 l15 _ </proc/loadavg
+    rec load "$1" start "$l1 $l5 $l15"
+    read -r "SC_BUSY0[$1]" "SC_STEAL0[$1]" < <(machine_ticks)
+    SC_KT0[$1]=$(kthread_ticks)
+    times >"$TMP/times"
+    SC_OWN0[$1]=$(own_seconds)
+    SC_T0[$1]=$EPOCHREALTIME
+    log "scenario $1: load average $l1 $l5 $l15 at its start$(awk -v l="$l1" -v b=$BUSY_LOAD 'BEGIN { if (l > b) print " (busy)" }')"
+}
+scenario_end() { # SCEN
+    local t1 busy1 steal1 own1 kt1 other steal kernel l1 l5 l15
+    t1=$EPOCHREALTIME
+    read -r busy1 steal1 < <(machine_ticks)
+    kt1=$(kthread_ticks)
+    times >"$TMP/times"
+    own1=$(own_seconds)
+    read -r l1 l5 l15 _ </proc/loadavg
+    read -r other steal kernel < <(awk -v t0="${SC_T0[$1]}" -v t1="$t1" -v b0="${SC_BUSY0[$1]}" -v b1="$busy1" \
+        -v s0="${SC_STEAL0[$1]}" -v s1="$steal1" -v o0="${SC_OWN0[$1]}" -v o1="$own1" \
+        -v k0="${SC_KT0[$1]}" -v k1="$kt1" -v hz="$CLK_TCK" 'BEGIN {
+        w = t1 - t0; if (w <= 0) w = 1
+        k = (k1 - k0) / hz; if (k < 0) k = 0 # a kernel thread that ended takes its time along
+        o = ((b1 - b0) / hz - (o1 - o0) - k) / w; if (o < 0) o = 0
+        printf "%.3f %.3f %.3f\n", o, (s1 - s0) / hz / w, k / w
+    }')
+    rec load "$1" end "$l1 $l5 $l15"
+    rec load "$1" other "$other"
+    rec load "$1" steal "$steal"
+    rec load "$1" kernel "$kernel"
+    rec load "$1" seconds "$(awk -v a="${SC_T0[$1]}" -v b="$t1" 'BEGIN { printf "%.0f", b - a }')"
+    SCEN_DONE="$SCEN_DONE $1"
+    log "scenario $1 done: load average $l1 $l5 $l15; other work $other CPUs, kernel threads $kernel, steal $steal"
+}
+# load_field SCEN KEY: a recorded value of the machine-load table.
+load_field() { awk -F'\t' -v s="$1" -v k="$2" '$1 == "load" && $2 == s && $3 == k { print $4 }' "$RAW"; }
+
 T_START=$(date +%s)
 
 SERVERS4="evmpm blocking nginx apache"
+SERVERS3="evmpm blocking nginx" # a's servers at every level; Apache only at CONNS
 HANDOFFS="handoff-threads handoff-evmpm handoff-ready"
 
 start_kind() { # KIND PORT: a server of the benchmark with its worker setting
     case $1 in
-    evmpm) start_server evmpm "$2" $EVMPM_WORKERS ;;
+    evmpm) start_server evmpm "$2" ;;
     blocking) start_server blocking "$2" "${3:-$BLOCKING_WORKERS}" ;;
     *) start_server "$1" "$2" ;;
     esac
@@ -683,9 +873,9 @@ start_kind() { # KIND PORT: a server of the benchmark with its worker setting
 # ---- a and c: keep-alive and connection-per-request against four servers ---------
 
 scenarios_a_c() {
-    local s r
+    local s r c
     declare -A PORT_OF SPID_OF JOB_OF
-    log "scenarios a and c: hello_evmpm ($EVMPM_WORKERS workers), hello_blocking ($BLOCKING_WORKERS), nginx, Apache"
+    log "scenarios a and c: hello_evmpm (evmpm's defaults), hello_blocking ($BLOCKING_WORKERS), nginx, Apache"
     for s in $SERVERS4; do
         next_port
         PORT_OF[$s]=$PORT
@@ -695,20 +885,29 @@ scenarios_a_c() {
     done
     for s in $SERVERS4; do warm_up "${PORT_OF[$s]}"; done
     if want a; then
+        # Each level in turn, the servers in rotating order within it: each
+        # ratio compares runs a few seconds apart. Apache only at CONNS: its
+        # 2 × 64 threads would close keep-alive connections at 1,000.
+        scenario_begin a
         for r in $(seq "$ROUNDS"); do
-            for s in $(rotate "$SERVERS4" "$r"); do
-                SAMPLE_PID=${SPID_OF[$s]}
-                wrk_rec a "$r" "$s" "${PORT_OF[$s]}"
+            for c in $KA_LEVELS; do
+                for s in $(rotate "$([ "$c" = $CONNS ] && echo "$SERVERS4" || echo "$SERVERS3")" "$r"); do
+                    SAMPLE_PID=${SPID_OF[$s]}
+                    WRK_CONNS=$c wrk_rec a "$r" "$s.c$c" "${PORT_OF[$s]}"
+                done
             done
         done
+        scenario_end a
     fi
     if want c; then
+        scenario_begin c
         for r in $(seq "$ROUNDS"); do
             for s in $(rotate "$SERVERS4" "$r"); do
                 SAMPLE_PID=${SPID_OF[$s]}
                 wrk_rec c "$r" "$s" "${PORT_OF[$s]}" -H 'Connection: close'
             done
         done
+        scenario_end c
     fi
     SAMPLE_PID=""
     for s in $SERVERS4; do stop_server "${SPID_OF[$s]}" "${JOB_OF[$s]}"; done
@@ -775,7 +974,7 @@ scenario_d() {
     local r n port spid job
     log "scenario d: hello_evmpm with $IDLE_D idle connections"
     next_port
-    start_server evmpm "$PORT" $EVMPM_WORKERS
+    start_server evmpm "$PORT"
     port=$PORT spid=$SPID job=$JOB
     warm_up "$port"
     for r in $(seq "$ROUNDS"); do
@@ -846,7 +1045,10 @@ counted_run() {
     local kind=$1 workers=$2 load=$3 out=$4 spec
     next_port
     case $SYSCOUNT in
-    perf) WRAP=(perf stat -x, -o "$out.raw" -e "$PERF_EVENTS" --) ;;
+    perf)
+        # shellcheck disable=SC2054 # -x, is perf's option: comma-separated output
+        WRAP=(perf stat -x, -o "$out.raw" -e "$F_EVENTS" --)
+        ;;
     strace) WRAP=(strace -f -c -o "$out.raw" --) ;;
     esac
     start_server "$kind" "$PORT" "$workers"
@@ -880,9 +1082,10 @@ per_request() {
     FILENAME == ARGV[1] { base[$1] = $2; next }
     { n[$1] = $2 - base[$1] }
     END {
-        for (k in n) if (k != "total") { if (n[k] < 0) n[k] = 0; named += n[k] }
+        for (k in n) if (k != "total") { if (n[k] < 0) n[k] = 0; named += n[k]; names++ }
         total = named
-        if ("total" in n) { total = n["total"]; if (total > named) n["other"] = total - named; delete n["total"] }
+        # "other": what the named ones leave of the total, when any is named.
+        if ("total" in n) { total = n["total"]; if (names && total > named) n["other"] = total - named; delete n["total"] }
         line = sprintf("**%.2f**", total / req)
         for (i = 0; i < 7; i++) {
             best = ""; for (k in n) if (best == "" || n[k] > n[best]) best = k
@@ -900,10 +1103,11 @@ scenario_f() {
     log "scenario f: syscalls per request (counted with $SYSCOUNT)"
     for s in $SERVERS4; do
         w=""
-        [ $s = evmpm ] && w=$EVMPM_WORKERS
         [ $s = blocking ] && w=$BLOCKING_WORKERS
         counted_run $s "$w" idle "$TMP/out/sysc.$s.idle"
-        for load in wrk wrkclose; do
+        # Keep-alive is counted by h, attached to the server for the run
+        # alone, when perf works; strace cannot do that here.
+        for load in $([ $SYSCOUNT = perf ] || echo wrk) wrkclose; do
             counted_run $s "$w" $load "$TMP/out/sysc.$s.$load"
             read -r _ _ req _ < <(parse_wrk "$TMP/out/sysc.$s.$load.wrk")
             if [ "${req:-0}" -gt 0 ]; then
@@ -929,11 +1133,111 @@ scenario_f() {
     done
 }
 
+# ---- g: handlers that block ------------------------------------------------------------
+
+# The hello servers answer GET /slow after sleeping HELLO_SLOW_MS: a handler
+# waiting on a backend. hello_blocking has a thread per connection anyway;
+# evmpm runs a thread per CPU while handlers are short and must start more
+# while they sleep, or the CPUs idle with requests waiting.
+#
+# Mixed: bench/slow_every.lua makes every MIX_EVERY-th request GET /slow
+# (MIX_SLOW_MS), the rest the 100-byte file, at each of MIX_LEVELS
+# connections; the two servers take turns at each level, as in a.
+# All slow: every request GET /slow sleeping ALLSLOW_MS, on ALLSLOW_CONNS
+# connections: at most ALLSLOW_IDEAL req/s, each connection waiting out one
+# sleep per request. Servers with their own HELLO_SLOW_MS, so four processes,
+# all fresh: the threads evmpm starts are part of what is measured. Their
+# count is watched through the all-slow runs.
+scenario_g() {
+    local r c s m
+    declare -A PORT_OF SPID_OF JOB_OF
+    log "scenario g: handlers that block: 1 request in $MIX_EVERY sleeps $MIX_SLOW_MS ms, then all sleep $ALLSLOW_MS ms"
+    for s in evmpm blocking; do
+        for m in mix slow; do
+            next_port
+            PORT_OF[$s.$m]=$PORT
+            SLOW_MS=$([ $m = mix ] && echo $MIX_SLOW_MS || echo $ALLSLOW_MS) start_kind $s "$PORT"
+            SPID_OF[$s.$m]=$SPID
+            JOB_OF[$s.$m]=$JOB
+            warm_up "$PORT"
+        done
+    done
+    for r in $(seq "$ROUNDS"); do
+        for c in $MIX_LEVELS; do
+            for s in $(rotate "evmpm blocking" "$r"); do
+                SAMPLE_PID=${SPID_OF[$s.mix]}
+                WRK_CONNS=$c wrk_rec g "$r" "$s.mix.c$c" "${PORT_OF[$s.mix]}" \
+                    -s "$ROOT/bench/slow_every.lua"
+            done
+        done
+    done
+    for r in $(seq "$ROUNDS"); do
+        for s in $(rotate "evmpm blocking" "$r"); do
+            SAMPLE_PID=${SPID_OF[$s.slow]}
+            WATCH_EVERY=0.2 WRK_CONNS=$ALLSLOW_CONNS WRK_PATH=/slow wrk_rec g "$r" "$s.slow" "${PORT_OF[$s.slow]}"
+            rec g "$r" "$s.slow.share" "$(awk -v r="$(vals_round g "$r" "$s.slow.rps")" -v i=$ALLSLOW_IDEAL 'BEGIN { print r / i }')"
+        done
+    done
+    SAMPLE_PID=""
+    for s in evmpm blocking; do
+        rec g 0 "$s.slow.threads_end" "$(threads_of "${SPID_OF[$s.slow]}")"
+        for m in mix slow; do stop_server "${SPID_OF[$s.$m]}" "${JOB_OF[$s.$m]}"; done
+    done
+}
+
+# ---- h: counters per keep-alive request ---------------------------------------------
+
+# perf stat attached to a running server (its processes and all their
+# threads, those started during the run included) for exactly the length of
+# one wrk run, keep-alive, CONNS connections: every system call
+# (raw_syscalls:sys_enter) and, by name, the ones PERF_EVENTS lists, and the
+# context switches, each divided by the requests wrk counted. Meanwhile the
+# server's threads are looked at every 0.1 s: the mean number in state R
+# (running, or runnable and waiting for a CPU). One counted run per server,
+# a fresh one warmed up first: the counts are averages over every request
+# of the run. Perf's tracepoints cost each request some time, so req/s here
+# is not a throughput figure.
+scenario_h() {
+    local s procs out req
+    [ $SYSCOUNT = perf ] || { log "scenario h skipped: it needs perf (syscall tracepoints)"; return 0; }
+    log "scenario h: counters per keep-alive request, $CONNS connections"
+    for s in $SERVERS4; do
+        next_port
+        start_kind $s "$PORT"
+        warm_up "$PORT"
+        procs=$({ echo "$SPID"; children_of "$SPID"; } | paste -sd, -)
+        out=$TMP/out/h.$s
+        SAMPLE_PID=$SPID
+        # shellcheck disable=SC2054 # -x, is perf's option: comma-separated output
+        WRK_WRAP=(perf stat -x, -o "$out.perf" -e "$PERF_EVENTS,context-switches" -p "$procs" --)
+        WATCH_EVERY=0.1 DUR=$SYSC_DUR wrk_rec h 1 "$s" "$PORT"
+        WRK_WRAP=()
+        SAMPLE_PID=""
+        stop_server "$SPID" "$JOB"
+        read -r _ _ req _ < <(parse_wrk "$TMP/out/h.$s.1.wrk")
+        awk -F, '$1 ~ /^[0-9]+$/ && $3 != "context-switches" {
+            n = $3; sub(/^syscalls:sys_enter_/, "", n); sub(/^raw_syscalls:sys_enter$/, "total", n); print n, $1
+        }' "$out.perf" >"$out.counts"
+        if [ "${req:-0}" -gt 0 ] && [ -s "$out.counts" ]; then
+            rec h 1 "$s.syscalls" "$(awk -v n="$req" '$1 == "total" { print $2 / n }' "$out.counts")"
+            rec h 1 "$s.cs" "$(awk -F, -v n="$req" '$3 == "context-switches" { print $1 / n }' "$out.perf")"
+            SYSC[$s.h]=$(per_request "$out.counts" /dev/null "$req")
+        else
+            SYSC[$s.h]="n/a (nothing counted)"
+        fi
+        log "  h $s: ${SYSC[$s.h]}; $(awk -v c="$(med h "$s.cs")" -v r="$(med h "$s.running")" 'BEGIN { printf "%.2f context switches per request, %.1f threads in state R", c, r }')"
+    done
+}
+
+# a and c share their servers and time their load apart.
 if want a || want c; then scenarios_a_c; fi
-if want b; then scenario_b; fi
-if want d; then scenario_d; fi
-if want e; then scenario_e; fi
-if want f; then scenario_f; fi
+for x in b d e f g h; do
+    if want $x; then
+        scenario_begin $x
+        scenario_$x
+        scenario_end $x
+    fi
+done
 
 T_END=$(date +%s)
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -951,29 +1255,37 @@ name_of() {
     handoff-ready) echo "evmpm + request_ready" ;;
     esac
 }
-workers_of() {
-    case $1 in
-    evmpm) echo "$EVMPM_WORKERS workers" ;;
-    blocking) echo "$BLOCKING_WORKERS threads max" ;;
-    nginx) echo "2 worker processes" ;;
-    apache) echo "2 × $APACHE_THREADS threads" ;;
-    esac
+# evmpm's defaults; the most workers as hello_evmpm reported it on start.
+evmpm_defaults() {
+    local max
+    max=$(cat "$TMP"/logs/evmpm.*.log 2>/dev/null | sed -n 's/^listening on .*, \([0-9]*\) workers$/\1/p' | head -n1)
+    echo "running_threads one per CPU ($NCPU here), worker_threads ${max:-?} at most: more threads start only while handlers block"
+}
+# and_list "1 10 1000": "1, 10 and 1,000".
+and_list() {
+    local w out=() n
+    for w in $1; do out+=("$(fmt_int "$w")"); done
+    n=${#out[@]}
+    if [ "$n" -le 1 ]; then echo "${out[*]}"; return; fi
+    printf '%s' "${out[0]}"
+    for ((w = 1; w < n - 1; w++)); do printf ', %s' "${out[$w]}"; done
+    printf ' and %s\n' "${out[$((n - 1))]}"
 }
 idle_word() { [ "$1" = 0 ] && echo "none" || fmt_int "$1"; }
 cell() { [ -z "$1" ] && echo "n/a" || echo "$1"; }
 
-fmt_unit() { case $1 in x) fmt_x "$2" ;; B) fmt_b "$2" ;; n) fmt_int "$2" ;; esac; }
+fmt_unit() { case $1 in x) fmt_x "$2" ;; B) fmt_b "$2" ;; n) fmt_int "$2" ;; %) fmt_pct "$2" ;; esac; }
 
 # target_row TEXT STATS PICK OP THRESHOLD UNIT: one row of the targets table.
 # STATS is "median min max count"; PICK says which of them decides (med for
-# ratios; min or max where every round must meet the target); UNIT is x, B
-# or n (a count).
+# ratios; min or max where every round must meet the target); UNIT is x, B,
+# n (a count) or % (a share).
 target_row() {
     local text=$1 pick=$3 op=$4 thr=$5 unit=$6 m lo hi n v shown range verdict
     read -r m lo hi n <<<"$2"
     case $pick in med) v=$m ;; min) v=$lo ;; max) v=$hi ;; esac
     shown=$(fmt_unit "$unit" "$v")
-    [ "$pick" != med ] && shown="$shown ($pick of $n rounds)"
+    [ "$pick" != med ] && shown="$shown ($pick of $n round$([ "$n" = 1 ] || echo s))"
     range=$([ "$n" -gt 0 ] && echo "$(fmt_unit "$unit" "$lo") – $(fmt_unit "$unit" "$hi")" || echo "n/a")
     verdict=$(awk -v v="$v" -v t="$thr" -v op="$op" 'BEGIN {
         if (v == "nan") { print "not measured"; exit }
@@ -986,7 +1298,7 @@ target_row() {
 }
 
 targets() {
-    local dmax=0 n
+    local dmax=0 n c s
     for n in $IDLE_D; do [ "$n" -gt $dmax ] && dmax=$n; done
     echo "## Targets"
     echo
@@ -999,15 +1311,20 @@ targets() {
     echo "| target | wanted | measured | rounds | verdict |"
     echo "|---|---:|---:|---:|---|"
     if want a; then
-        target_row "a. keep-alive req/s, hello_evmpm ÷ hello_blocking" "$(ratios a evmpm.rps blocking.rps | summary)" med ">=" 1.0 x
-        target_row "a. keep-alive req/s, hello_evmpm ÷ nginx (2 worker processes)" "$(ratios a evmpm.rps nginx.rps | summary)" med ">=" 1.0 x
-        target_row "a. keep-alive req/s, hello_evmpm ÷ Apache httpd (event MPM)" "$(ratios a evmpm.rps apache.rps | summary)" med ">=" 3.0 x
-        target_row "a. keep-alive p99, hello_evmpm ÷ nginx" "$(ratios a evmpm.p99 nginx.p99 | summary)" med "<=" 1.0 x
+        for c in $KA_LEVELS; do
+            for s in blocking nginx; do
+                target_row "a. keep-alive req/s at $(fmt_int "$c") conn., hello_evmpm ÷ $(name_of $s)" "$(ratios a "evmpm.c$c.rps" "$s.c$c.rps" | summary)" med ">=" "$(ka_want "$c")" x
+            done
+            for s in blocking nginx; do
+                target_row "a. keep-alive p99 at $(fmt_int "$c") conn., hello_evmpm ÷ $(name_of $s)" "$(ratios a "evmpm.c$c.p99" "$s.c$c.p99" | summary)" med "<=" 1.0 x
+            done
+        done
+        target_row "a. keep-alive req/s at $CONNS conn., hello_evmpm ÷ Apache httpd (event MPM)" "$(ratios a "evmpm.c$CONNS.rps" "apache.c$CONNS.rps" | summary)" med ">=" 3.0 x
     fi
     if want b; then
         target_row "b. req/s with $(fmt_int "$IDLE_B") idle held ÷ without, hello_evmpm" "$(ratios b evmpm.idle.rps evmpm.noidle.rps | summary)" med ">=" 0.95 x
         target_row "b. idle connections still open at the end, hello_evmpm" "$(vals b evmpm.open_end | summary)" min ">=" "$IDLE_B" n
-        target_row "b. threads under load with idle held, hello_evmpm (workers + 2)" "$(vals b evmpm.idle.threads | summary)" max "<=" $((EVMPM_WORKERS + 2)) n
+        target_row "b. threads under load with idle held, hello_evmpm (one running thread per CPU + 3)" "$(vals b evmpm.idle.threads | summary)" max "<=" $((NCPU + 3)) n
         target_row "b. RSS growth per idle connection, hello_evmpm" "$(vals b evmpm.rss_per_conn | summary)" med "<=" 300 B
     fi
     if want c; then
@@ -1016,35 +1333,95 @@ targets() {
     if want d; then
         target_row "d. req/s with $(fmt_int "$dmax") parked ÷ with none, hello_evmpm" "$(ratios d "idle$dmax.rps" idle0.rps | summary)" med ">=" 0.95 x
     fi
+    if want g; then
+        for c in $MIX_LEVELS; do
+            target_row "g. 1 in $MIX_EVERY requests blocks $MIX_SLOW_MS ms, $(fmt_int "$c") conn.: req/s, hello_evmpm ÷ hello_blocking" "$(ratios g "evmpm.mix.c$c.rps" "blocking.mix.c$c.rps" | summary)" med ">=" 1.0 x
+        done
+        target_row "g. every request blocks $ALLSLOW_MS ms, $ALLSLOW_CONNS conn.: hello_evmpm req/s ÷ $(fmt_int $ALLSLOW_IDEAL)" "$(vals g evmpm.slow.share | summary)" med ">=" 0.90 %
+    fi
+}
+
+# The machine's load: whether the run was quiet (the README's figures come
+# only from a quiet run), and the scenarios that started on a busy machine.
+quiet_header() {
+    local launch1 why busy
+    launch1=${LOAD_LAUNCH%% *}
+    # Why the run was not quiet, if it was not: the load before it began,
+    # the scenario with the most other work, the one with the most steal.
+    why=$(for x in $SCEN_DONE; do echo "$x $(load_field "$x" other) $(load_field "$x" steal)"; done |
+        awk -v l="$launch1" -v b=$BUSY_LOAD -v q=$QUIET_OTHER '
+        { if ($2 > mo) { mo = $2; so = $1 } if ($3 > ms) { ms = $3; ss = $1 } }
+        END {
+            out = ""
+            if (l > b) out = sprintf("the 1-minute load average was %s before the run began (above %s)", l, b)
+            if (mo > q) out = out (out == "" ? "" : "; ") sprintf("other work took %.2f CPUs on average during scenario %s (above %.2f)", mo, so, q)
+            if (ms > q) out = out (out == "" ? "" : "; ") sprintf("steal took %.2f CPUs on average during scenario %s (above %.2f)", ms, ss, q)
+            print out
+        }')
+    busy=$(for x in $SCEN_DONE; do
+        awk -v x="$x" -v l="$(load_field "$x" start)" -v b=$BUSY_LOAD 'BEGIN { split(l, f, " "); if (f[1] > b) printf "%s (%s) ", x, f[1] }'
+    done | sed 's/ $//; s/) /), /g')
+    if [ $SMOKE = 1 ]; then
+        echo "- **Quiet run: not judged**, this is a smoke test. Load average $LOAD_LAUNCH before the run, $LOAD_END at its end."
+    elif [ -z "$why" ]; then
+        echo "- **Quiet run: yes.** The 1-minute load average was $launch1 before the run added any load, and other work (the machine's CPU time less this run's own and the kernel threads') stayed at or below $(printf '%.2f' $QUIET_OTHER) CPUs in every scenario, steal too. Its figures may go into the README."
+    else
+        echo "- **Quiet run: no**: $why. Not for the README. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round. The scheduler shares a busy CPU per thread, so a server with many runnable threads (hello_blocking, Apache) loses less of it to other work than nginx's two single-threaded workers do; server CPU per request (a, c) does not depend on that share."
+    fi
+    if [ -n "$busy" ]; then
+        echo "- Load average above $BUSY_LOAD at the start of scenario $busy: flagged busy in the machine-load table. It counts every runnable thread, this run's own previous scenario's among them, and takes minutes to decay; the other-work column there is this run's own load taken out."
+    fi
+}
+
+# The machine-load table: each scenario's load average at its start and end,
+# and the CPU time other work took while it ran.
+load_table() {
+    local x
+    echo "## Machine load, scenario by scenario"
+    echo
+    echo "Load average (1, 5 and 15 minutes, /proc/loadavg) at each scenario's start and end; **busy**: the 1-minute figure above $BUSY_LOAD at its start. Other work: the machine's user + nice + system CPU time (/proc/stat) less that of this script and every process it started and that of the kernel's threads, divided by the scenario's wall time. Kernel threads (ksoftirqd, kworkers; much of it this run's loopback traffic) and steal (time the hypervisor gave elsewhere) apart. All in CPUs, out of $NCPU. A quiet run keeps other work and steal at or below $(printf '%.2f' $QUIET_OTHER)."
+    echo
+    echo "| scenario | load average at start | at end | busy at start | other work | kernel threads | steal | seconds |"
+    echo "|---|---|---|---|---:|---:|---:|---:|"
+    for x in $SCEN_DONE; do
+        echo "| $x | $(load_field "$x" start) | $(load_field "$x" end) | $(awk -v l="$(load_field "$x" start)" -v b=$BUSY_LOAD 'BEGIN { split(l, f, " "); print (f[1] > b ? "**busy**" : "no") }') | $(printf '%.2f' "$(load_field "$x" other)") | $(printf '%.2f' "$(load_field "$x" kernel)") | $(printf '%.2f' "$(load_field "$x" steal)") | $(load_field "$x" seconds) |"
+    done
 }
 
 report() {
-    local s n v c sc
-    echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode)"
+    local s n v c sc k
+    echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode$([ $SMOKE = 0 ] || echo ", smoke test: not a measurement"))"
     echo
     echo "Command: \`$COMMAND_LINE\`"
     echo
     echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r). Load generator on the same machine."
-    echo "- The machine was shared with other work (builds, tests) while this ran: load average $LOAD_START at the start, $LOAD_END at the end. Absolute numbers are noisy; compare the ratios, which come from runs interleaved round by round. The scheduler shares a busy CPU per thread, so a server with many runnable threads (hello_blocking, Apache, hello_evmpm's workers) loses less of it to other work than nginx's two single-threaded workers do; server CPU per request (a, c) does not depend on that share."
+    quiet_header
     if [ -z "$GIT_DIRTY" ]; then
         echo "- evmpm: commit $GIT_COMMIT, no uncommitted changes in the sources measured (src, include, examples-c, bench, Cargo files); release build, C programs built with -O2."
     else
         echo "- evmpm: commit $GIT_COMMIT **with uncommitted changes** in: $GIT_DIRTY. Release build, C programs built with -O2."
     fi
     echo "- Tools: $($NGINX -v 2>&1 | sed 's/^nginx version: //'), $($APACHE -v | sed -n 's/^Server version: //p'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
-    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body; $ROUNDS rounds per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
-    echo "- Servers: hello_evmpm with $EVMPM_WORKERS workers; hello_blocking with $BLOCKING_WORKERS threads at most ($BLOCKING_MAX_WORKERS in b; a thread per connection: with 16 it would serve only 16 of the $CONNS connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
+    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g'); g's loads are in its section); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
+    echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $(fmt_int $BLOCKING_WORKERS) threads at most ($(fmt_int $BLOCKING_MAX_WORKERS) in b; a thread per connection, so as many as the largest load's connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
     echo "- Run time: $((T_END - T_START)) s."
     echo
     targets
+    echo
+    load_table
     if want a; then
         echo
-        echo "## a. Keep-alive, $CONNS connections"
+        echo "## a. Keep-alive at $(and_list "$KA_LEVELS") connections"
         echo
-        echo "| server | workers | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | server CPU per request | threads under load | RSS under load |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-        for s in $SERVERS4; do
-            echo "| $(name_of $s) | $(workers_of $s) | $(fmt_int "$(med a $s.rps)") | $(fmt_ms "$(med a $s.p99)") | $(fmt_x "$(ratio a evmpm.rps $s.rps)") | $(fmt_x "$(ratio a evmpm.p99 $s.p99)") | $(fmt_us "$(med a $s.cpu)") | $(fmt_int "$(med a $s.threads)") | $(fmt_mib "$(med a $s.rss)") |"
+        echo "The same server processes throughout; at each level the servers take turns in rotating order, and each ratio is the median of the per-round ratios at that level. Apache at $CONNS connections only. Threads and RSS: sampled half way through a run."
+        echo
+        echo "| connections | server | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | server CPU per request | threads under load | RSS under load | wrk errors |"
+        echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for c in $KA_LEVELS; do
+            for s in $([ "$c" = $CONNS ] && echo "$SERVERS4" || echo "$SERVERS3"); do
+                k=$s.c$c
+                echo "| $(fmt_int "$c") | $(name_of $s) | $(fmt_int "$(med a "$k.rps")") | $(fmt_ms "$(med a "$k.p99")") | $(fmt_x "$(ratio a "evmpm.c$c.rps" "$k.rps")") | $(fmt_x "$(ratio a "evmpm.c$c.p99" "$k.p99")") | $(fmt_us "$(med a "$k.cpu")") | $(fmt_int "$(med a "$k.threads")") | $(fmt_mib "$(med a "$k.rss")") | $(fmt_int "$(med a "$k.errors")") |"
+            done
         done
     fi
     if want b; then
@@ -1109,18 +1486,63 @@ report() {
         echo
         echo "## f. System calls per request, $CONNS connections"
         echo
-        echo "Server processes only, counted with $SYSCOUNT over ${SYSC_DUR} s of wrk load on a fresh server; the count of an idle run of the same length is subtracted. Bold: all system calls; then the most frequent by name."
+        echo "Server processes only, counted with $SYSCOUNT over ${SYSC_DUR} s of wrk load on a fresh server; the count of an idle run of the same length is subtracted. Bold: all system calls; then the most frequent by name$([ "$SYSCOUNT:$MODE" != perf:quick ] || echo " (not in quick mode, where f counts the total alone: every named tracepoint makes each counted run a second longer)").$([ $SYSCOUNT != perf ] || echo " Keep-alive: see h, which counts with perf attached for the run alone.")"
         echo
-        echo "| server | keep-alive | connection per request |"
-        echo "|---|---|---|"
+        if [ $SYSCOUNT = perf ]; then
+            echo "| server | connection per request |"
+            echo "|---|---|"
+            for s in $SERVERS4; do
+                echo "| $(name_of $s) | $(cell "${SYSC[$s.wrkclose]:-}") |"
+            done
+        else
+            echo "| server | keep-alive | connection per request |"
+            echo "|---|---|---|"
+            for s in $SERVERS4; do
+                echo "| $(name_of $s) | $(cell "${SYSC[$s.wrk]:-}") | $(cell "${SYSC[$s.wrkclose]:-}") |"
+            done
+        fi
+    fi
+    if want g; then
+        echo
+        echo "## g. Handlers that block"
+        echo
+        echo "The hello servers answer \`GET /slow\` after sleeping HELLO_SLOW_MS: a handler waiting on a backend. hello_blocking holds a thread per connection anyway; hello_evmpm, with evmpm's defaults, runs one thread per CPU while handlers are short and must start more while they sleep. Fresh servers for this scenario, so the threads evmpm starts are part of the measurement."
+        echo
+        echo "**Mixed**: \`wrk -s bench/slow_every.lua\`: every ${MIX_EVERY}th request is \`GET /slow\`, sleeping $MIX_SLOW_MS ms, the others get the 100-byte file. At each level the two servers take turns in rotating order; each ratio is the median of the per-round ratios. Threads: sampled half way through a run."
+        echo
+        echo "| connections | server | req/s | p99 | hello_evmpm req/s ÷ this | hello_evmpm p99 ÷ this | server CPU per request | threads under load | wrk errors |"
+        echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        for c in $MIX_LEVELS; do
+            for s in evmpm blocking; do
+                k=$s.mix.c$c
+                echo "| $(fmt_int "$c") | $(name_of $s) | $(fmt_int "$(med g "$k.rps")") | $(fmt_ms "$(med g "$k.p99")") | $(fmt_x "$(ratio g "evmpm.mix.c$c.rps" "$k.rps")") | $(fmt_x "$(ratio g "evmpm.mix.c$c.p99" "$k.p99")") | $(fmt_us "$(med g "$k.cpu")") | $(fmt_int "$(med g "$k.threads")") | $(fmt_int "$(med g "$k.errors")") |"
+            done
+        done
+        echo
+        echo "**Every request blocks**: \`GET /slow\` sleeping $ALLSLOW_MS ms, $ALLSLOW_CONNS connections: each connection waits out one sleep per request, so at most $ALLSLOW_CONNS ÷ $ALLSLOW_MS ms = $(fmt_int $ALLSLOW_IDEAL) req/s (a ${DUR} s run also loses the requests still in their sleep when it ends: up to $(awk -v d="$DUR" -v m=$ALLSLOW_MS 'BEGIN { printf "%.0f", m / (d * 10) }')%). Threads: the most the server had, sampled every 0.2 s through each run, and the count when the scenario ended."
+        echo
+        echo "| server | req/s | share of $(fmt_int $ALLSLOW_IDEAL) | p99 | threads, most during the run | threads at the end | wrk errors |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        for s in evmpm blocking; do
+            echo "| $(name_of $s) | $(fmt_int "$(med g "$s.slow.rps")") | $(fmt_pct "$(med g "$s.slow.share")") | $(fmt_ms "$(med g "$s.slow.p99")") | $(fmt_int "$(med g "$s.slow.threads_max")") | $(fmt_int "$(med g "$s.slow.threads_end")") | $(fmt_int "$(med g "$s.slow.errors")") |"
+        done
+    fi
+    if want h && [ $SYSCOUNT = perf ]; then
+        echo
+        echo "## h. Counters per keep-alive request, $CONNS connections"
+        echo
+        echo "\`perf stat -p\` attached to each server (all its processes and threads, those started during the run included) for exactly one \`wrk -t1 -c$CONNS -d${SYSC_DUR}s\` run on a fresh, warmed-up server; each count divided by the requests wrk counted. System calls: bold, all of them (raw_syscalls:sys_enter); then the most frequent by name. Context switches: the kernel's count for the server's threads, voluntary or not. Threads in state R: running or waiting for a CPU, the mean of looks every 0.1 s through the run; the $NCPU CPUs are shared with wrk. One run per server. The tracepoints slow every system call, so req/s here is not a throughput figure. Reports before this scenario existed counted keep-alive system calls in f, from the server's start with an idle run subtracted: comparable totals."
+        echo
+        echo "| server | system calls per request | context switches per request | threads in state R, mean | threads | req/s under perf |"
+        echo "|---|---|---:|---:|---:|---:|"
         for s in $SERVERS4; do
-            echo "| $(name_of $s) | $(cell "${SYSC[$s.wrk]:-}") | $(cell "${SYSC[$s.wrkclose]:-}") |"
+            echo "| $(name_of $s) | $(cell "${SYSC[$s.h]:-}") | $(awk -v v="$(med h "$s.cs")" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.2f", v }') | $(awk -v v="$(med h "$s.running")" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.1f", v }') | $(fmt_int "$(med h "$s.threads_max")") | $(fmt_int "$(med h "$s.rps")") |"
         done
     fi
 }
 
 mkdir -p "$ROOT/bench/results"
-SUFFIX=$([ "$MODE" = quick ] && echo -quick || true)$([ $ALL_SCENARIOS = 1 ] || echo "-only-$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')")
+SUFFIX=$([ "$MODE" = quick ] && echo -quick || true)$([ $ALL_SCENARIOS = 1 ] || echo "-only-$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')")$([ $SMOKE = 0 ] || echo -smoke)
 RESULT=$ROOT/bench/results/$(date +%F)$SUFFIX.md
 report >"$TMP/report.md"
 cat "$TMP/report.md"

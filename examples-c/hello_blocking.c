@@ -6,15 +6,20 @@
  * (keep-alive) until the client sends "Connection: close", speaks HTTP/1.0
  * without "Connection: keep-alive", or stays silent for IO_TIMEOUT_S.
  * Pipelined requests are answered in order from a per-connection buffer.
+ * A request for /slow is answered after a sleep of HELLO_SLOW_MS
+ * milliseconds (default 5): a handler that waits on a backend, for the
+ * benchmark's blocking loads.
  *
  * hello_blocking.c gives each connection a thread for its whole life, idle
  * or not, and serves at most WORKERS connections at once (Apache's
  * MaxRequestWorkers): a few idle keep-alive clients lock everybody else out.
- * hello_evmpm.c runs serve_one_request on one of WORKERS threads only while
- * a connection has a request: idle connections wait on evmpm's event thread,
- * and so do clients still sending their request head (request_ready).
+ * hello_evmpm.c runs serve_one_request on one of at most WORKERS threads
+ * only while a connection has a request: idle connections wait on evmpm's
+ * event thread, and so do clients still sending their request head
+ * (request_ready).
  *
- * Arguments: PORT [WORKERS]   (listens on 127.0.0.1; WORKERS defaults to 16)
+ * Arguments: PORT [WORKERS]   (listens on 127.0.0.1). Without WORKERS,
+ * hello_blocking.c takes 16 and hello_evmpm.c evmpm's default.
  * SIGINT or SIGTERM: stop accepting, let requests in flight finish, exit 0.
  */
 #define _GNU_SOURCE /* memmem, accept4 */
@@ -112,6 +117,7 @@ struct request {
     int http10;      /* HTTP/1.0: keep-alive must be said explicitly */
     int keep_alive;  /* the client may send another request */
     int has_body;    /* we do not read request bodies: answer, then close */
+    int slow;        /* the target is /slow: answer after a sleep */
 };
 
 /* Parses the head [buf, buf+len) (which ends with CRLF CRLF). Returns 0, or
@@ -131,6 +137,7 @@ static int parse_request(const char *buf, size_t len, struct request *r) {
         return -1;
     r->http10 = sp2[8] == '0';
     r->head_only = sp1 - line == 4 && memcmp(line, "HEAD", 4) == 0;
+    r->slow = sp2 - sp1 == 6 && memcmp(sp1 + 1, "/slow", 5) == 0;
     r->has_body = 0;
 
     /* Header lines: NAME: VALUE */
@@ -158,6 +165,16 @@ static int parse_request(const char *buf, size_t len, struct request *r) {
     }
     r->keep_alive = !conn_close && (!r->http10 || conn_keep) && !r->has_body;
     return 0;
+}
+
+/* Stands for a call to a backend (a database, another service): sleeps
+   HELLO_SLOW_MS milliseconds, 5 when the variable is not set. */
+static void wait_for_backend(void) {
+    const char *env = getenv("HELLO_SLOW_MS");
+    long ms = env != NULL ? atol(env) : 5;
+    struct timespec left = {ms / 1000, ms % 1000 * 1000000L};
+    while (ms > 0 && nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
 }
 
 /* Reads one request on c (blocking) and answers it. */
@@ -193,6 +210,8 @@ static enum next serve_one_request(struct conn *c) {
     /* The request is taken: keep only what came after it. */
     c->len -= head;
     memmove(c->buf, c->buf + head, c->len);
+    if (req.slow)
+        wait_for_backend();
 
     n = snprintf(resp, sizeof resp,
                  "HTTP/1.1 200 OK\r\n"

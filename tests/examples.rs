@@ -66,6 +66,16 @@ impl Server {
     /// it accepts connections. `ready` is the line the server prints once it
     /// listens. A port taken in between is retried with another.
     fn start(name: &str, ready: &str, args: impl Fn(u16) -> Vec<String>) -> Server {
+        Server::start_with_env(name, ready, &[], args)
+    }
+
+    /// `start` with these environment variables set for the server.
+    fn start_with_env(
+        name: &str,
+        ready: &str,
+        env: &[(&str, &str)],
+        args: impl Fn(u16) -> Vec<String>,
+    ) -> Server {
         let exe = built(name);
         for _attempt in 0..5 {
             let port = free_port();
@@ -73,6 +83,7 @@ impl Server {
             let file = File::create(&log).expect("create log");
             let child = support::command(&exe)
                 .args(args(port))
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(file.try_clone().expect("dup log")))
                 .stderr(Stdio::from(file))
@@ -484,6 +495,43 @@ fn hello_blocking() {
 #[test]
 fn hello_evmpm() {
     hello_suite("hello_evmpm");
+}
+
+/// `GET /slow` stands for a handler that waits on a backend (the benchmark's
+/// blocking loads): both servers answer it like any other request, after
+/// sleeping HELLO_SLOW_MS. hello_evmpm runs with evmpm's defaults here (no
+/// WORKERS argument).
+#[test]
+fn hello_slow_path_sleeps_as_configured() {
+    const SLOW_MS: u64 = 20;
+    let ok = hello_response("", true);
+    for (name, args) in [("hello_blocking", vec!["4"]), ("hello_evmpm", vec![])] {
+        let server = Server::start_with_env(
+            name,
+            "listening on 127.0.0.1:",
+            &[("HELLO_SLOW_MS", &SLOW_MS.to_string())],
+            |port| {
+                let mut v = vec![port.to_string()];
+                v.extend(args.iter().map(|a| a.to_string()));
+                v
+            },
+        );
+        let mut c = server.conn();
+        for _ in 0..3 {
+            let started = Instant::now();
+            c.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+            c.expect(&ok);
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_millis(SLOW_MS),
+                "{name} answered /slow after {took:?}, before its {SLOW_MS} ms sleep"
+            );
+            // The connection stays usable, for ordinary requests too.
+            c.send(GET);
+            c.expect(&ok);
+        }
+        server.terminate();
+    }
 }
 
 /// What the conversion buys: with 2 workers, 10 idle keep-alive clients and
