@@ -155,7 +155,7 @@ impl EventLoop {
             self.accept_some();
         }
         self.sync_listeners();
-        crate::workers::look_if_due(&self.rt, crate::workers::BUSY_STALL_NS);
+        crate::workers::look_if_due(&self.rt);
         self.shed();
         self.stop_progress()
     }

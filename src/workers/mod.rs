@@ -65,10 +65,6 @@ pub(crate) const EXIT_TOKEN: u64 = 2;
 /// is counted as blocked.
 pub(crate) const STALL_NS: u64 = 100_000;
 
-/// The same, for the looks that workers and the event thread take while
-/// the CPUs are busy (see `monitor::look_if_due`).
-pub(crate) const BUSY_STALL_NS: u64 = 1_000_000;
-
 /// The low bit of `Record::handler`: the monitor counted this handler as
 /// blocked.
 const BLOCKED: u64 = 1;

@@ -34,7 +34,7 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
     while !w.exiting() {
         // Between jobs: if another handler has run long, see whether it
         // blocked (cheap when none has).
-        super::look_if_due(&rt, super::BUSY_STALL_NS);
+        super::look_if_due(&rt);
         if let Some(job) = w.take_job() {
             guarded(&rt, || run_job(&rt, id, job));
         } else {
