@@ -378,6 +378,8 @@ next_port() {
     NEXT_PORT=$((NEXT_PORT + 1))
 }
 
+# NGINX_ROOT: the document root ($TMP/www when unset). NGINX_SENDFILE: on
+# or off; unset, off, nginx's default, which the hello scenarios measure.
 write_nginx_conf() { # port
     mkdir -p "$TMP/nginx/tmp"
     cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -393,6 +395,7 @@ http {
     keepalive_requests 1000000000;
     keepalive_timeout ${KEEPALIVE_S}s;
     default_type text/plain;
+    sendfile ${NGINX_SENDFILE:-off};
     client_body_temp_path $TMP/nginx/tmp/body;
     proxy_temp_path $TMP/nginx/tmp/proxy;
     fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
@@ -400,7 +403,7 @@ http {
     scgi_temp_path $TMP/nginx/tmp/scgi;
     server {
         listen 127.0.0.1:$1 backlog=511;
-        root $TMP/www;
+        root ${NGINX_ROOT:-$TMP/www};
         location / { }
     }
 }
