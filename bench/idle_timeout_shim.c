@@ -7,7 +7,9 @@
  * hello_blocking sets SO_RCVTIMEO to IO_TIMEOUT_S (5 s) on every connection.
  * The idle-connection scenarios hold connections for longer than that, so
  * bench/run.sh links the examples with
- *   -Wl,--wrap=evmpm_config_init   (hello_evmpm)
+ *   -Wl,--wrap=evmpm_config_init   (hello_evmpm; fileserver too, for scenario
+ *                                   i, so that every server there has the
+ *                                   same idle timeout)
  *   -Wl,--wrap=setsockopt          (hello_blocking)
  * (compiling this file with -DWRAP_EVMPM_CONFIG_INIT or -DWRAP_SETSOCKOPT to
  * match) and sets HELLO_KEEPALIVE_S. Without that variable both wrappers pass

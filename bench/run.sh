@@ -21,15 +21,19 @@
 #      hello_evmpm against hello_blocking
 #   h  counters per keep-alive request, 100 connections (perf attached to
 #      each server): system calls, context switches, threads in state R
+#   i  static files over keep-alive: examples-c/fileserver (sendfile(2)
+#      through evmpm_complete_sendfile) against nginx with sendfile on,
+#      a 100 KiB and a 1 MiB file, at 10 and 100 connections
 # The report starts with the targets, each with its measured figure and
-# whether it is met. Timing never changes the exit status: 0 when it ran.
+# whether it is met. Timing never changes the exit status: 0 when it ran, 1
+# when i failed (a server answered its files wrong, or exited under load).
 #
 # usage: bench/run.sh [--quick] [--rounds N] [--only LIST] [--no-install] [--keep]
 #   --quick       1 s load runs, fewer idle connections (2,000 in b, 1,000
-#                 and 3,000 in d), f's system calls in total only; about 4
+#                 and 3,000 in d), f's system calls in total only; about 4.5
 #                 minutes
 #   --rounds N    rounds per scenario (default 3, at least 3)
-#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g,h)
+#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g,h,i)
 #   --no-install  do not apt-get missing tools; fail instead
 #   --keep        keep the temporary directory (configs, logs, raw numbers)
 #
@@ -43,9 +47,9 @@
 # (<date>-quick.md for --quick, -only-<LIST> added for --only, -smoke for
 # the smoke-test knobs). The report's header says whether the machine was
 # quiet, and a table gives each scenario's load (see scenario_begin). Installs
-# wrk, nginx, apache2-bin and strace with apt-get when missing (as root),
-# never starting their services. Raises its descriptor limit to the hard
-# limit (full mode needs about 15,500: 15,000 parked connections).
+# wrk, nginx, apache2-bin, strace and (for i) curl with apt-get when missing
+# (as root), never starting their services. Raises its descriptor
+# limit to the hard limit (full mode needs about 15,500: 15,000 parked).
 set -euo pipefail
 
 usage() {
@@ -57,7 +61,7 @@ MODE=full
 ROUNDS=3
 INSTALL=1
 KEEP=0
-ONLY=a,b,c,d,e,f,g,h
+ONLY=a,b,c,d,e,f,g,h,i
 COMMAND_LINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -90,10 +94,10 @@ for v in BENCH_DURATION BENCH_ROUNDS; do
     COMMAND_LINE="$v=${!v} $COMMAND_LINE"
 done
 ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
-case ,$ONLY, in *[!a-h,]*) usage ;; esac
+case ,$ONLY, in *[!a-i,]*) usage ;; esac
 want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
 ALL_SCENARIOS=0
-[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefgh ] && ALL_SCENARIOS=1
+[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefghi ] && ALL_SCENARIOS=1
 
 # The machine's load before this script adds any (install, build, load).
 LOAD_LAUNCH=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -136,6 +140,8 @@ ALLSLOW_CONNS=200          # g: every request is GET /slow, on this many connect
 ALLSLOW_MS=50              # sleeping this long: at most 200 / 50 ms = 4,000 req/s
 ALLSLOW_IDEAL=$((ALLSLOW_CONNS * 1000 / ALLSLOW_MS))
 URL_PATH=/hello.txt        # the 100-byte file; the hello servers answer any path
+FILE_SIZES="102400 1048576" # i: the files served (bytes): 100 KiB and 1 MiB
+FILE_LEVELS="10 100"        # i: wrk connections
 IDLE_TARGET=10000          # the idle connections the targets speak of (b)
 PARKED_TARGET=15000        # the parked connections of the flatness target (d)
 BUSY_LOAD=1.0              # a 1-minute load average above this at a scenario's start: busy
@@ -237,6 +243,7 @@ perf_works() {
 install_missing() {
     local pkgs=()
     command -v wrk >/dev/null || pkgs+=(wrk)
+    want i && { command -v curl >/dev/null || pkgs+=(curl); }
     command -v nginx >/dev/null || pkgs+=(nginx)
     command -v apache2 >/dev/null || [ -x /usr/lib/apache2/modules/mod_mpm_event.so ] || pkgs+=(apache2-bin)
     perf_works || command -v strace >/dev/null || pkgs+=(strace)
@@ -331,6 +338,9 @@ $CC "${CFLAGS[@]}" "$ROOT/examples-c/hello_evmpm.c" \
 $CC "${CFLAGS[@]}" "$ROOT/examples-c/hello_blocking.c" \
     -DWRAP_SETSOCKOPT "$ROOT/bench/idle_timeout_shim.c" -Wl,--wrap=setsockopt \
     "${NATIVE[@]}" -o "$TMP/bin/hello_blocking"
+$CC "${CFLAGS[@]}" "$ROOT/examples-c/fileserver.c" \
+    -DWRAP_EVMPM_CONFIG_INIT "$ROOT/bench/idle_timeout_shim.c" -Wl,--wrap=evmpm_config_init \
+    "$LIB" "${NATIVE[@]}" -o "$TMP/bin/fileserver"
 $CC "${CFLAGS[@]}" "$ROOT/bench/handoff.c" "$LIB" "${NATIVE[@]}" -o "$TMP/bin/handoff"
 $CC "${CFLAGS[@]}" "$ROOT/bench/idle_clients.c" -o "$TMP/bin/idle_clients"
 
@@ -492,6 +502,10 @@ start_server() {
         write_apache_conf "$port"
         "${WRAP[@]+"${WRAP[@]}"}" "$APACHE" -f "$TMP/apache/httpd.conf" -DFOREGROUND \
             >>"$logf" 2>&1 &
+        ;;
+    fileserver) # scenario i: serves FILES_ROOT
+        HELLO_KEEPALIVE_S=$KEEPALIVE_S "${WRAP[@]+"${WRAP[@]}"}" \
+            "$TMP/bin/fileserver" "$port" "$FILES_ROOT" ${workers:+"$workers"} >>"$logf" 2>&1 &
         ;;
     handoff-evmpm)
         "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" 0 >>"$logf" 2>&1 &
@@ -1232,9 +1246,153 @@ scenario_h() {
     done
 }
 
+# ---- i: static files over keep-alive -------------------------------------------------
+
+# examples-c/fileserver against nginx, both serving one temporary document
+# root: a file of random bytes for each of FILE_SIZES, written here. Both
+# hand the body to the kernel: fileserver through evmpm_complete_sendfile
+# (its head from memory, the file by sendfile(2) from the event thread),
+# nginx with sendfile on (its 2 workers, the configuration of a otherwise).
+# fileserver runs without a WORKERS argument: worker_threads is then the
+# example's own 16 (evmpm's default is 256), running_threads evmpm's
+# default, one per CPU; handlers that do not block never start more.
+#
+# Before any load, curl fetches each file twice over one connection from
+# each server: each answer must be a 200 with the file's size as
+# Content-Length and the file's bytes, and the second must reuse the
+# connection. If not, nothing is measured: the report says why, and the
+# script exits 1 once the report is written. Then in each round, at each
+# level and size, the two servers take turns in rotating order, as in a.
+# One server process each throughout: a server that exits during the load
+# (a crash, or a signal such as SIGPIPE when a client goes away mid-response)
+# ends the scenario the same way, its exit status in the report, and the run
+# it died in is left out.
+FILES_ROOT=""
+I_FAILED=""
+FILE_SERVERS="fileserver nginx"
+file_name() { echo "file-$(($1 / 1024))k.bin"; }
+fmt_size() { # bytes, a whole number of KiB: "100 KiB", "1 MiB"
+    if [ $(($1 % 1048576)) = 0 ]; then echo "$(($1 / 1048576)) MiB"; else echo "$(($1 / 1024)) KiB"; fi
+}
+# wrk_bytes FILE: bytes per second read, from wrk's Transfer/sec (whose
+# KB, MB and GB are powers of 1,024); nan when absent.
+wrk_bytes() {
+    awk '/^Transfer\/sec:/ {
+        v = $2 + 0; u = $2; sub(/^[0-9.]+/, "", u)
+        m = 1; if (u == "KB") m = 1024; else if (u == "MB") m = 1048576
+        else if (u == "GB") m = 1073741824; else if (u == "TB") m = 1099511627776
+        b = v * m
+    }
+    END { if (b == "") print "nan"; else printf "%.0f\n", b }' "$1"
+}
+# i_gone KIND JOB SPID: true if the server has exited; sets I_FAILED to say
+# how (the job is reaped here: its exit status is only to be had once).
+i_gone() {
+    local st=0
+    kill -0 "$3" 2>/dev/null && return 1
+    wait "$2" 2>/dev/null || st=$?
+    forget_pid "$2"
+    I_FAILED="$1 exited during the load, exit status $st$([ "$st" -gt 128 ] && echo " (killed by SIG$(kill -l $((st - 128)) 2>/dev/null || echo "nal $((st - 128))"))")"
+    return 0
+}
+# unrec SCEN ROUND KEY: forgets what was recorded for KEY (and KEY.*) in
+# that round.
+unrec() {
+    awk -F'\t' -v s="$1" -v r="$2" -v k="$3" '!($1 == s && $2 == r && ($3 == k || index($3, k ".") == 1))' \
+        "$RAW" >"$RAW.tmp" && mv "$RAW.tmp" "$RAW"
+}
+# file_check PORT NAME: nothing when GET /NAME, twice over one connection,
+# is answered right both times (see above); else what was wrong.
+file_check() {
+    local port=$1 name=$2 size out code clen got conns n=0 why=""
+    size=$(wc -c <"$FILES_ROOT/$name")
+    out=$TMP/out/i.check.$port.$name
+    if ! curl -sS --noproxy '*' --max-time 10 -o "$out.1" -o "$out.2" \
+        -w '%{http_code}|%header{content-length}|%{size_download}|%{num_connects}\n' \
+        "http://127.0.0.1:$port/$name" "http://127.0.0.1:$port/$name" >"$out" 2>"$out.err"; then
+        echo "curl failed: $(tr '\n' ' ' <"$out.err" | head -c 300)"
+        return 0
+    fi
+    while IFS='|' read -r code clen got conns; do
+        n=$((n + 1))
+        [ "$code" = 200 ] || why="$why answer $n: status $code, not 200;"
+        [ "$clen" = "$size" ] || why="$why answer $n: Content-Length '${clen}', not $size;"
+        cmp -s "$out.$n" "$FILES_ROOT/$name" || why="$why answer $n: $got bytes of body, not the file's $size;"
+        [ $n = 1 ] || [ "$conns" = 0 ] || why="$why answer $n: a new connection, the first was not kept alive;"
+    done <"$out"
+    [ $n = 2 ] || why="$why $n answers, not 2;"
+    why=${why# }
+    echo "${why%;}"
+}
+
+scenario_i() {
+    local s r c sz name why failed=""
+    declare -A PORT_OF SPID_OF JOB_OF
+    FILES_ROOT=$TMP/files
+    mkdir -p "$FILES_ROOT"
+    chmod 755 "$FILES_ROOT" # nginx's workers run as an unprivileged user
+    for sz in $FILE_SIZES; do
+        name=$(file_name "$sz")
+        head -c "$sz" /dev/urandom >"$FILES_ROOT/$name"
+        chmod 644 "$FILES_ROOT/$name"
+        [ "$(wc -c <"$FILES_ROOT/$name")" = "$sz" ] || die "$name is not $sz bytes"
+    done
+    log "scenario i: static files of $(for sz in $FILE_SIZES; do fmt_size "$sz"; done | paste -sd/ -), fileserver against nginx with sendfile on"
+    for s in $FILE_SERVERS; do
+        next_port
+        PORT_OF[$s]=$PORT
+        NGINX_ROOT=$FILES_ROOT NGINX_SENDFILE=on start_kind "$s" "$PORT"
+        SPID_OF[$s]=$SPID
+        JOB_OF[$s]=$JOB
+    done
+    for s in $FILE_SERVERS; do
+        for sz in $FILE_SIZES; do
+            name=$(file_name "$sz")
+            why=$(file_check "${PORT_OF[$s]}" "$name")
+            [ -z "$why" ] || failed="$failed${failed:+; }$s, GET /$name: $why"
+        done
+    done
+    if [ -n "$failed" ]; then
+        I_FAILED="a server answered wrong before any load: $failed"
+        log "error: scenario i NOT MEASURED: $I_FAILED"
+    else
+        log "  i: both servers answer each file with 200, its size as Content-Length and its bytes, over one kept connection"
+        for s in $FILE_SERVERS; do
+            timeout 20 wrk -t1 -c$CONNS -d1s "http://127.0.0.1:${PORT_OF[$s]}/$(file_name "${FILE_SIZES%% *}")" \
+                >/dev/null 2>&1 || true
+            if i_gone "$s" "${JOB_OF[$s]}" "${SPID_OF[$s]}"; then
+                I_FAILED="$I_FAILED, in the warm-up"
+                break
+            fi
+        done
+        for r in $(seq "$ROUNDS"); do
+            [ -z "$I_FAILED" ] || break
+            for c in $FILE_LEVELS; do
+                [ -z "$I_FAILED" ] || break
+                for sz in $FILE_SIZES; do
+                    [ -z "$I_FAILED" ] || break
+                    for s in $(rotate "$FILE_SERVERS" "$r"); do
+                        SAMPLE_PID=${SPID_OF[$s]}
+                        WRK_CONNS=$c WRK_PATH=/$(file_name "$sz") wrk_rec i "$r" "$s.s$sz.c$c" "${PORT_OF[$s]}"
+                        rec i "$r" "$s.s$sz.c$c.bytes" "$(wrk_bytes "$TMP/out/i.$s.s$sz.c$c.$r.wrk")"
+                        if i_gone "$s" "${JOB_OF[$s]}" "${SPID_OF[$s]}"; then
+                            I_FAILED="$I_FAILED, in round $r, $(fmt_size "$sz") at $c connections (or just after it)"
+                            unrec i "$r" "$s.s$sz.c$c"
+                            break
+                        fi
+                    done
+                done
+            done
+        done
+        [ -z "$I_FAILED" ] || log "error: scenario i ENDED EARLY: $I_FAILED"
+    fi
+    SAMPLE_PID=""
+    for s in $FILE_SERVERS; do stop_server "${SPID_OF[$s]}" "${JOB_OF[$s]}"; done
+}
+
 # a and c share their servers and time their load apart.
 if want a || want c; then scenarios_a_c; fi
-for x in b d e f g h; do
+for x in b d e f g h i; do
     if want $x; then
         scenario_begin $x
         scenario_$x
@@ -1253,6 +1411,7 @@ name_of() {
     blocking) echo hello_blocking ;;
     nginx) echo nginx ;;
     apache) echo "Apache httpd (event)" ;;
+    fileserver) echo fileserver ;;
     handoff-threads) echo "thread per connection" ;;
     handoff-evmpm) echo "evmpm" ;;
     handoff-ready) echo "evmpm + request_ready" ;;
@@ -1264,6 +1423,13 @@ evmpm_defaults() {
     max=$(cat "$TMP"/logs/evmpm.*.log 2>/dev/null | sed -n 's/^listening on .*, \([0-9]*\) workers$/\1/p' | head -n1)
     echo "running_threads one per CPU ($NCPU here), worker_threads ${max:-?} at most: more threads start only while handlers block"
 }
+# fileserver's most workers, as it reported them on start.
+fileserver_workers() {
+    local n
+    n=$(cat "$TMP"/logs/fileserver.*.log 2>/dev/null | sed -n 's/^fileserver: serving .* with \([0-9]*\) workers$/\1/p' | head -n1)
+    echo "${n:-?}"
+}
+fmt_mibs() { awk -v v="$1" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.1f\n", v / 1048576 }'; }
 # and_list "1 10 1000": "1, 10 and 1,000".
 and_list() {
     local w out=() n
@@ -1301,7 +1467,7 @@ target_row() {
 }
 
 targets() {
-    local dmax=0 n c s
+    local dmax=0 n c s sz
     for n in $IDLE_D; do [ "$n" -gt $dmax ] && dmax=$n; done
     echo "## Targets"
     echo
@@ -1341,6 +1507,14 @@ targets() {
             target_row "g. 1 in $MIX_EVERY requests blocks $MIX_SLOW_MS ms, $(fmt_int "$c") conn.: req/s, hello_evmpm ÷ hello_blocking" "$(ratios g "evmpm.mix.c$c.rps" "blocking.mix.c$c.rps" | summary)" med ">=" 1.0 x
         done
         target_row "g. every request blocks $ALLSLOW_MS ms, $ALLSLOW_CONNS conn.: hello_evmpm req/s ÷ $(fmt_int $ALLSLOW_IDEAL)" "$(vals g evmpm.slow.share | summary)" med ">=" 0.90 %
+    fi
+    if want i; then
+        for c in $FILE_LEVELS; do
+            for sz in $FILE_SIZES; do
+                # A failed i judges nothing: its figures stop where a server did.
+                target_row "i. static $(fmt_size "$sz") file, keep-alive, $(fmt_int "$c") conn.: req/s, fileserver ÷ nginx (sendfile on)$([ -z "$I_FAILED" ] || echo " (scenario failed)")" "$(if [ -z "$I_FAILED" ]; then ratios i "fileserver.s$sz.c$c.rps" "nginx.s$sz.c$c.rps" | summary; else echo nan nan nan 0; fi)" med ">=" 1.0 x
+            done
+        done
     fi
 }
 
@@ -1392,7 +1566,7 @@ load_table() {
 }
 
 report() {
-    local s n v c sc k
+    local s n v c sc k sz
     echo "# evmpm benchmark, $(date -u +'%Y-%m-%d %H:%M UTC') ($MODE mode$([ $SMOKE = 0 ] || echo ", smoke test: not a measurement"))"
     echo
     echo "Command: \`$COMMAND_LINE\`"
@@ -1405,8 +1579,8 @@ report() {
         echo "- evmpm: commit $GIT_COMMIT **with uncommitted changes** in: $GIT_DIRTY. Release build, C programs built with -O2."
     fi
     echo "- Tools: $($NGINX -v 2>&1 | sed 's/^nginx version: //'), $($APACHE -v | sed -n 's/^Server version: //p'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
-    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g'); g's loads are in its section); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
-    echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $(fmt_int $BLOCKING_WORKERS) threads at most ($(fmt_int $BLOCKING_MAX_WORKERS) in b; a thread per connection, so as many as the largest load's connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). Keep-alive timeout $KEEPALIVE_S s everywhere, the hello examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
+    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g'); g's and i's loads are in their sections); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
+    echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $(fmt_int $BLOCKING_WORKERS) threads at most ($(fmt_int $BLOCKING_MAX_WORKERS) in b; a thread per connection, so as many as the largest load's connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). $(want i && echo "In i: examples-c/fileserver without a WORKERS argument (worker_threads $(fileserver_workers), the example's own default; evmpm's defaults otherwise: running_threads one per CPU), and nginx as above with \`sendfile on\`. ")Keep-alive timeout $KEEPALIVE_S s everywhere, the examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
     echo "- Run time: $((T_END - T_START)) s."
     echo
     targets
@@ -1542,6 +1716,30 @@ report() {
             echo "| $(name_of $s) | $(cell "${SYSC[$s.h]:-}") | $(awk -v v="$(med h "$s.cs")" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.2f", v }') | $(awk -v v="$(med h "$s.running")" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.1f", v }') | $(fmt_int "$(med h "$s.threads_max")") | $(fmt_int "$(med h "$s.rps")") |"
         done
     fi
+    if want i; then
+        echo
+        echo "## i. Static files over keep-alive: fileserver (evmpm, sendfile) against nginx (sendfile on)"
+        echo
+        echo "examples-c/fileserver (evmpm; the body sent with \`evmpm_complete_sendfile\`: the head from memory, the file by sendfile(2) from the page cache) and nginx (2 workers, \`sendfile on\`) serve the same temporary document root: files of random bytes of $(for sz in $FILE_SIZES; do fmt_size "$sz"; done | paste -sd, - | sed 's/,\([^,]*\)$/ and \1/; s/,/, /g'). \`wrk -t1 -c${FILE_LEVELS// /, -c} -d${DUR}s --latency\`, keep-alive; one server process each throughout; at each level and size the two take turns in rotating order, and each ratio is the median of the per-round ratios. MiB/s: what wrk read per second (its Transfer/sec), response heads included. Threads: sampled half way through a run. Before any load, curl fetched each file twice over one connection from each server: a 200, the file's size as Content-Length, the file's bytes, the connection kept."
+        echo
+        if [ -n "$I_FAILED" ]; then
+            echo "**Failed**: $I_FAILED. No target is judged."
+        fi
+        if [ -n "$(vals i "fileserver.s${FILE_SIZES%% *}.c${FILE_LEVELS%% *}.rps")" ]; then
+            [ -z "$I_FAILED" ] || { echo; echo "The runs finished before that:"; echo; }
+            echo "| connections | file | server | req/s | MiB/s | p99 | fileserver req/s ÷ this | server CPU per request | threads under load | wrk errors |"
+            echo "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"
+            for c in $FILE_LEVELS; do
+                for sz in $FILE_SIZES; do
+                    for s in $FILE_SERVERS; do
+                        k=$s.s$sz.c$c
+                        [ -n "$(vals i "$k.rps")" ] || continue
+                        echo "| $(fmt_int "$c") | $(fmt_size "$sz") | $(name_of "$s") | $(fmt_int "$(med i "$k.rps")") | $(fmt_mibs "$(med i "$k.bytes")") | $(fmt_ms "$(med i "$k.p99")") | $(fmt_x "$(ratio i "fileserver.s$sz.c$c.rps" "$k.rps")") | $(fmt_us "$(med i "$k.cpu")") | $(fmt_int "$(med i "$k.threads")") | $(fmt_int "$(med i "$k.errors")") |"
+                    done
+                done
+            done
+        fi
+    fi
 }
 
 mkdir -p "$ROOT/bench/results"
@@ -1551,3 +1749,7 @@ report >"$TMP/report.md"
 cat "$TMP/report.md"
 cp "$TMP/report.md" "$RESULT"
 log "written to ${RESULT#"$ROOT"/}"
+if [ -n "$I_FAILED" ]; then
+    log "error: scenario i failed: $I_FAILED"
+    exit 1
+fi
