@@ -523,17 +523,34 @@ impl EventLoop {
                 if self.now.saturating_sub(since) < shed_ns {
                     return;
                 }
-                for _ in 0..waiting.min(SHED_BATCH) {
+                // Oldest first, only the idle: a connection in keep-alive
+                // whose next request has arrived waits for a worker, and is
+                // part of the work, not of what can go.
+                let want = waiting.min(SHED_BATCH);
+                let (mut closed, mut looked, mut waiting_ones) = (0, 0, Vec::new());
+                while closed < want && looked < 4 * SHED_BATCH {
                     let Some(index) = self.timeouts.pop_oldest(Kind::Keepalive) else {
                         break;
                     };
+                    looked += 1;
                     let Some(h) = self.rt.table.current_handle(index) else {
                         continue;
                     };
-                    if self.still_due_or_idle(h) {
-                        Counters::bump(&self.rt.counters.shed);
-                        self.close(h, State::Keepalive, CloseHow::Quick);
+                    if !self.still_due_or_idle(h) {
+                        continue; // a link its connection has outlived
                     }
+                    let fd = self.rt.table.slot_at(index).fd();
+                    if socket::readable_now(&[fd]).first() == Some(&true) {
+                        waiting_ones.push(index);
+                        continue;
+                    }
+                    Counters::bump(&self.rt.counters.shed);
+                    self.close(h, State::Keepalive, CloseHow::Quick);
+                    closed += 1;
+                }
+                for index in waiting_ones {
+                    let since = self.rt.table.slot_at(index).watch_since();
+                    self.timeouts.insert(Kind::Keepalive, index, since);
                 }
                 self.stall = Some((taken, self.now));
             }
