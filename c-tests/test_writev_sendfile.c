@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -446,6 +447,45 @@ static void refused_arguments_keep_nothing_and_iov_max_is_taken(void) {
     remove_pattern_file();
 }
 
+/* A client that hangs up while a file goes to it: sendfile(2) raises
+ * SIGPIPE, which no send flag prevents. The runtime must not let it reach
+ * the process, whose SIGPIPE here is left at its default action (death):
+ * the connection closes once, its buffer is released once, the server
+ * serves on. */
+static void sendfile_to_a_client_that_hangs_up_raises_no_sigpipe(void) {
+    enum { ROUNDS = 20, CLIENTS = 8 };
+    const long len = 4 * MIB;
+    struct line_server s;
+    char req[64], buf[4096];
+    int fd[CLIENTS], i, r;
+    long answered = 0;
+    CHECK(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
+    make_pattern_file((size_t)len);
+    start(&s, 2);
+    snprintf(req, sizeof req, "FILE 0 %ld\n", len);
+    /* Hang-ups at every moment of the write: some as it starts on the
+     * worker, some in write completion. */
+    for (r = 0; r < ROUNDS; r++) {
+        for (i = 0; i < CLIENTS; i++) {
+            fd[i] = connect_loopback(s.port);
+            send_str(fd[i], req);
+        }
+        for (i = 0; i < CLIENTS; i++) {
+            if (i % 2 == 0)
+                CHECK(read(fd[i], buf, sizeof buf) > 0);
+            close(fd[i]);
+        }
+        answered += CLIENTS;
+        WAIT_UNTIL(atomic_load(&s.releases) == answered, 5000);
+    }
+    i = line_client(&s);
+    close(i);
+    WAIT_UNTIL(atomic_load(&s.closes) == ROUNDS * CLIENTS + 1, 5000);
+    CHECK_OK(line_server_stop(&s, 1000));
+    CHECK_EQ(atomic_load(&s.double_closes), 0);
+    remove_pattern_file();
+}
+
 static void sendfile_1mib_to_slow_reader_arrives_byte_exact(void) {
     /* An odd offset into the file: the range, not the file, is sent. */
     const long offset = 4096 + 7, len = MIB;
@@ -635,6 +675,8 @@ int main(int argc, char **argv) {
         {"sendfile_on_a_suspended_connection_from_a_host_thread",
          sendfile_on_a_suspended_connection_from_a_host_thread},
         {"stop_abandons_a_pending_sendfile_once", stop_abandons_a_pending_sendfile_once},
+        {"sendfile_to_a_client_that_hangs_up_raises_no_sigpipe",
+         sendfile_to_a_client_that_hangs_up_raises_no_sigpipe},
     };
     return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -54,12 +54,62 @@ const SENDFILE_MAX: u64 = 0x7fff_f000;
 /// `sendfile`, leaving the file's own position alone. Blocks unless `fd`
 /// is non-blocking (see `NonBlocking`). Returns 0 when the file ends at
 /// `offset`.
+///
+/// `sendfile` has no `MSG_NOSIGNAL`: to a peer that has gone it raises
+/// SIGPIPE at the calling thread, which would kill a host that does not
+/// ignore the signal. So the call runs with SIGPIPE blocked, and a SIGPIPE
+/// it raised is taken back before the thread's mask is restored; the
+/// caller sees EPIPE, as from `send`.
 pub fn send_file(fd: i32, file: i32, offset: u64, len: u64) -> io::Result<usize> {
     let mut off =
         libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
     let count = len.min(SENDFILE_MAX) as usize;
-    // SAFETY: `off` is a live off_t that sendfile reads and updates.
-    syscall!(sendfile(fd, file, &mut off, count)).map(|n| n as usize)
+    without_sigpipe(|| {
+        // SAFETY: `off` is a live off_t that sendfile reads and updates.
+        syscall!(sendfile(fd, file, &mut off, count)).map(|n| n as usize)
+    })
+}
+
+/// Runs `f` with SIGPIPE blocked in the calling thread; a SIGPIPE that `f`
+/// raised (and that was not pending before) is consumed, so it is never
+/// delivered. The thread's signal mask is restored after.
+fn without_sigpipe<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: zeroed sigset_t values are valid to initialise with
+    // sigemptyset, which each is passed to before use.
+    let (mut pipe, mut old, mut pending): (libc::sigset_t, libc::sigset_t, libc::sigset_t) =
+        unsafe { (mem::zeroed(), mem::zeroed(), mem::zeroed()) };
+    // SAFETY: `pipe` and `pending` are live sigset_t values.
+    unsafe {
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::sigemptyset(&mut pending);
+    }
+    // SAFETY: live sigset_t pointers; pthread_sigmask changes only the
+    // calling thread's mask (it returns an error number, not -1).
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) } == 0;
+    let pending_before = blocked && sigpipe_pending(&mut pending);
+    let result = f();
+    if blocked {
+        if !pending_before && sigpipe_pending(&mut pending) {
+            let now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: takes the pending SIGPIPE of `pipe`; no siginfo wanted.
+            let _ = syscall!(sigtimedwait(&pipe, std::ptr::null_mut(), &now));
+        }
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    result
+}
+
+/// True when SIGPIPE is pending for the calling thread (or the process).
+fn sigpipe_pending(set: &mut libc::sigset_t) -> bool {
+    // SAFETY: `set` is a live sigset_t for sigpending to fill.
+    syscall!(sigpending(set)).is_ok()
+        // SAFETY: `set` was filled by sigpending.
+        && unsafe { libc::sigismember(set, libc::SIGPIPE) } == 1
 }
 
 /// Sets O_NONBLOCK on a descriptor that lacks it, for as long as the guard
