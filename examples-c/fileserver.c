@@ -32,6 +32,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -677,6 +678,7 @@ static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int wh
         /* The connection's first request: its record, and socket timeouts
            that bound how long a stalled client can hold this worker. */
         struct timeval tv = {IO_TIMEOUT_S, 0};
+        int one_flag = 1;
         struct conn *c = malloc(sizeof *c);
         if (c != NULL) {
             c->fd = fd;
@@ -689,6 +691,10 @@ static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int wh
         }
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        /* A response's last segment goes out at once instead of waiting
+           for the client's (delayed) ACK of the one before: without it a
+           keep-alive client waits up to 40 ms at the end of each file. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one_flag, sizeof one_flag);
         user = c;
     }
     serve_one_request(s, rt, conn, user);
