@@ -623,3 +623,54 @@ int line_client(struct line_server *s) {
     ping(fd);
     return fd;
 }
+
+/* ---- pattern bodies ------------------------------------------------------ */
+
+char pattern_byte(size_t i) { return (char)('a' + i % 26); }
+
+/* Reads up to `n` bytes of the pattern starting at pattern byte `offset`,
+ * `chunk` at most per recv and `pause_ms` after each, checking each byte.
+ * Returns the bytes read: fewer than `n` only if the connection ended and
+ * `may_end`; otherwise an early end fails. */
+size_t recv_pattern_or_end(int fd, size_t offset, size_t n, size_t chunk, int pause_ms,
+                                  int may_end) {
+    static char buf[64 * 1024];
+    int64_t deadline = now_ms() + 30000 * (int64_t)harness_slowdown();
+    size_t done = 0;
+    CHECK(chunk <= sizeof buf);
+    while (done < n) {
+        size_t want = n - done < chunk ? n - done : chunk;
+        struct pollfd p;
+        ssize_t got;
+        size_t i;
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        if (now_ms() > deadline)
+            harness_fail(__FILE__, __LINE__, "body: %zu of %zu bytes after 30 s", done, n);
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        got = recv(fd, buf, want, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0 && may_end)
+            return done;
+        if (got <= 0)
+            harness_fail(__FILE__, __LINE__, "body: connection ended (%s) after %zu of %zu bytes",
+                         got == 0 ? "EOF" : strerror(errno), done, n);
+        for (i = 0; i < (size_t)got; i++) {
+            size_t at = offset + done + i;
+            if (buf[i] != pattern_byte(at))
+                harness_fail(__FILE__, __LINE__, "body byte %zu (pattern byte %zu) is 0x%02x, "
+                             "expected '%c'", done + i, at, (unsigned char)buf[i], pattern_byte(at));
+        }
+        done += (size_t)got;
+        if (pause_ms > 0)
+            sleep_ms(pause_ms);
+    }
+    return done;
+}
+
+void recv_pattern(int fd, size_t offset, size_t n, size_t chunk, int pause_ms) {
+    recv_pattern_or_end(fd, offset, n, chunk, pause_ms, 0);
+}

@@ -216,4 +216,15 @@ void expect_closed_unserved(struct line_server *s, int fd);
 int line_client(struct line_server *s);
 void ping(int fd);
 
+/* ---- pattern bodies: byte i of a test body is 'a' + i % 26 ------------------ */
+
+char pattern_byte(size_t i);
+/* Reads up to `n` bytes of the pattern starting at pattern byte `offset`,
+ * `chunk` (at most 64 KiB) per recv and `pause_ms` after each (a slow
+ * reader), checking each byte. Returns the bytes read: fewer than `n` only
+ * if the connection ended and `may_end`; otherwise an early end fails. */
+size_t recv_pattern_or_end(int fd, size_t offset, size_t n, size_t chunk, int pause_ms,
+                           int may_end);
+void recv_pattern(int fd, size_t offset, size_t n, size_t chunk, int pause_ms);
+
 #endif

@@ -17,52 +17,6 @@
  * into the runtime's write completion as long as the client does not read. */
 #define SLOW_RCVBUF 8192
 
-/* Reads `n` bytes of the body starting at byte `offset`, `chunk` at most per
- * recv, pausing `pause_ms` after each (a slow reader), and checks every byte
- * against the pattern. Returns the bytes read: fewer than `n` only if the
- * connection ended and `may_end`; otherwise an early end fails. */
-static size_t read_body_or_end(int fd, size_t offset, size_t n, size_t chunk, int pause_ms,
-                               int may_end) {
-    static char buf[64 * 1024];
-    int64_t deadline = now_ms() + 30000 * (int64_t)harness_slowdown();
-    size_t done = 0;
-    CHECK(chunk <= sizeof buf);
-    while (done < n) {
-        size_t want = n - done < chunk ? n - done : chunk;
-        struct pollfd p;
-        ssize_t got;
-        size_t i;
-        p.fd = fd;
-        p.events = POLLIN;
-        p.revents = 0;
-        if (now_ms() > deadline)
-            harness_fail(__FILE__, __LINE__, "body: %zu of %zu bytes after 30 s", done, n);
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        got = recv(fd, buf, want, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0 && may_end)
-            return done;
-        if (got <= 0)
-            harness_fail(__FILE__, __LINE__, "body: connection ended (%s) after %zu of %zu bytes",
-                         got == 0 ? "EOF" : strerror(errno), done, n);
-        for (i = 0; i < (size_t)got; i++) {
-            size_t at = offset + done + i;
-            if (buf[i] != (char)('a' + at % 26))
-                harness_fail(__FILE__, __LINE__, "body byte %zu is 0x%02x, expected '%c'", at,
-                             (unsigned char)buf[i], 'a' + (int)(at % 26));
-        }
-        done += (size_t)got;
-        if (pause_ms > 0)
-            sleep_ms(pause_ms);
-    }
-    return done;
-}
-
-static void read_body(int fd, size_t offset, size_t n, size_t chunk, int pause_ms) {
-    read_body_or_end(fd, offset, n, chunk, pause_ms, 0);
-}
 
 /* Sends "`cmd` n" (BIG or BIGCLOSE): a request for n bytes of the pattern. */
 static void send_big(int fd, const char *cmd, long n) {
@@ -109,7 +63,7 @@ static void big_write_to_slow_reader_frees_the_worker(void) {
     CHECK_EQ(st.conns_writing, 1);
     CHECK_EQ(atomic_load(&s.releases), 0);
     /* Slowly: at most 16 KiB per read, 1 ms apart. */
-    read_body(fd, 0, (size_t)BODY, 16 * 1024, 1);
+    recv_pattern(fd, 0, (size_t)BODY, 16 * 1024, 1);
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
     /* Keep-alive after the write: the same connection takes a request. */
     ping(fd);
@@ -132,11 +86,11 @@ static void small_write_completes_on_the_worker(void) {
     fd = connect_loopback(s.port);
     /* Fits in the socket buffer: sent before the worker lets go. */
     send_str(fd, "BIG 1000\n");
-    read_body(fd, 0, 1000, 1000, 0);
+    recv_pattern(fd, 0, 1000, 1000, 0);
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
     ping(fd);
     send_str(fd, "BIGCLOSE 1000\n");
-    read_body(fd, 0, 1000, 1000, 0);
+    recv_pattern(fd, 0, 1000, 1000, 0);
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
     CHECK_EQ(atomic_load(&s.releases), 2);
@@ -152,7 +106,7 @@ static void bigclose_closes_after_the_write(void) {
     fd = stalled_reader(&s, "BIGCLOSE");
     /* The connection stays open until the last byte is sent ... */
     CHECK_EQ(atomic_load(&s.closes), 0);
-    read_body(fd, 0, (size_t)BODY, 64 * 1024, 0);
+    recv_pattern(fd, 0, (size_t)BODY, 64 * 1024, 0);
     /* ... then closes: EOF right after the body. */
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
@@ -192,7 +146,7 @@ static void write_timeout_closes_a_client_that_never_reads(void) {
     CHECK_EQ(st.keepalive_expired, 0);
     /* The client sees the connection end before the body did, and what
      * came before the end is the body's start. */
-    got = read_body_or_end(fd, 0, (size_t)BODY, 64 * 1024, 0, 1);
+    got = recv_pattern_or_end(fd, 0, (size_t)BODY, 64 * 1024, 0, 1);
     CHECK(got < (size_t)BODY);
     close(fd);
     WAIT_UNTIL(line_server_stats(&s).connections == 0, 5000);
@@ -218,7 +172,7 @@ static void slow_progress_is_not_a_write_timeout(void) {
     /* A read every 5 ms, each taking what the small receive buffer holds:
      * steady progress with no pause anywhere near the timeout, yet slow
      * enough that the write as a whole outlasts it several times. */
-    got = read_body_or_end(fd, 0, BODY_SMALL, 32 * 1024, 5, 1);
+    got = recv_pattern_or_end(fd, 0, BODY_SMALL, 32 * 1024, 5, 1);
     took = now_ms() - started;
     if (got < BODY_SMALL)
         harness_fail(__FILE__, __LINE__,
@@ -255,7 +209,7 @@ static void reset_mid_write_closes_once(void) {
     s.close_hook = record_releases_at_close;
     line_server_start(&s, &cfg);
     fd = stalled_reader(&s, "BIG");
-    read_body(fd, 0, 100 * 1024, 16 * 1024, 0);
+    recv_pattern(fd, 0, 100 * 1024, 16 * 1024, 0);
     CHECK_EQ(line_server_stats(&s).conns_writing, 1);
     close_with_reset(fd);
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);

@@ -28,55 +28,6 @@
 #define SLOW_SNDBUF 4096
 #define MIB (1L << 20)
 
-static char pattern_at(size_t i) { return (char)('a' + i % 26); }
-
-/* Reads up to `n` bytes of the pattern starting at pattern byte `offset`,
- * `chunk` at most per recv and `pause_ms` after each, checking each byte.
- * Returns the bytes read: fewer than `n` only if the connection ended and
- * `may_end`; otherwise an early end fails. */
-static size_t read_pattern_or_end(int fd, size_t offset, size_t n, size_t chunk, int pause_ms,
-                                  int may_end) {
-    static char buf[64 * 1024];
-    int64_t deadline = now_ms() + 30000 * (int64_t)harness_slowdown();
-    size_t done = 0;
-    CHECK(chunk <= sizeof buf);
-    while (done < n) {
-        size_t want = n - done < chunk ? n - done : chunk;
-        struct pollfd p;
-        ssize_t got;
-        size_t i;
-        p.fd = fd;
-        p.events = POLLIN;
-        p.revents = 0;
-        if (now_ms() > deadline)
-            harness_fail(__FILE__, __LINE__, "body: %zu of %zu bytes after 30 s", done, n);
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        got = recv(fd, buf, want, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0 && may_end)
-            return done;
-        if (got <= 0)
-            harness_fail(__FILE__, __LINE__, "body: connection ended (%s) after %zu of %zu bytes",
-                         got == 0 ? "EOF" : strerror(errno), done, n);
-        for (i = 0; i < (size_t)got; i++) {
-            size_t at = offset + done + i;
-            if (buf[i] != pattern_at(at))
-                harness_fail(__FILE__, __LINE__, "body byte %zu (pattern byte %zu) is 0x%02x, "
-                             "expected '%c'", done + i, at, (unsigned char)buf[i], pattern_at(at));
-        }
-        done += (size_t)got;
-        if (pause_ms > 0)
-            sleep_ms(pause_ms);
-    }
-    return done;
-}
-
-static void read_pattern(int fd, size_t offset, size_t n, size_t chunk, int pause_ms) {
-    read_pattern_or_end(fd, offset, n, chunk, pause_ms, 0);
-}
-
 /* ---- the test's state, shared with the handler's commands ---------------- */
 
 static char file_path[64];         /* the pattern file, "" if none */
@@ -94,7 +45,7 @@ static void make_pattern_file(size_t size) {
     while (done < size) {
         size_t n = size - done < sizeof chunk ? size - done : sizeof chunk, i;
         for (i = 0; i < n; i++)
-            chunk[i] = pattern_at(done + i);
+            chunk[i] = pattern_byte(done + i);
         CHECK(write(fd, chunk, n) == (ssize_t)n);
         done += n;
     }
@@ -177,7 +128,7 @@ static void gathered_write(struct line_server *s, evmpm_conn c, int fd, size_t n
         piece = want > 0 ? malloc(want) : NULL;
         CHECK(want == 0 || piece != NULL);
         for (k = 0; k < want; k++)
-            piece[k] = pattern_at(done + k);
+            piece[k] = pattern_byte(done + k);
         g->pieces[count] = piece;
         iov[count].base = piece; /* NULL for an empty piece: allowed */
         iov[count].len = want;
@@ -251,7 +202,7 @@ static void refused_calls_then_iov_max(struct line_server *s, evmpm_conn c, int 
     void *arg = &refused_releases;
 
     for (i = 0; i <= EVMPM_IOV_MAX; i++) {
-        bytes[i] = pattern_at((size_t)i);
+        bytes[i] = pattern_byte((size_t)i);
         many[i].base = &bytes[i];
         many[i].len = 1;
     }
@@ -406,9 +357,9 @@ static void writev_to_slow_reader_arrives_in_order_and_whole(void) {
     snprintf(want, sizeof want, "GATHERED %zu", n);
     EXPECT_LINE(fd, want);
     /* Slowly at first (16 KiB a read, 1 ms apart), then the rest. */
-    read_pattern(fd, 0, 256 * 1024, 16 * 1024, 1);
+    recv_pattern(fd, 0, 256 * 1024, 16 * 1024, 1);
     CHECK_EQ(atomic_load(&s.releases), 0);
-    read_pattern(fd, 256 * 1024, n - 256 * 1024, 64 * 1024, 0);
+    recv_pattern(fd, 256 * 1024, n - 256 * 1024, 64 * 1024, 0);
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
     /* Keep-alive: the same connection is served again, its socket as the
      * handler left it. */
@@ -432,7 +383,7 @@ static void refused_arguments_keep_nothing_and_iov_max_is_taken(void) {
     fd = line_client(&s);
     send_str(fd, "REFUSED\n");
     /* The decision after the refusals: 1024 one-byte buffers. */
-    read_pattern(fd, 0, EVMPM_IOV_MAX, EVMPM_IOV_MAX, 0);
+    recv_pattern(fd, 0, EVMPM_IOV_MAX, EVMPM_IOV_MAX, 0);
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
     ping(fd);
     /* No buffers at all: nothing sent, released once, moves on. */
@@ -502,9 +453,9 @@ static void sendfile_1mib_to_slow_reader_arrives_byte_exact(void) {
     other = line_client(&s);
     snprintf(req, sizeof req, "FILE %ld", len);
     EXPECT_LINE(fd, req);
-    read_pattern(fd, (size_t)offset, 128 * 1024, 16 * 1024, 1);
+    recv_pattern(fd, (size_t)offset, 128 * 1024, 16 * 1024, 1);
     CHECK_EQ(atomic_load(&s.releases), 0);
-    read_pattern(fd, (size_t)offset + 128 * 1024, (size_t)len - 128 * 1024, 64 * 1024, 0);
+    recv_pattern(fd, (size_t)offset + 128 * 1024, (size_t)len - 128 * 1024, 64 * 1024, 0);
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
     /* Keep-alive, and the socket is back in blocking mode for the handler. */
     expect_mode_blocking(fd);
@@ -531,7 +482,7 @@ static void sendfile_of_a_short_file_closes_and_releases_once(void) {
     /* A megabyte asked for, 64 KiB there: keep-alive is impossible. */
     send_str(fd, "FILE 0 1048576\n");
     EXPECT_LINE(fd, "FILE 1048576");
-    got = read_pattern_or_end(fd, 0, (size_t)MIB, 64 * 1024, 0, 1);
+    got = recv_pattern_or_end(fd, 0, (size_t)MIB, 64 * 1024, 0, 1);
     CHECK_EQ(got, have);
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
@@ -562,7 +513,7 @@ static void sendfile_of_a_file_cut_mid_write_closes(void) {
     /* Little has left yet (a few KiB of buffers): the cut is ahead. */
     CHECK(truncate(file_path, cut) == 0);
     EXPECT_LINE(fd, "FILE 1048576");
-    got = read_pattern_or_end(fd, 0, (size_t)MIB, 64 * 1024, 0, 1);
+    got = recv_pattern_or_end(fd, 0, (size_t)MIB, 64 * 1024, 0, 1);
     CHECK_EQ(got, cut);
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
@@ -584,7 +535,7 @@ static void without_keepalive_both_close_after_the_body(void) {
     fd = connect_loopback_rcvbuf(s.port, SLOW_RCVBUF);
     send_str(fd, "WRITEVCLOSE 200000\n");
     EXPECT_LINE(fd, "GATHERED 200000");
-    read_pattern(fd, 0, 200000, 16 * 1024, 0);
+    recv_pattern(fd, 0, 200000, 16 * 1024, 0);
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
     CHECK_EQ(atomic_load(&s.releases), 1);
@@ -595,7 +546,7 @@ static void without_keepalive_both_close_after_the_body(void) {
     fd = connect_loopback_rcvbuf(s.port, SLOW_RCVBUF);
     send_str(fd, "FILECLOSE 1000 200000\n");
     EXPECT_LINE(fd, "FILE 200000");
-    read_pattern(fd, 1000, 200000, 16 * 1024, 0);
+    recv_pattern(fd, 1000, 200000, 16 * 1024, 0);
     CHECK(wait_closed(fd, 5000));
     WAIT_UNTIL(atomic_load(&s.closes) == 2, 5000);
     CHECK_EQ(atomic_load(&s.releases), 2);
@@ -628,7 +579,7 @@ static void sendfile_on_a_suspended_connection_from_a_host_thread(void) {
                                      EVMPM_WRITE_KEEPALIVE));
     CHECK_EQ(atomic_load(&s.suspended_count), 1);
     EXPECT_LINE(fd, "FILE 524288");
-    read_pattern(fd, 0, (size_t)len, 16 * 1024, 0);
+    recv_pattern(fd, 0, (size_t)len, 16 * 1024, 0);
     WAIT_UNTIL(atomic_load(&s.releases) == 1, 5000);
     expect_mode_blocking(fd);
     ping(fd);
