@@ -100,48 +100,13 @@ fn contract_abi_0_2_0() {
 }
 
 /// Builds `c-tests/abi/<name>.c` with `c-tests/abi/` as its only include
-/// directory (not include/, not the harness's), with the flags and
-/// sanitizers of `support::build_c`, links it with today's `libevmpm.a`
-/// and runs it (under valgrind when asked), failing with its output.
+/// directory (not include/, not the harness's), as `support::build_c`
+/// builds every C program, links it with today's `libevmpm.a` and runs it
+/// (under valgrind when asked), failing with its output.
 fn old_header_program(name: &str) {
     let dir = support::repo().join("c-tests/abi");
-    let exe = support::out_dir().join(format!("abi_{name}"));
-    let mut cmd = cc::Build::new()
-        .target(env!("EVMPM_TARGET"))
-        .host(env!("EVMPM_HOST"))
-        .opt_level(1)
-        .debug(true)
-        .cargo_metadata(false)
-        .cargo_warnings(false)
-        .emit_rerun_if_env_changed(false)
-        .get_compiler()
-        .to_command();
-    cmd.args([
-        "-std=c11",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-pedantic",
-        "-pthread",
-    ]);
-    for s in support::sanitizers() {
-        cmd.arg(format!("-fsanitize={s}"))
-            .arg("-fno-omit-frame-pointer");
-    }
-    cmd.arg("-I")
-        .arg(&dir)
-        .arg(dir.join(format!("{name}.c")))
-        .arg(support::static_lib())
-        .args(support::native_libs())
-        .arg("-o")
-        .arg(&exe);
-    let built = cmd.output().expect("the C compiler runs");
-    assert!(
-        built.status.success(),
-        "compiling {name} failed:\n{cmd:?}\n{}{}",
-        String::from_utf8_lossy(&built.stdout),
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let source = format!("c-tests/abi/{name}.c");
+    let exe = support::build_c_with(&format!("abi_{name}"), &[&source], &[], &[dir]);
     let log_path = support::out_dir().join(format!("abi_{name}.log"));
     let log = std::fs::File::create(&log_path).expect("create log");
     let started = std::time::Instant::now();

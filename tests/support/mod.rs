@@ -97,6 +97,13 @@ fn compiler(cplusplus: bool) -> cc::Tool {
 /// command line, so a `-std=` there wins). Panics with the compiler's output
 /// on failure.
 pub fn build_c(name: &str, sources: &[&str], extra: &[&str]) -> PathBuf {
+    let includes = [repo().join("include"), repo().join("c-tests")];
+    build_c_with(name, sources, extra, &includes)
+}
+
+/// `build_c` with these include directories only (a program built against
+/// another header than `include/evmpm.h`, say).
+pub fn build_c_with(name: &str, sources: &[&str], extra: &[&str], includes: &[PathBuf]) -> PathBuf {
     let out = out_dir().join(name);
     let mut cmd = compiler(false).to_command();
     cmd.args([
@@ -111,8 +118,9 @@ pub fn build_c(name: &str, sources: &[&str], extra: &[&str]) -> PathBuf {
         cmd.arg(format!("-fsanitize={s}"))
             .arg("-fno-omit-frame-pointer");
     }
-    cmd.arg("-I").arg(repo().join("include"));
-    cmd.arg("-I").arg(repo().join("c-tests"));
+    for dir in includes {
+        cmd.arg("-I").arg(dir);
+    }
     cmd.args(extra);
     for s in sources {
         cmd.arg(repo().join(s));
