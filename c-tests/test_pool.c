@@ -73,6 +73,41 @@ static void blocked_handlers_are_replaced(void) {
     CHECK_EQ(line_server_stop(&s, 1000), EVMPM_OK);
 }
 
+/* After a burst of blocking handlers the spare threads started for them
+ * leave once idle (2 s): the runtime goes back to its running threads. */
+static void spares_leave_when_idle(void) {
+    enum { CLIENTS = 4 };
+    struct line_server s;
+    evmpm_config cfg;
+    int fd[CLIENTS], i, before;
+    watchdog_arm(1000, "warm-up");
+    watchdog_disarm();
+    before = thread_count();
+    line_server_config(&s, &cfg);
+    cfg.running_threads = 1;
+    cfg.worker_threads = 8;
+    line_server_start(&s, &cfg);
+    for (i = 0; i < CLIENTS; i++)
+        fd[i] = line_client(&s);
+    for (i = 0; i < CLIENTS; i++)
+        send_str(fd[i], "SLEEP 300\n");
+    for (i = 0; i < CLIENTS; i++)
+        EXPECT_LINE(fd[i], "SLEPT");
+    CHECK(line_server_stats(&s).worker_threads >= CLIENTS);
+    WAIT_UNTIL(line_server_stats(&s).worker_threads == 1, 10000);
+    WAIT_UNTIL(thread_count() == before + 1 + 2, 5000);
+    /* And they come back when handlers block again. */
+    for (i = 0; i < CLIENTS; i++)
+        send_str(fd[i], "SLEEP 300\n");
+    WAIT_UNTIL(atomic_load(&s.in_handler) == CLIENTS, 5000);
+    for (i = 0; i < CLIENTS; i++) {
+        EXPECT_LINE(fd[i], "SLEPT");
+        close(fd[i]);
+    }
+    CHECK_EQ(line_server_stop(&s, 1000), EVMPM_OK);
+    CHECK_EQ(thread_count(), before);
+}
+
 /* No more than `worker_threads` handlers ever run, however many block. */
 static void threads_stay_within_the_limit(void) {
     enum { CLIENTS = 6, LIMIT = 3 };
@@ -197,6 +232,7 @@ int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"blocked_handlers_are_replaced", blocked_handlers_are_replaced},
         {"threads_stay_within_the_limit", threads_stay_within_the_limit},
+        {"spares_leave_when_idle", spares_leave_when_idle},
         {"a_computing_handler_is_not_replaced", a_computing_handler_is_not_replaced},
         {"an_idle_runtime_holds_running_threads_plus_two",
          an_idle_runtime_holds_running_threads_plus_two},

@@ -428,11 +428,11 @@ impl Runtime {
             .spawn(move || crate::workers::worker_main(rt, id));
         match spawned {
             Ok(h) => {
-                self.workers.keep_handle(h);
+                self.workers.keep_handle(id, h);
                 Ok(())
             }
             Err(e) => {
-                self.workers.unreserve_thread();
+                self.workers.unreserve_thread(id);
                 *self
                     .workers_running
                     .0

@@ -65,6 +65,11 @@ pub(crate) const EXIT_TOKEN: u64 = 2;
 /// is counted as blocked.
 pub(crate) const STALL_NS: u64 = 100_000;
 
+/// A spare thread that has not been released for this long leaves, so an
+/// idle runtime goes back to its running threads after a burst of blocking
+/// handlers (httpd trims its spare threads the same way).
+pub(crate) const SPARE_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The low bit of `Record::handler`: the monitor counted this handler as
 /// blocked.
 const BLOCKED: u64 = 1;
@@ -81,6 +86,9 @@ struct Record {
     tid: AtomicI32,
     /// Set by whoever releases this thread from the spare stack.
     released: AtomicBool,
+    /// Set by the thread itself when, a spare idle for `SPARE_IDLE`, it
+    /// took itself off the stack to leave.
+    leaving: AtomicBool,
     thread: Mutex<Option<Thread>>,
 }
 
@@ -90,6 +98,7 @@ impl Record {
             handler: CachePadded::new(AtomicU64::new(0)),
             tid: AtomicI32::new(0),
             released: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             thread: Mutex::new(None),
         }
     }
@@ -143,8 +152,10 @@ pub struct Workers {
     /// The most worker threads there may be.
     pub(crate) max: usize,
     active: CachePadded<AtomicUsize>,
-    /// Threads started so far (they never exit before the stop).
+    /// Worker threads alive (a spare idle for `SPARE_IDLE` exits).
     spawned: AtomicUsize,
+    /// Ids (record indices) no live thread has, lowest last.
+    free_ids: Mutex<Vec<usize>>,
     /// Ids of spare threads asleep, most recent last.
     spares: Mutex<Vec<usize>>,
     /// Threads inside a handler.
@@ -156,7 +167,8 @@ pub struct Workers {
     pub(crate) replaced: AtomicU64,
     /// When handlers were last looked at (see `monitor::look_if_due`).
     last_look: CachePadded<AtomicU64>,
-    handles: Mutex<Vec<JoinHandle<()>>>,
+    /// By id: the handle of the thread that has (or last had) the id.
+    handles: Mutex<Vec<Option<JoinHandle<()>>>>,
     monitor: Mutex<Option<Thread>>,
 }
 
@@ -178,13 +190,14 @@ impl Workers {
             max,
             active: CachePadded::new(AtomicUsize::new(0)),
             spawned: AtomicUsize::new(0),
+            free_ids: Mutex::new((0..max).rev().collect()),
             spares: Mutex::new(Vec::new()),
             busy: CachePadded::new(AtomicUsize::new(0)),
             started: CachePadded::new(AtomicUsize::new(0)),
             blocked_now: AtomicUsize::new(0),
             replaced: AtomicU64::new(0),
             last_look: CachePadded::new(AtomicU64::new(0)),
-            handles: Mutex::new(Vec::new()),
+            handles: Mutex::new((0..max).map(|_| None).collect()),
             monitor: Mutex::new(None),
         })
     }
@@ -202,7 +215,7 @@ impl Workers {
         self.queue.len()
     }
 
-    /// Worker threads started so far.
+    /// Worker threads alive.
     pub fn threads(&self) -> usize {
         self.spawned.load(Ordering::Acquire)
     }
@@ -248,7 +261,14 @@ impl Workers {
             {
                 Ok(_) => {
                     self.active.fetch_add(1, Ordering::AcqRel);
-                    return Some(n);
+                    // Fewer than `max` threads live, so an id is free.
+                    let id = self
+                        .free_ids
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop()
+                        .expect("a free id below the thread limit");
+                    return Some(id);
                 }
                 Err(actual) => n = actual,
             }
@@ -256,21 +276,44 @@ impl Workers {
     }
 
     /// A thread could not be started: takes its reservation back.
-    pub(crate) fn unreserve_thread(&self) {
+    pub(crate) fn unreserve_thread(&self, id: usize) {
+        self.free_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
         self.spawned.fetch_sub(1, Ordering::AcqRel);
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
-    pub(crate) fn keep_handle(&self, h: JoinHandle<()>) {
-        self.handles
+    /// A spare idle for `SPARE_IDLE` leaves: its id is free again. (It was
+    /// not counted active while a spare.)
+    fn thread_left(&self, id: usize) {
+        self.records[id].tid.store(0, Ordering::Release);
+        self.spawned.fetch_sub(1, Ordering::AcqRel);
+        self.free_ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(h);
+            .push(id);
+    }
+
+    /// Keeps thread `id`'s handle, joining the one of the thread that had
+    /// the id before (it has left, so the join is immediate), which frees
+    /// that thread's stack.
+    pub(crate) fn keep_handle(&self, id: usize, h: JoinHandle<()>) {
+        let old = self.handles.lock().unwrap_or_else(|p| p.into_inner())[id].replace(h);
+        if let Some(old) = old {
+            let _ = old.join();
+        }
     }
 
     /// The handles of every thread started, to join or to let go.
     pub(crate) fn take_handles(&self) -> Vec<JoinHandle<()>> {
-        std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()))
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect()
     }
 
     pub(crate) fn set_monitor(&self, t: Thread) {

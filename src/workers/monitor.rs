@@ -86,7 +86,7 @@ const LOOK_EVERY_NS: u64 = 50_000;
 
 /// One look at every worker's handler.
 fn look(rt: &Arc<Runtime>, w: &Workers, now: u64) {
-    for rec in w.records[..w.threads()].iter() {
+    for rec in w.records.iter() {
         let Some((word, started)) = rec.running_handler() else {
             continue;
         };

@@ -52,6 +52,11 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
                 }
             }
         }
+        if rec.leaving.swap(false, Ordering::AcqRel) {
+            // A spare idle for too long: its id goes back to the pool.
+            w.thread_left(id);
+            break;
+        }
     }
     let (lock, cv) = &rt.workers_running;
     *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
@@ -239,7 +244,22 @@ fn retire_if_surplus(w: &Workers, id: usize) {
     // A release between the push and the park leaves `released` set and
     // the thread's park token too: park returns at once. The releaser
     // counted this thread active again.
+    let idle_since = std::time::Instant::now();
     while !rec.released.load(Ordering::SeqCst) && !w.exiting() {
+        let idle = idle_since.elapsed();
+        if idle < super::SPARE_IDLE {
+            std::thread::park_timeout(super::SPARE_IDLE - idle);
+            continue;
+        }
+        // Not needed for that long: leave, unless a release has just taken
+        // this thread off the stack (then wait for it).
+        let mut spares = w.spares.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = spares.iter().position(|&s| s == id) {
+            spares.remove(at);
+            rec.leaving.store(true, Ordering::Release);
+            return;
+        }
+        drop(spares);
         std::thread::park();
     }
 }
