@@ -360,7 +360,8 @@ typedef struct evmpm_config {
    The most worker threads, so the most handlers that may run at once,
    blocked or not (Apache's ThreadsPerChild). Threads start as they are
    needed: `running_threads` at start, one more each time a handler
-   blocks while every thread is taken. 1 to 4096.
+   blocks while every thread is taken; one not needed for 2 s leaves.
+   1 to 4096.
    */
   uint32_t worker_threads;
   /*
