@@ -304,9 +304,10 @@ impl EventLoop {
                 .count()
     }
 
-    /// True when `h` still idles in keep-alive (its link may be older than
-    /// its last trip through a worker, which does not matter here).
-    fn still_due_or_idle(&self, h: Handle) -> bool {
+    /// True when `h` is in keep-alive (its link may be older than its last
+    /// trip through a worker, which does not matter here; whether its next
+    /// request has arrived is asked apart).
+    fn idles_in_keepalive(&self, h: Handle) -> bool {
         self.rt
             .table
             .slot(h)
@@ -536,7 +537,7 @@ impl EventLoop {
                     let Some(h) = self.rt.table.current_handle(index) else {
                         continue;
                     };
-                    if !self.still_due_or_idle(h) {
+                    if !self.idles_in_keepalive(h) {
                         continue; // a link its connection has outlived
                     }
                     let fd = self.rt.table.slot_at(index).fd();

@@ -329,14 +329,7 @@ impl Workers {
         self.active.fetch_add(1, Ordering::AcqRel);
         let rec = &self.records[id];
         rec.released.store(true, Ordering::SeqCst);
-        if let Some(t) = rec
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            t.unpark();
-        }
+        unpark(&rec.thread);
         true
     }
 
@@ -345,23 +338,16 @@ impl Workers {
         self.exit.store(true, Ordering::SeqCst);
         self.exit_signal.signal();
         for rec in self.records.iter() {
-            if let Some(t) = rec
-                .thread
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-            {
-                t.unpark();
-            }
+            unpark(&rec.thread);
         }
-        if let Some(t) = self
-            .monitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            t.unpark();
-        }
+        unpark(&self.monitor);
+    }
+}
+
+/// Unparks the thread kept in `thread`, if one is.
+fn unpark(thread: &Mutex<Option<Thread>>) {
+    if let Some(t) = thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        t.unpark();
     }
 }
 
