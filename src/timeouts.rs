@@ -1,10 +1,16 @@
-//! Timeout queues: one FIFO per timeout kind, intrusive and doubly linked
-//! through per-slot link records.
+//! Timeout queues: FIFO lists, intrusive and doubly linked through
+//! per-slot link records, one list per timeout kind and duration.
 //!
-//! Every connection in a kind waits the same duration, so inserting at the
+//! Every connection in a list waits the same duration, so inserting at the
 //! tail keeps each list sorted by deadline: insert, removal and expiry are all
 //! O(1), and the event thread's next wake-up is the earliest of the heads.
-//! (Apache's event MPM keeps its timeout queues the same way.)
+//! (Apache's event MPM keeps its timeout queues the same way.) Most
+//! connections share their kind's configured duration, so most kinds have
+//! one list; listeners and `evmpm_conn_set_timeouts` may add a few more.
+//! The first `EXACT_LISTS` durations of a kind get exact lists; past those,
+//! a new duration is rounded up to 6 significant bits of milliseconds (at
+//! most 1/32 later than asked, never earlier), which bounds the lists a
+//! host can make to a few hundred however many values it uses.
 //!
 //! Owned by the event thread alone; nothing here is shared or atomic.
 
@@ -33,14 +39,23 @@ pub(crate) const KINDS: [Kind; 5] = [
 ];
 
 const NIL: u32 = u32::MAX;
-const UNLINKED: u8 = u8::MAX;
+const UNLINKED: u16 = u16::MAX;
+
+/// A timeout that never expires (`EVMPM_TIMEOUT_NONE`): its deadline
+/// saturates at the end of time, and its list never comes due.
+pub const NEVER: u64 = u64::MAX;
+
+/// Durations of one kind that get a list of their own, exactly.
+const EXACT_LISTS: usize = 16;
 
 #[derive(Clone, Copy)]
 struct Link {
     prev: u32,
     next: u32,
-    /// The `Kind` this slot is linked into, or UNLINKED.
-    kind: u8,
+    /// The index of the list this slot is linked into, or UNLINKED.
+    list: u16,
+    /// When the wait began, and when it ends.
+    since: u64,
     deadline: u64,
 }
 
@@ -49,114 +64,161 @@ struct List {
     head: u32,
     tail: u32,
     len: usize,
+    kind: Kind,
     timeout_ns: u64,
 }
 
 pub struct TimeoutQueues {
-    /// Indexed by slot index. Invariant: `links[i].kind != UNLINKED` iff `i`
+    /// Indexed by slot index. Invariant: `links[i].list != UNLINKED` iff `i`
     /// is in exactly that list, between its `prev` and `next`.
     links: Vec<Link>,
-    lists: [List; 5],
+    /// Invariant: each list holds one kind and one duration, sorted by
+    /// deadline from head to tail. Lists are never removed (an empty one
+    /// costs a look per turn).
+    lists: Vec<List>,
+    /// For each kind, the indices of its lists in `lists`.
+    by_kind: [Vec<u16>; 5],
 }
 
 impl TimeoutQueues {
-    /// `timeouts_ns[k]` is the duration for `KINDS[k]`.
+    /// Queues for `slots` connections; `timeouts_ns[k]` is `KINDS[k]`'s
+    /// configured duration, whose list is made first.
     pub fn new(slots: usize, timeouts_ns: [u64; 5]) -> TimeoutQueues {
         let unlinked = Link {
             prev: NIL,
             next: NIL,
-            kind: UNLINKED,
+            list: UNLINKED,
+            since: 0,
             deadline: 0,
         };
-        let list = |t| List {
+        let mut q = TimeoutQueues {
+            links: vec![unlinked; slots],
+            lists: Vec::new(),
+            by_kind: Default::default(),
+        };
+        for (kind, ns) in KINDS.into_iter().zip(timeouts_ns) {
+            q.list_for(kind, ns);
+        }
+        q
+    }
+
+    /// The list for `kind` and `timeout_ns`, made if it does not exist.
+    fn list_for(&mut self, kind: Kind, timeout_ns: u64) -> usize {
+        let find = |q: &TimeoutQueues, ns: u64| {
+            q.by_kind[kind as usize]
+                .iter()
+                .map(|&i| i as usize)
+                .find(|&i| q.lists[i].timeout_ns == ns)
+        };
+        if let Some(i) = find(self, timeout_ns) {
+            return i;
+        }
+        let ns = if self.by_kind[kind as usize].len() < EXACT_LISTS {
+            timeout_ns
+        } else {
+            coarse(timeout_ns)
+        };
+        if let Some(i) = find(self, ns) {
+            return i;
+        }
+        let i = self.lists.len();
+        self.lists.push(List {
             head: NIL,
             tail: NIL,
             len: 0,
-            timeout_ns: t,
-        };
-        TimeoutQueues {
-            links: vec![unlinked; slots],
-            lists: timeouts_ns.map(list),
-        }
+            kind,
+            timeout_ns: ns,
+        });
+        self.by_kind[kind as usize].push(i as u16);
+        i
     }
 
-    /// Appends `index` to `kind`'s list with deadline `since + timeout`,
-    /// unlinking it first from wherever it was (which also restarts its clock).
+    /// Appends `index` to the list of `kind` and `timeout_ns` with deadline
+    /// `since + timeout`, unlinking it first from wherever it was (which
+    /// also restarts its clock).
     ///
     /// Hand-overs from other threads reach the event thread a little out of
     /// order, so `since` may be older than the tail's: the deadline is then
     /// raised to the tail's, which keeps the list sorted (the invariant that
     /// makes expiry O(1)) at the cost of a timeout that is late by that
     /// difference, never early.
-    pub fn insert(&mut self, kind: Kind, index: u32, since_ns: u64) {
+    pub fn insert(&mut self, kind: Kind, index: u32, since_ns: u64, timeout_ns: u64) {
         self.remove(index);
-        let k = kind as usize;
-        let tail = self.lists[k].tail;
-        let mut deadline = since_ns.saturating_add(self.lists[k].timeout_ns);
+        let l = self.list_for(kind, timeout_ns);
+        let list = &mut self.lists[l];
+        let tail = list.tail;
+        let mut deadline = since_ns.saturating_add(list.timeout_ns);
         if tail != NIL {
             deadline = deadline.max(self.links[tail as usize].deadline);
         }
-        self.links[index as usize] = Link {
-            prev: tail,
-            next: NIL,
-            kind: k as u8,
-            deadline,
-        };
         if tail == NIL {
-            self.lists[k].head = index;
+            list.head = index;
         } else {
             self.links[tail as usize].next = index;
         }
-        self.lists[k].tail = index;
-        self.lists[k].len += 1;
+        list.tail = index;
+        list.len += 1;
+        self.links[index as usize] = Link {
+            prev: tail,
+            next: NIL,
+            list: l as u16,
+            since: since_ns,
+            deadline,
+        };
     }
 
     /// Unlinks `index`; returns the kind it was in.
     pub fn remove(&mut self, index: u32) -> Option<Kind> {
         let link = self.links[index as usize];
-        if link.kind == UNLINKED {
+        if link.list == UNLINKED {
             return None;
         }
-        let k = link.kind as usize;
+        let list = &mut self.lists[link.list as usize];
         if link.prev == NIL {
-            self.lists[k].head = link.next;
+            list.head = link.next;
         } else {
             self.links[link.prev as usize].next = link.next;
         }
         if link.next == NIL {
-            self.lists[k].tail = link.prev;
+            list.tail = link.prev;
         } else {
             self.links[link.next as usize].prev = link.prev;
         }
-        self.lists[k].len -= 1;
+        list.len -= 1;
+        let kind = list.kind;
         let l = &mut self.links[index as usize];
-        l.kind = UNLINKED;
+        l.list = UNLINKED;
         l.prev = NIL;
         l.next = NIL;
-        Some(KINDS[k])
+        Some(kind)
     }
 
     pub fn kind_of(&self, index: u32) -> Option<Kind> {
-        let k = self.links[index as usize].kind;
-        (k != UNLINKED).then(|| KINDS[k as usize])
+        let l = self.links[index as usize].list;
+        (l != UNLINKED).then(|| self.lists[l as usize].kind)
     }
 
-    /// Unlinks and returns the head of `kind`'s list if its deadline passed.
+    /// Unlinks and returns the earliest head of `kind`'s lists if its
+    /// deadline passed.
     pub fn pop_expired(&mut self, kind: Kind, now_ns: u64) -> Option<u32> {
-        let head = self.lists[kind as usize].head;
-        if head == NIL || self.links[head as usize].deadline > now_ns {
-            return None;
-        }
+        let head = self.by_kind[kind as usize]
+            .iter()
+            .map(|&l| self.lists[l as usize].head)
+            .filter(|&h| h != NIL)
+            .min_by_key(|&h| self.links[h as usize].deadline)
+            .filter(|&h| self.links[h as usize].deadline <= now_ns)?;
         self.remove(head);
         Some(head)
     }
 
-    /// Unlinks and returns the oldest entry of `kind`, expired or not.
+    /// Unlinks and returns the entry of `kind` that has waited longest,
+    /// expired or not.
     pub fn pop_oldest(&mut self, kind: Kind) -> Option<u32> {
-        let head = self.lists[kind as usize].head;
-        if head == NIL {
-            return None;
-        }
+        let head = self.by_kind[kind as usize]
+            .iter()
+            .map(|&l| self.lists[l as usize].head)
+            .filter(|&h| h != NIL)
+            .min_by_key(|&h| self.links[h as usize].since)?;
         self.remove(head);
         Some(head)
     }
@@ -172,8 +234,27 @@ impl TimeoutQueues {
 
     #[cfg(test)]
     pub fn len(&self, kind: Kind) -> usize {
-        self.lists[kind as usize].len
+        self.by_kind[kind as usize]
+            .iter()
+            .map(|&l| self.lists[l as usize].len)
+            .sum()
     }
+}
+
+/// `ns` rounded up to 6 significant bits of whole milliseconds (exact below
+/// 64 ms; `NEVER` stays).
+fn coarse(ns: u64) -> u64 {
+    const MS: u64 = 1_000_000;
+    if ns == NEVER {
+        return NEVER;
+    }
+    let ms = ns.div_ceil(MS);
+    let bits = 64 - ms.leading_zeros();
+    if bits <= 6 {
+        return ms * MS;
+    }
+    let step = 1u64 << (bits - 6);
+    ms.div_ceil(step).saturating_mul(step).saturating_mul(MS)
 }
 
 #[cfg(test)]
@@ -181,17 +262,23 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+    const DURATIONS: [u64; 5] = [10 * MS, 20 * MS, 30 * MS, 40 * MS, 50 * MS];
+
+    /// Inserts with the kind's configured duration.
+    fn put(q: &mut TimeoutQueues, kind: Kind, index: u32, since: u64) {
+        q.insert(kind, index, since, DURATIONS[kind as usize]);
+    }
 
     fn queues() -> TimeoutQueues {
-        TimeoutQueues::new(16, [10 * MS, 20 * MS, 30 * MS, 40 * MS, 50 * MS])
+        TimeoutQueues::new(16, DURATIONS)
     }
 
     #[test]
     fn expiry_is_fifo_and_respects_deadlines() {
         let mut q = queues();
-        q.insert(Kind::Keepalive, 3, 0);
-        q.insert(Kind::Keepalive, 1, MS);
-        q.insert(Kind::Keepalive, 2, 2 * MS);
+        put(&mut q, Kind::Keepalive, 3, 0);
+        put(&mut q, Kind::Keepalive, 1, MS);
+        put(&mut q, Kind::Keepalive, 2, 2 * MS);
         assert_eq!(q.next_deadline(), Some(20 * MS));
         assert_eq!(q.pop_expired(Kind::Keepalive, 19 * MS), None);
         assert_eq!(q.pop_expired(Kind::Keepalive, 21 * MS), Some(3));
@@ -205,8 +292,8 @@ mod tests {
     #[test]
     fn an_older_stamp_than_the_tail_is_never_expired_early() {
         let mut q = queues();
-        q.insert(Kind::Keepalive, 1, 5 * MS);
-        q.insert(Kind::Keepalive, 2, 3 * MS);
+        put(&mut q, Kind::Keepalive, 1, 5 * MS);
+        put(&mut q, Kind::Keepalive, 2, 3 * MS);
         assert_eq!(q.next_deadline(), Some(25 * MS));
         assert_eq!(q.pop_expired(Kind::Keepalive, 24 * MS), None);
         assert_eq!(q.pop_expired(Kind::Keepalive, 25 * MS), Some(1));
@@ -217,7 +304,7 @@ mod tests {
     fn removal_from_head_middle_and_tail_keeps_links_consistent() {
         let mut q = queues();
         for i in 0..5 {
-            q.insert(Kind::Write, i, u64::from(i));
+            put(&mut q, Kind::Write, i, u64::from(i));
         }
         assert_eq!(q.remove(2), Some(Kind::Write));
         assert_eq!(q.remove(0), Some(Kind::Write));
@@ -233,12 +320,12 @@ mod tests {
     #[test]
     fn reinsert_moves_between_lists_and_restarts_the_clock() {
         let mut q = queues();
-        q.insert(Kind::Reading, 7, 0);
-        q.insert(Kind::Keepalive, 7, 5 * MS);
+        put(&mut q, Kind::Reading, 7, 0);
+        put(&mut q, Kind::Keepalive, 7, 5 * MS);
         assert_eq!(q.kind_of(7), Some(Kind::Keepalive));
         assert_eq!(q.len(Kind::Reading), 0);
         assert_eq!(q.next_deadline(), Some(25 * MS));
-        q.insert(Kind::Keepalive, 7, 9 * MS);
+        put(&mut q, Kind::Keepalive, 7, 9 * MS);
         assert_eq!(q.len(Kind::Keepalive), 1);
         assert_eq!(q.next_deadline(), Some(29 * MS));
     }
@@ -246,9 +333,9 @@ mod tests {
     #[test]
     fn next_deadline_is_the_minimum_over_lists() {
         let mut q = queues();
-        q.insert(Kind::Linger, 1, 0); // 40
-        q.insert(Kind::Reading, 2, 5 * MS); // 15
-        q.insert(Kind::Keepalive, 3, 0); // 20
+        put(&mut q, Kind::Linger, 1, 0); // 40
+        put(&mut q, Kind::Reading, 2, 5 * MS); // 15
+        put(&mut q, Kind::Keepalive, 3, 0); // 20
         assert_eq!(q.next_deadline(), Some(15 * MS));
     }
 
@@ -257,11 +344,65 @@ mod tests {
         for n in [10u32, 100_000] {
             let mut q = TimeoutQueues::new(n as usize, [MS; 5]);
             for i in 0..n {
-                q.insert(Kind::Keepalive, i, 0);
+                q.insert(Kind::Keepalive, i, 0, MS);
             }
             assert_eq!(q.remove(n / 2), Some(Kind::Keepalive));
             assert_eq!(q.pop_expired(Kind::Keepalive, 2 * MS), Some(0));
             assert_eq!(q.len(Kind::Keepalive), n as usize - 2);
         }
+    }
+
+    /// Connections of one kind with different durations expire each at its
+    /// own deadline, in deadline order across lists.
+    #[test]
+    fn durations_of_one_kind_expire_each_on_time() {
+        let mut q = queues();
+        q.insert(Kind::Keepalive, 1, 0, 100 * MS);
+        q.insert(Kind::Keepalive, 2, 0, 20 * MS);
+        q.insert(Kind::Keepalive, 3, 0, 60 * MS);
+        assert_eq!(q.next_deadline(), Some(20 * MS));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 59 * MS), Some(2));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 59 * MS), None);
+        assert_eq!(q.next_deadline(), Some(60 * MS));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 100 * MS), Some(3));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 100 * MS), Some(1));
+        assert_eq!(q.len(Kind::Keepalive), 0);
+    }
+
+    #[test]
+    fn never_does_not_expire_but_stays_linked() {
+        let mut q = queues();
+        q.insert(Kind::Reading, 4, 5 * MS, NEVER);
+        assert_eq!(q.kind_of(4), Some(Kind::Reading));
+        assert_eq!(q.pop_expired(Kind::Reading, u64::MAX - 1), None);
+        assert_eq!(q.pop_oldest(Kind::Reading), Some(4));
+    }
+
+    /// Oldest means waiting longest, across lists of different durations.
+    #[test]
+    fn pop_oldest_compares_start_times_across_lists() {
+        let mut q = queues();
+        q.insert(Kind::Keepalive, 1, 5 * MS, 10 * MS);
+        q.insert(Kind::Keepalive, 2, 2 * MS, 500 * MS);
+        assert_eq!(q.pop_oldest(Kind::Keepalive), Some(2));
+        assert_eq!(q.pop_oldest(Kind::Keepalive), Some(1));
+    }
+
+    /// Past the exact lists, durations share rounded lists: never early, at
+    /// most 1/32 late, and the number of lists stays bounded.
+    #[test]
+    fn many_durations_share_a_bounded_number_of_lists() {
+        let mut q = TimeoutQueues::new(4096, DURATIONS);
+        for i in 0..4096u32 {
+            let ns = u64::from(i + 1) * 7 * MS;
+            q.insert(Kind::Keepalive, i, 0, ns);
+            let l = q.links[i as usize].list as usize;
+            let got = q.lists[l].timeout_ns;
+            assert!(got >= ns && got <= ns + ns / 32, "{ns} -> {got}");
+        }
+        assert!(q.lists.len() < 300, "{} lists", q.lists.len());
+        assert_eq!(coarse(NEVER), NEVER);
+        assert_eq!(coarse(63 * MS), 63 * MS);
+        assert_eq!(coarse(65 * MS), 66 * MS);
     }
 }
