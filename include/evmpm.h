@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #define EVMPM_VERSION_MAJOR 0
 
@@ -47,6 +48,25 @@
  connection.
  */
 #define EVMPM_WAKE_RESUMED 4
+
+/*
+ Handler wake reason: `evmpm_notify` was called for the connection (a
+ message for it, a broadcast, a kick); the socket may have no input.
+ */
+#define EVMPM_WAKE_NOTIFIED 5
+
+/*
+ Handler wake reason: a connection just accepted on a listener with
+ `EVMPM_LISTEN_SERVER_FIRST`; the client may not have sent anything.
+ */
+#define EVMPM_WAKE_ACCEPTED 6
+
+/*
+ A timeout value meaning "never" (`evmpm_config`'s and a listener's
+ read, keep-alive, write and header timeouts, `evmpm_conn_set_timeouts`),
+ and, for `evmpm_stop`, "no deadline": `UINT32_MAX`.
+ */
+#define EVMPM_TIMEOUT_NONE UINT32_MAX
 
 /*
  `request_ready` verdict: a whole request is waiting; run the handler.
@@ -101,6 +121,68 @@
  Log level: something an operator should know of.
  */
 #define EVMPM_LOG_WARNING 2
+
+/*
+ The most listeners one runtime takes.
+ */
+#define EVMPM_MAX_LISTENERS 256
+
+/*
+ Listener flag: accepted descriptors are in non-blocking mode
+ (`O_NONBLOCK`, as `accept4(SOCK_NONBLOCK)` gives them), for hosts whose
+ own I/O expects it. evmpm works the same in either mode: its own sends,
+ peeks and drains never depend on it (they pass `MSG_DONTWAIT`), and it
+ never changes the mode the host sees.
+ */
+#define EVMPM_LISTEN_NONBLOCK 1
+
+/*
+ Listener flag: the server speaks first (an SMTP, FTP or POP3 banner, a
+ greeting). The handler runs at once on accept, with
+ `EVMPM_WAKE_ACCEPTED`, instead of waiting for the client's first byte;
+ `request_ready` is not asked for that first run.
+ */
+#define EVMPM_LISTEN_SERVER_FIRST 2
+
+/*
+ Listener flag: no readiness check on this listener even though
+ `evmpm_config.request_ready` is set (a TLS listener beside a plain one:
+ the check cannot read ciphertext).
+ */
+#define EVMPM_LISTEN_NO_REQUEST_READY 4
+
+/*
+ Listener flag: connections of this listener never linger on close (as
+ `EVMPM_CLOSE_NO_LINGER` on every close): for protocols whose client
+ never sends after the server's last answer.
+ */
+#define EVMPM_LISTEN_NO_LINGER 8
+
+/*
+ `evmpm_close_ex` flag: close without the lingering close: the
+ descriptor is closed right after the close callback, without waiting for
+ the client's last input (the kernel sends a reset if unread input is
+ left, as a plain `close()` does).
+ */
+#define EVMPM_CLOSE_NO_LINGER 1
+
+/*
+ `evmpm_close_ex` flag: abortive close: the client gets a reset (TCP
+ RST, as `SO_LINGER` with a zero timeout gives) and any unsent output is
+ dropped.
+ */
+#define EVMPM_CLOSE_RESET 2
+
+/*
+ Accept hook verdict: keep the connection.
+ */
+#define EVMPM_ACCEPT_CONTINUE 0
+
+/*
+ Accept hook verdict: refuse it: it is closed at once (its close callback
+ runs, as for every accepted connection), counted in `denied`.
+ */
+#define EVMPM_ACCEPT_REFUSE -1
 
 /*
  The result of every evmpm function that can fail: `EVMPM_OK` (0) or a
@@ -175,6 +257,11 @@ enum evmpm_error
    `evmpm_stats.internal_errors`.
    */
   EVMPM_EINTERNAL = -12,
+  /*
+   A fixed limit was reached: more listeners than a runtime takes
+   (`EVMPM_MAX_LISTENERS`).
+   */
+  EVMPM_ELIMIT = -13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -365,21 +452,23 @@ typedef struct evmpm_config {
    */
   uint32_t worker_threads;
   /*
-   How long a parked keep-alive connection may stay idle. 1 ms or more.
+   How long a parked keep-alive connection may stay idle. 1 ms or more,
+   or `EVMPM_TIMEOUT_NONE` (never: a chat member idle for hours).
    */
   uint32_t keepalive_timeout_ms;
   /*
    How long a new connection may stay silent before its first byte.
-   1 ms or more.
+   1 ms or more, or `EVMPM_TIMEOUT_NONE`.
    */
   uint32_t read_timeout_ms;
   /*
    How long write completion may go without the client acknowledging a
-   byte. 1 ms or more.
+   byte. 1 ms or more, or `EVMPM_TIMEOUT_NONE`.
    */
   uint32_t write_timeout_ms;
   /*
-   How long a lingering close drains the client's input. 0 closes at once.
+   How long a lingering close drains the client's input. 0 closes at
+   once; `EVMPM_TIMEOUT_NONE` is refused.
    */
   uint32_t linger_timeout_ms;
   /*
@@ -431,7 +520,8 @@ typedef struct evmpm_config {
   evmpm_request_ready_fn request_ready;
   /*
    With `request_ready`: how long a client may take from the first byte
-   of a request to its last before it is closed. 1 ms or more.
+   of a request to its last before it is closed. 1 ms or more, or
+   `EVMPM_TIMEOUT_NONE`.
    */
   uint32_t header_timeout_ms;
   /*
@@ -453,6 +543,17 @@ typedef struct evmpm_config {
    `worker_threads` is used.
    */
   uint32_t running_threads;
+  /*
+   Non-zero: every close callback runs on a worker thread (or, for what
+   is still open when the workers have gone, on the thread in
+   `evmpm_stop`/`evmpm_destroy`), never on the event thread. For hosts
+   whose close path blocks: TLS shutdown, user callbacks, mutexes. A
+   connection the event thread closes (a timeout, shedding, stop, the
+   accept hook's refusal) then waits for a worker like a request does.
+   0 (the default): the callback runs on whichever thread closes the
+   connection, the event thread included, and must be short.
+   */
+  uint32_t close_on_worker;
 } evmpm_config;
 
 /*
@@ -598,7 +699,131 @@ typedef struct evmpm_stats {
    blocked handler.
    */
   uint64_t blocked_replaced;
+  /*
+   Connections a listener's accept hook refused (closed at once).
+   */
+  uint64_t denied;
 } evmpm_stats;
+
+/*
+ What the runtime learned when it accepted a connection: its listener
+ and both addresses. Read it with `evmpm_conn_get_info` (no system call,
+ except the local address on a wildcard listener: see `local`) or in the
+ accept hook. May gain fields at its end: pass `sizeof` your copy.
+ */
+typedef struct evmpm_conn_info {
+  /*
+   The listening descriptor that accepted the connection.
+   */
+  int listener_fd;
+  /*
+   Length of `peer` in bytes (0 if the kernel gave none).
+   */
+  uint32_t peer_len;
+  /*
+   The listener's `user_data` (`evmpm_listener_config.user_data`; NULL
+   for a listener registered with `evmpm_register_listener`).
+   */
+  void *listener_user;
+  /*
+   The client's address, as `accept` reported it: a `sockaddr_in`,
+   `sockaddr_in6` or `sockaddr_un` in `sockaddr_storage`'s room. A Unix
+   socket client's path is kept up to 26 bytes.
+   */
+  struct sockaddr_storage peer;
+  /*
+   The address the client connected to. Taken from the listener when it
+   is bound to one address; on a wildcard listener (`INADDR_ANY`,
+   `in6addr_any`) it is asked of the kernel (`getsockname`) on the
+   calling thread, once per call.
+   */
+  struct sockaddr_storage local;
+  /*
+   Length of `local` in bytes (0 if it could not be had).
+   */
+  uint32_t local_len;
+} evmpm_conn_info;
+
+/*
+ The accept hook (optional, `evmpm_listener_config.on_accept`). Runs on
+ the event thread for each connection the listener accepts, before the
+ runtime watches it: access control by address, socket options,
+ per-connection state. `info` describes the connection (valid during the
+ call only); `fd` is its descriptor.
+
+ Return `EVMPM_ACCEPT_CONTINUE` to keep it, or `EVMPM_ACCEPT_REFUSE` to
+ close it at once (counted in `denied`; its close callback still runs,
+ so a pointer set here is freed there). Any other value refuses too.
+
+ It may call `evmpm_conn_set_user`, `evmpm_conn_get_user`,
+ `evmpm_conn_get_info`, `evmpm_conn_fd`, `evmpm_conn_set_timeouts`,
+ `evmpm_notify` and `evmpm_get_stats`, and `setsockopt` on `fd`; it may
+ not read or write `fd` or close it. It runs on the event thread, which
+ every idle connection waits on: it must not block. `listener_user` is
+ the listener's `user_data`.
+ */
+typedef int (*evmpm_accept_fn)(void *listener_user,
+                               struct evmpm_runtime *rt,
+                               evmpm_conn conn,
+                               int fd,
+                               const struct evmpm_conn_info *info);
+
+/*
+ Per-listener settings for `evmpm_register_listener_ex`. Fill with
+ `evmpm_listener_config_init(&lc, sizeof lc)` first: its defaults make
+ the listener behave as one given to `evmpm_register_listener`. May gain
+ fields at its end (the `size` rule of `evmpm_config`).
+ */
+typedef struct evmpm_listener_config {
+  /*
+   `sizeof(evmpm_listener_config)` as the caller's header declares it,
+   set by `evmpm_listener_config_init`. Read first.
+   */
+  uint32_t size;
+  /*
+   `EVMPM_LISTEN_*` flags. Default 0.
+   */
+  uint32_t flags;
+  /*
+   The host's pointer for this listener: in `evmpm_conn_get_info` of each
+   of its connections, and given to its `on_accept` and its own
+   `request_ready`. Owned by the host; it must outlive the runtime's
+   last callback (`evmpm_destroy`). Default NULL.
+   */
+  void *user_data;
+  /*
+   The accept hook. Default NULL (none).
+   */
+  evmpm_accept_fn on_accept;
+  /*
+   A readiness check for this listener's connections in place of
+   `evmpm_config.request_ready`, called with this listener's
+   `user_data`. Default NULL: the runtime's check, if any (unless
+   `EVMPM_LISTEN_NO_REQUEST_READY`).
+   */
+  evmpm_request_ready_fn request_ready;
+  /*
+   This listener's read timeout (first byte); 0: the runtime's;
+   `EVMPM_TIMEOUT_NONE`: never.
+   */
+  uint32_t read_timeout_ms;
+  /*
+   This listener's keep-alive timeout; 0: the runtime's;
+   `EVMPM_TIMEOUT_NONE`: never. `evmpm_conn_set_timeouts` changes it
+   per connection.
+   */
+  uint32_t keepalive_timeout_ms;
+  /*
+   This listener's write-completion timeout; 0: the runtime's;
+   `EVMPM_TIMEOUT_NONE`: never.
+   */
+  uint32_t write_timeout_ms;
+  /*
+   This listener's header timeout (with a readiness check); 0: the
+   runtime's; `EVMPM_TIMEOUT_NONE`: never.
+   */
+  uint32_t header_timeout_ms;
+} evmpm_listener_config;
 
 #ifdef __cplusplus
 extern "C" {
@@ -875,8 +1100,10 @@ evmpm_error evmpm_suspend(struct evmpm_runtime *rt,
 /*
  Closes the connection, off the worker: the close callback runs, then the
  write side is shut down and the client's remaining input is drained
- (lingering close, up to `linger_timeout_ms`) before the descriptor is
- closed. Do not close the descriptor yourself.
+ (lingering close, up to `linger_timeout_ms`; none on a listener with
+ `EVMPM_LISTEN_NO_LINGER`) before the descriptor is closed. Do not close
+ the descriptor yourself. `evmpm_close_ex` closes without lingering or
+ with a reset.
 
  Threads: the connection's handler, or any thread while the host holds the
  connection suspended (the close callback then runs on the calling
@@ -957,6 +1184,129 @@ const char *evmpm_strerror(int code);
  Threads: any.
  */
 const char *evmpm_version(void);
+
+/*
+ Fills `*lc` with the defaults (see `evmpm_listener_config`) and sets
+ `lc->size`, as `evmpm_listener_config_init(&lc, sizeof lc)`.
+
+ Threads: any. Ownership: `lc` is the caller's; `lc_size` bytes at it are
+ written.
+ Errors: `EVMPM_EINVAL` (NULL `lc`), `EVMPM_EVERSION` (`lc_size` smaller
+ than any layout this library knows, or above `UINT32_MAX`). On error
+ nothing is written.
+ */
+evmpm_error evmpm_listener_config_init(struct evmpm_listener_config *lc,
+                                       size_t lc_size);
+
+/*
+ `evmpm_register_listener` with per-listener settings: the host's pointer
+ for the listener, an accept hook, its own readiness check (or none),
+ non-blocking accepted descriptors, a server that speaks first, no
+ lingering close, and its own timeouts (see `evmpm_listener_config`).
+ Two listeners of one runtime may differ in all of them (an HTTPS port
+ beside a plain one). Everything `evmpm_register_listener` says holds
+ here too.
+
+ Threads: any, before or after `evmpm_start`, a handler included.
+ Ownership: `fd` stays the host's, as for `evmpm_register_listener`;
+ `lc` is copied (`lc->size` read first, then that many bytes);
+ `lc->user_data` stays the host's and must stay valid until
+ `evmpm_destroy` returns.
+ Errors: `EVMPM_EINVAL` (NULL `rt` or `lc`, an unknown flag),
+ `EVMPM_EVERSION` (`lc->size` unknown: not filled by
+ `evmpm_listener_config_init`, or sets fields this older library lacks),
+ `EVMPM_ENOTSOCK`, `EVMPM_ENOTLISTENER`, `EVMPM_EEXIST`, `EVMPM_ELIMIT`
+ (`EVMPM_MAX_LISTENERS` registered already), `EVMPM_ESTOPPED`,
+ `EVMPM_EOS`.
+ */
+evmpm_error evmpm_register_listener_ex(struct evmpm_runtime *rt,
+                                       int fd,
+                                       const struct evmpm_listener_config *lc);
+
+/*
+ Writes what the runtime learned when it accepted `conn` into `*out`:
+ its listener (descriptor and `user_data`), the client's address and the
+ local address (see `evmpm_conn_info`). No system call, except the local
+ address on a wildcard listener. As `evmpm_conn_get_info(rt, c, &info,
+ sizeof info)`: the first `out_size` bytes are written, fields a newer
+ header has and this library lacks read 0.
+
+ Threads: any, from the accept hook on, until the connection's close
+ begins.
+ Errors: `EVMPM_EINVAL` (NULL `rt` or `out`), `EVMPM_ESTALE`,
+ `EVMPM_ESTOPPED`. On error nothing is written.
+ */
+evmpm_error evmpm_conn_get_info(struct evmpm_runtime *rt,
+                                evmpm_conn conn,
+                                struct evmpm_conn_info *out,
+                                size_t out_size);
+
+/*
+ Runs the connection's handler on a worker with `EVMPM_WAKE_NOTIFIED`,
+ from any thread: the way to reach a connection the calling thread does
+ not hold (a broadcast, a pub/sub or server-sent-events message, "kick
+ this user"). The host keeps what it wants sent in its own per-connection
+ state (`evmpm_conn_set_user`), calls this, and the handler, run by the
+ runtime, writes it, parks the connection again, or closes it.
+
+ - Waiting (for a first request or parked in keep-alive): the handler
+   runs now, as if a request had come. Its socket may hold no input:
+   read only what the wake reason says is there.
+ - Held elsewhere now (a handler runs for it, its write is being sent,
+   the host holds it suspended, a request check runs): the run happens
+   when the connection next waits, right after it is parked (after the
+   pending write, for a complete-write that parks).
+
+ The handler runs at least once after this call, starting after it, so
+ it sees everything the calling thread wrote before calling; several
+ notifies before that run may be served by one run. Never twice at once,
+ as for every handler run.
+
+ Another thread must never read, write, shut down or close the
+ descriptor of a connection it does not hold: notify it and act in its
+ handler.
+
+ Threads: any (handlers and callbacks included).
+ Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE` (closed or closing:
+ nothing will run), `EVMPM_ESTOPPED`.
+ */
+evmpm_error evmpm_notify(struct evmpm_runtime *rt,
+                         evmpm_conn conn);
+
+/*
+ `evmpm_close` with `flags`: 0 is `evmpm_close`; `EVMPM_CLOSE_NO_LINGER`
+ closes the descriptor right after the close callback, without the
+ lingering close; `EVMPM_CLOSE_RESET` closes with a reset (the client
+ sees ECONNRESET; unsent output is dropped), as a host that set
+ `SO_LINGER` to 0 expects.
+
+ Threads and state: as `evmpm_close`.
+ Errors: `EVMPM_EINVAL` (NULL `rt`, an unknown flag, both flags),
+ `EVMPM_ESTALE`, `EVMPM_ESTATE`, `EVMPM_ESTOPPED`.
+ */
+evmpm_error evmpm_close_ex(struct evmpm_runtime *rt,
+                           evmpm_conn conn,
+                           uint32_t flags);
+
+/*
+ Sets the connection's own keep-alive and write-completion timeouts, in
+ milliseconds: 0 puts back its listener's value, `EVMPM_TIMEOUT_NONE`
+ means never. They apply from the connection's next wait: the next park
+ in keep-alive, the next write completion (a wait under way keeps the
+ timeout it began with). Per-domain keep-alive timeouts, a long-lived
+ client kept for good, a slow download given longer.
+
+ Cost: each distinct value is one more timeout list on the event thread;
+ past 16 distinct values per kind, new values are rounded up to 6
+ significant bits (at most 1/32 later than asked, never earlier).
+
+ Threads: any, from the accept hook on.
+ Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.
+ */
+evmpm_error evmpm_conn_set_timeouts(struct evmpm_runtime *rt,
+                                    evmpm_conn conn,
+                                    uint32_t keepalive_timeout_ms,
+                                    uint32_t write_timeout_ms);
 
 #ifdef __cplusplus
 }  // extern "C"

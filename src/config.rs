@@ -4,6 +4,7 @@
 use crate::error::Error;
 use crate::ffi::types::{
     evmpm_close_fn, evmpm_config, evmpm_log_fn, evmpm_request_ready_fn, evmpm_runtime,
+    EVMPM_TIMEOUT_NONE,
 };
 use libc::{c_int, c_void};
 use std::mem::size_of;
@@ -45,6 +46,7 @@ pub fn defaults() -> evmpm_config {
         request_peek_bytes: 8192,
         log: None,
         running_threads: 0,
+        close_on_worker: 0,
     }
 }
 
@@ -60,43 +62,68 @@ pub unsafe fn init(cfg: *mut evmpm_config, size: usize) -> Result<(), Error> {
     }
     let mut d = defaults();
     d.size = size as u32;
-    let known = size.min(size_of::<evmpm_config>());
-    let dst = cfg.cast::<u8>();
-    // SAFETY: `d` is a live evmpm_config, readable for `known` bytes; the
-    // caller's struct is writable for `size` >= `known` bytes (contract).
-    unsafe { std::ptr::copy_nonoverlapping((&d as *const evmpm_config).cast::<u8>(), dst, known) };
-    // SAFETY: as above, the caller's bytes `known..size` are writable.
-    unsafe { std::ptr::write_bytes(dst.add(known), 0, size - known) };
+    // SAFETY: per this function's contract.
+    unsafe { write_sized(&d, cfg, size) };
     Ok(())
 }
 
-/// `evmpm_create`'s read of the caller's config: the `size` field first,
-/// then only that many bytes. Fields past the caller's layout keep their
-/// defaults; a tail past this library's layout must be all zero (nothing set
-/// that this library would ignore).
+/// Copies `src` into the caller's struct of `size` bytes at `dst`: the
+/// fields both layouts have, then zeros for a newer caller's extra fields.
+///
+/// # Safety
+/// `dst` is writable for `size` bytes.
+pub(crate) unsafe fn write_sized<T: Copy>(src: &T, dst: *mut T, size: usize) {
+    let known = size.min(size_of::<T>());
+    let dst = dst.cast::<u8>();
+    // SAFETY: `src` is readable for `known` <= size_of::<T>() bytes; the
+    // caller's struct is writable for `size` >= `known` bytes (contract).
+    unsafe { std::ptr::copy_nonoverlapping((src as *const T).cast::<u8>(), dst, known) };
+    // SAFETY: as above, the caller's bytes `known..size` are writable.
+    unsafe { std::ptr::write_bytes(dst.add(known), 0, size - known) };
+}
+
+/// Reads a caller's size-tagged struct (its first field a `u32` size) over
+/// `out`, which holds the defaults: the `size` field first, then only that
+/// many bytes. Fields past the caller's layout keep their defaults; a tail
+/// past this library's layout must be all zero (nothing set that this
+/// library would ignore). Version if the size is below `min`.
+///
+/// # Safety
+/// `src` is readable for 4 bytes, and for its `size` field's bytes; every
+/// field of `T` is valid for any bit pattern C can put there.
+pub(crate) unsafe fn read_sized<T: Copy>(
+    src: *const T,
+    out: &mut T,
+    min: usize,
+) -> Result<(), Error> {
+    // SAFETY: the `size` field is the struct's first, readable (contract).
+    let size = unsafe { src.cast::<u32>().read_unaligned() } as usize;
+    if size < min {
+        return Err(Error::Version);
+    }
+    let known = size.min(size_of::<T>());
+    let bytes = src.cast::<u8>();
+    // SAFETY: the caller's struct is readable for `size` bytes (contract).
+    let tail = unsafe { std::slice::from_raw_parts(bytes.add(known), size - known) };
+    if tail.iter().any(|&b| b != 0) {
+        return Err(Error::Version);
+    }
+    // SAFETY: `known` bytes of the caller's struct over the defaults; any
+    // bit pattern is a valid `T` (contract).
+    unsafe { std::ptr::copy_nonoverlapping(bytes, (out as *mut T).cast::<u8>(), known) };
+    Ok(())
+}
+
+/// `evmpm_create`'s read of the caller's config (see `read_sized`).
 ///
 /// # Safety
 /// `cfg` is readable for 4 bytes, and for its `size` field's bytes.
 pub unsafe fn read(cfg: *const evmpm_config) -> Result<evmpm_config, Error> {
-    // SAFETY: the `size` field is the struct's first, readable (contract).
-    let size = unsafe { cfg.cast::<u32>().read_unaligned() } as usize;
-    if size < MIN_CONFIG_SIZE {
-        return Err(Error::Version);
-    }
-    let known = size.min(size_of::<evmpm_config>());
-    let src = cfg.cast::<u8>();
-    // SAFETY: the caller's struct is readable for `size` bytes (contract).
-    let tail = unsafe { std::slice::from_raw_parts(src.add(known), size - known) };
-    if tail.iter().any(|&b| b != 0) {
-        return Err(Error::Version);
-    }
     let mut c = defaults();
-    // SAFETY: `known` bytes of the caller's struct over the defaults. Every
-    // field is valid for any bit pattern C can put there (integers, a
-    // double, nullable pointers and function pointers).
-    unsafe {
-        std::ptr::copy_nonoverlapping(src, (&mut c as *mut evmpm_config).cast::<u8>(), known)
-    };
+    // SAFETY: per this function's contract. Every field is valid for any
+    // bit pattern C can put there (integers, a double, nullable pointers
+    // and function pointers).
+    unsafe { read_sized(cfg, &mut c, MIN_CONFIG_SIZE) }?;
     Ok(c)
 }
 
@@ -123,6 +150,8 @@ pub struct Config {
     pub header_ns: u64,
     pub peek_bytes: usize,
     pub log: evmpm_log_fn,
+    /// Close callbacks run on workers, never on the event thread.
+    pub close_on_worker: bool,
 }
 
 const MS: u64 = 1_000_000;
@@ -142,6 +171,7 @@ impl Config {
             && c.keepalive_timeout_ms >= 1
             && c.read_timeout_ms >= 1
             && c.write_timeout_ms >= 1
+            && c.linger_timeout_ms != EVMPM_TIMEOUT_NONE
             && c.async_request_worker_factor >= 0.0
             && c.running_threads <= MAX_WORKERS
             && (1..=MAX_CONNECTIONS).contains(&c.connection_limit)
@@ -158,10 +188,10 @@ impl Config {
                 n => n as usize,
             }
             .min(c.worker_threads as usize),
-            keepalive_ns: u64::from(c.keepalive_timeout_ms) * MS,
-            read_ns: u64::from(c.read_timeout_ms) * MS,
-            write_ns: u64::from(c.write_timeout_ms) * MS,
-            linger_ns: u64::from(c.linger_timeout_ms) * MS,
+            keepalive_ns: timeout_ns(c.keepalive_timeout_ms),
+            read_ns: timeout_ns(c.read_timeout_ms),
+            write_ns: timeout_ns(c.write_timeout_ms),
+            linger_ns: timeout_ns(c.linger_timeout_ms),
             factor: c.async_request_worker_factor,
             connection_limit: c.connection_limit as usize,
             shed_ns: u64::from(c.keepalive_shed_ms) * MS,
@@ -170,10 +200,30 @@ impl Config {
             on_close: c.on_close,
             user_data: HostPtr(c.user_data),
             request_ready: c.request_ready,
-            header_ns: u64::from(c.header_timeout_ms) * MS,
+            header_ns: timeout_ns(c.header_timeout_ms),
             peek_bytes: c.request_peek_bytes as usize,
             log: c.log,
+            close_on_worker: c.close_on_worker != 0,
         })
+    }
+}
+
+/// A timeout in milliseconds as nanoseconds; `EVMPM_TIMEOUT_NONE` is
+/// `timeouts::NEVER`.
+pub fn timeout_ns(ms: u32) -> u64 {
+    if ms == EVMPM_TIMEOUT_NONE {
+        crate::timeouts::NEVER
+    } else {
+        u64::from(ms) * MS
+    }
+}
+
+/// The inverse of `timeout_ns` for values it made.
+pub fn timeout_ms(ns: u64) -> u32 {
+    if ns == crate::timeouts::NEVER {
+        EVMPM_TIMEOUT_NONE
+    } else {
+        (ns / MS) as u32
     }
 }
 
@@ -199,6 +249,23 @@ mod tests {
     }
 
     #[test]
+    fn timeout_none_means_never() {
+        let mut c = valid();
+        c.keepalive_timeout_ms = EVMPM_TIMEOUT_NONE;
+        c.read_timeout_ms = EVMPM_TIMEOUT_NONE;
+        c.write_timeout_ms = EVMPM_TIMEOUT_NONE;
+        c.header_timeout_ms = EVMPM_TIMEOUT_NONE;
+        let c = Config::from_c(&c).ok().unwrap();
+        let never = crate::timeouts::NEVER;
+        assert_eq!(
+            [c.keepalive_ns, c.read_ns, c.write_ns, c.header_ns],
+            [never; 4]
+        );
+        assert_eq!(timeout_ms(timeout_ns(1234)), 1234);
+        assert_eq!(timeout_ms(never), EVMPM_TIMEOUT_NONE);
+    }
+
+    #[test]
     fn each_bad_value_is_rejected() {
         let cases: Vec<fn(&mut evmpm_config)> = vec![
             |c| c.handler = None,
@@ -216,6 +283,7 @@ mod tests {
             |c| c.request_peek_bytes = 0,
             |c| c.request_peek_bytes = MAX_PEEK_BYTES + 1,
             |c| c.running_threads = MAX_WORKERS + 1,
+            |c| c.linger_timeout_ms = EVMPM_TIMEOUT_NONE,
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut c = valid();

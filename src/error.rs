@@ -18,6 +18,7 @@ pub enum Error {
     Exists,
     Version,
     Internal,
+    Limit,
 }
 
 impl Error {
@@ -35,6 +36,7 @@ impl Error {
             Error::Exists => EVMPM_EEXIST,
             Error::Version => EVMPM_EVERSION,
             Error::Internal => EVMPM_EINTERNAL,
+            Error::Limit => EVMPM_ELIMIT,
         }
     }
 
@@ -45,7 +47,7 @@ impl Error {
 
 /// The text for a code, as `evmpm_strerror` returns it. NUL-terminated.
 pub fn describe(code: c_int) -> &'static str {
-    const TEXTS: [(evmpm_error, &str); 13] = [
+    const TEXTS: [(evmpm_error, &str); 14] = [
         (EVMPM_OK, "success\0"),
         (
             EVMPM_EINVAL,
@@ -80,6 +82,7 @@ pub fn describe(code: c_int) -> &'static str {
             EVMPM_EINTERNAL,
             "internal error in evmpm; the runtime stopped itself\0",
         ),
+        (EVMPM_ELIMIT, "a fixed limit was reached (listeners)\0"),
     ];
     TEXTS
         .iter()

@@ -7,12 +7,13 @@
 //! needs (a peek tells a closed peer from a request).
 
 use crate::conn::{Handle, State};
-use crate::ffi::types::EVMPM_LOG_WARNING;
+use crate::ffi::types::{EVMPM_LOG_WARNING, EVMPM_WAKE_ACCEPTED};
 use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
 use crate::sys::{self, epoll, socket};
 use crate::timeouts::{Kind, TimeoutQueues, KINDS};
+use crate::workers::Job;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -37,8 +38,8 @@ struct EventLoop {
     /// when the write clock last started (see `client_acknowledged`).
     write_queued: Vec<usize>,
     events: Vec<epoll::Event>,
-    /// Listener descriptors currently registered with epoll.
-    armed_listeners: Vec<i32>,
+    /// Listeners currently registered with epoll: (index, descriptor).
+    armed_listeners: Vec<(u32, i32)>,
     /// Descriptor exhaustion: accepting resumes at `until`; the next back-off
     /// lasts `next_ns`.
     backoff_until: Option<u64>,
@@ -63,6 +64,7 @@ const MIN_MAX_SLEEP_NS: u64 = 50_000_000;
 /// connections closed.
 pub fn run(rt: Arc<Runtime>) -> bool {
     mark_current_thread(&rt);
+    crate::runtime::mark_event_thread();
     let timeouts = TimeoutQueues::new(rt.table.capacity(), KINDS.map(|k| rt.timeout_ns(k)));
     let max_sleep_ns = [Kind::Keepalive, Kind::Write, Kind::Linger]
         .map(|k| rt.timeout_ns(k))
@@ -232,7 +234,8 @@ impl EventLoop {
         let before = &mut self.write_queued[index as usize];
         if queued < *before {
             *before = queued;
-            self.timeouts.insert(Kind::Write, index, self.now);
+            let timeout = self.rt.conn_timeout_ns(slot, Kind::Write);
+            self.timeouts.insert(Kind::Write, index, self.now, timeout);
             return true;
         }
         false
@@ -272,10 +275,13 @@ impl EventLoop {
         // clock, never restarted by later bytes).
         let index = h.index();
         if waiting && slot.header_since() != 0 {
+            let timeout = self.rt.conn_timeout_ns(slot, Kind::Header);
             self.timeouts
-                .insert(Kind::Header, index, slot.header_since());
+                .insert(Kind::Header, index, slot.header_since(), timeout);
         } else {
-            self.timeouts.insert(kind, index, slot.watch_since());
+            let timeout = self.rt.conn_timeout_ns(slot, kind);
+            self.timeouts
+                .insert(kind, index, slot.watch_since(), timeout);
         }
         if kind == Kind::Write {
             self.write_queued[index as usize] = socket::queued_output(slot.fd());
@@ -336,7 +342,7 @@ impl EventLoop {
             Kind::Linger if state == State::Lingering => return Some(state),
             _ => return None,
         };
-        (since.saturating_add(self.rt.timeout_ns(kind)) <= self.now).then_some(state)
+        (since.saturating_add(self.rt.conn_timeout_ns(slot, kind)) <= self.now).then_some(state)
     }
 
     /// Closes a connection the event thread owns (in `state`).
@@ -409,15 +415,19 @@ impl EventLoop {
 
     fn accept_some(&mut self) {
         let listeners = self.armed_listeners.clone();
-        for lfd in listeners {
+        for (index, lfd) in listeners {
+            let Some(listener) = self.rt.listeners.get(index) else {
+                continue;
+            };
+            let nonblocking = listener.nonblocking();
             for _ in 0..ACCEPT_BATCH {
                 if self.rt.is_stopping() || !self.rt.admits() {
                     return;
                 }
-                match socket::accept(lfd) {
-                    Ok(fd) => {
+                match socket::accept(lfd, nonblocking) {
+                    Ok((fd, peer)) => {
                         self.backoff_next_ns = BACKOFF_FIRST_NS;
-                        self.admit(fd);
+                        self.admit(index, fd, &peer);
                     }
                     Err(e) if sys::would_block(&e) => break,
                     Err(e) if socket::is_resource_exhaustion(&e) => {
@@ -435,23 +445,56 @@ impl EventLoop {
         }
     }
 
-    fn admit(&mut self, fd: i32) {
-        let Some(h) = self.rt.table.allocate(fd, State::Reading) else {
+    /// Takes a connection just accepted on listener `index`: records what
+    /// the accept told, asks the listener's accept hook, then either runs
+    /// the handler at once (the server speaks first) or arms the connection
+    /// in the workers' set, where the workers wait for its first request.
+    fn admit(&mut self, index: u32, fd: i32, peer: &socket::Address) {
+        let Some(listener) = self.rt.listeners.get(index) else {
+            sys::close(fd);
+            return;
+        };
+        let peer_bytes = peer_bytes(peer);
+        let close_how = listener.close_how() as u32;
+        let allocated = self.rt.table.allocate_with(fd, State::Reading, |slot| {
+            slot.set_accept_facts(index, peer_bytes, listener.timeouts_ms, close_how);
+        });
+        let Some(h) = allocated else {
             sys::close(fd);
             Counters::bump(&self.rt.counters.refused);
             return;
         };
         self.rt.open.fetch_add(1, Ordering::AcqRel);
         Counters::bump(&self.rt.counters.accepted);
-        // The workers wait for its first request themselves.
-        self.rt.table.slot_at(h.index()).note_watch_since(self.now);
+        let slot = self.rt.table.slot_at(h.index());
+        slot.note_watch_since(self.now);
+        if listener.on_accept.is_some() && !self.rt.accept_hook(h, slot, listener, peer) {
+            Counters::bump(&self.rt.counters.denied);
+            self.close(h, State::Reading, CloseHow::Abort);
+            return;
+        }
+        if listener.server_first() {
+            // Registered without interest, so a park can re-arm it with MOD.
+            let armed = self.rt.workers.poll.add(fd, epoll::ONESHOT, h.0).is_ok();
+            if armed && slot.transition(h, State::Reading, State::Queued).is_ok() {
+                self.rt.workers.push(Job::run(h, EVMPM_WAKE_ACCEPTED));
+                return;
+            }
+            Counters::bump(&self.rt.counters.refused);
+            self.close(h, State::Reading, CloseHow::Abort);
+            return;
+        }
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
         if self.rt.workers.poll.add(fd, interest, h.0).is_err() {
             Counters::bump(&self.rt.counters.refused);
             self.close(h, State::Reading, CloseHow::Abort);
             return;
         }
-        self.timeouts.insert(Kind::Reading, h.index(), self.now);
+        let timeout = self.rt.conn_timeout_ns(slot, Kind::Reading);
+        self.timeouts
+            .insert(Kind::Reading, h.index(), self.now, timeout);
+        // The hook may have called `evmpm_notify` already.
+        self.rt.deliver_notify(h, slot, State::Reading);
     }
 
     /// Registers or removes the listeners as admission, back-off and stop say.
@@ -478,23 +521,22 @@ impl EventLoop {
     }
 
     fn resume_listeners(&mut self) {
-        let listeners = self
-            .rt
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for (i, &fd) in listeners.iter().enumerate() {
+        for (index, listener) in self.rt.listeners.iter() {
             let interest = epoll::READABLE | epoll::EXCLUSIVE;
-            if self.rt.epoll.add(fd, interest, i as u64 + 1).is_ok() {
-                self.armed_listeners.push(fd);
+            if self
+                .rt
+                .epoll
+                .add(listener.fd, interest, u64::from(index) + 1)
+                .is_ok()
+            {
+                self.armed_listeners.push((index, listener.fd));
             }
         }
         self.rt.set_accept_paused(false);
     }
 
     fn pause_listeners(&mut self, count_it: bool) {
-        for fd in self.armed_listeners.drain(..) {
+        for (_, fd) in self.armed_listeners.drain(..) {
             let _ = self.rt.epoll.delete(fd);
         }
         if count_it && !self.rt.is_stopping() && !self.rt.accept_paused() {
@@ -550,8 +592,10 @@ impl EventLoop {
                     closed += 1;
                 }
                 for index in waiting_ones {
-                    let since = self.rt.table.slot_at(index).watch_since();
-                    self.timeouts.insert(Kind::Keepalive, index, since);
+                    let slot = self.rt.table.slot_at(index);
+                    let timeout = self.rt.conn_timeout_ns(slot, Kind::Keepalive);
+                    self.timeouts
+                        .insert(Kind::Keepalive, index, slot.watch_since(), timeout);
                 }
                 self.stall = Some((taken, self.now));
             }
@@ -583,7 +627,9 @@ impl EventLoop {
         let readable = socket::readable_now(&fds);
         for (i, (h, state, kind, _)) in candidates.into_iter().enumerate() {
             if readable.get(i).copied().unwrap_or(false) {
-                self.timeouts.insert(kind, h.index(), self.now);
+                let slot = self.rt.table.slot_at(h.index());
+                let timeout = self.rt.conn_timeout_ns(slot, kind);
+                self.timeouts.insert(kind, h.index(), self.now, timeout);
             } else {
                 self.close(h, state, CloseHow::Quick);
             }
@@ -620,6 +666,10 @@ impl EventLoop {
                 {
                     self.close(h, state, CloseHow::Abort);
                 }
+                // With close callbacks on workers, a queued connection is
+                // left to them, or to the stop's sweep: closing it here
+                // would queue it a second time.
+                State::Queued if self.rt.config.close_on_worker => {}
                 // Owned by whoever moves them out of the state by CAS.
                 State::Queued | State::Suspended => self.close(h, state, CloseHow::Abort),
                 s if s.in_handler() => {
@@ -630,6 +680,18 @@ impl EventLoop {
         }
         Some(true)
     }
+}
+
+/// The first bytes of a client's address that a slot keeps.
+fn peer_bytes(peer: &socket::Address) -> &[u8] {
+    // SAFETY: a sockaddr_storage is plain bytes, readable for its size.
+    let all = unsafe {
+        std::slice::from_raw_parts(
+            (&peer.addr as *const libc::sockaddr_storage).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr_storage>(),
+        )
+    };
+    &all[..(peer.len as usize).min(crate::conn::PEER_BYTES)]
 }
 
 /// After the event thread has gone: connections handed to it late (a

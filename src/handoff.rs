@@ -20,7 +20,9 @@ use crate::conn::transitions::{
 };
 use crate::conn::{AfterWrite, Handle, Part, PendingWrite, Slot, State};
 use crate::error::Error;
-use crate::ffi::types::{EVMPM_LOG_WARNING, EVMPM_WAKE_BUFFERED, EVMPM_WAKE_RESUMED};
+use crate::ffi::types::{
+    EVMPM_LOG_WARNING, EVMPM_WAKE_BUFFERED, EVMPM_WAKE_NOTIFIED, EVMPM_WAKE_RESUMED,
+};
 use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::runtime::{Phase, Runtime};
 use crate::stats::Counters;
@@ -61,10 +63,7 @@ impl Runtime {
         }
         if buffered {
             settle(h, slot, State::Queued);
-            self.workers.push(Job {
-                conn: h,
-                reason: EVMPM_WAKE_BUFFERED,
-            });
+            self.workers.push(Job::run(h, EVMPM_WAKE_BUFFERED));
         } else {
             let next = self.park_or_close(h, slot, State::Claimed);
             self.hand_over(h, next);
@@ -88,16 +87,88 @@ impl Runtime {
         Ok(())
     }
 
-    pub fn host_close(&self, h: Handle) -> Result<(), Error> {
+    /// `evmpm_close` (how: None, the listener's way) and `evmpm_close_ex`.
+    pub fn host_close(&self, h: Handle, how: Option<CloseHow>) -> Result<(), Error> {
         let (slot, from) = self.claim(h, &HELD, State::Claimed)?;
+        if let Some(how) = how {
+            // Claimed: this thread owns the connection.
+            slot.set_close_how(how as u32);
+        }
         if from == State::Suspended {
             settle(h, slot, State::Closing);
-            let next = self.close_owned(h, slot, CloseHow::Linger);
+            let next = self.close_owned(h, slot, CloseHow::from_u32(slot.close_how()));
             self.hand_over(h, next);
         } else {
             settle(h, slot, State::CloseReq);
         }
         Ok(())
+    }
+
+    /// `evmpm_notify`: the handler runs with `EVMPM_WAKE_NOTIFIED` at
+    /// least once after this call, starting after it.
+    ///
+    /// Protocol (Dekker on the notify flag and the state word): this thread
+    /// raises the flag, then looks at the state; a thread that puts the
+    /// connection back to waiting (Reading, Keepalive) stores that state,
+    /// then looks at the flag (`deliver_notify` after every hand-over to
+    /// wait). With SeqCst on both sides at least one of them sees the
+    /// other's write, and whichever wins the CAS from the waiting state to
+    /// Queued clears the flag and queues the run. A connection not waiting
+    /// now (in a handler, being written, suspended, in a check) keeps the
+    /// flag until it next waits. Several notifies before the run coalesce
+    /// into it.
+    pub fn host_notify(&self, h: Handle) -> Result<(), Error> {
+        let slot = self.slot_for(h)?;
+        slot.with_pinned(h, |slot| slot.notify_flag().store(true, Ordering::SeqCst))
+            .map_err(|_| Error::Stale)?;
+        if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
+            self.deliver_notify(h, slot, state);
+        }
+        Ok(())
+    }
+
+    /// If a notify is pending for `h`, waiting in `state`, takes it from the
+    /// wait and queues the notified handler run; true if it did. Any thread,
+    /// after `h` was put (or seen) waiting: the CAS makes one party the
+    /// owner.
+    pub fn deliver_notify(&self, h: Handle, slot: &Slot, state: State) -> bool {
+        fence(Ordering::SeqCst);
+        if !slot.notify_flag().load(Ordering::SeqCst) {
+            return false;
+        }
+        if slot.transition(h, state, State::Queued).is_err() {
+            return false; // someone else took it; the flag stays for them
+        }
+        slot.notify_flag().store(false, Ordering::SeqCst);
+        // Its one-shot interest may still report an event from before;
+        // the worker checks that one for input (see the poller).
+        slot.swap_recheck(true);
+        // Part of a request may be waiting under a raised low-water mark;
+        // the handler's read must not wait for more than is there.
+        crate::readiness::lower_mark(slot, slot.fd());
+        self.workers.push(Job::run(h, EVMPM_WAKE_NOTIFIED));
+        true
+    }
+
+    /// `evmpm_conn_set_timeouts`: 0 is the listener's value.
+    pub fn host_set_timeouts(
+        &self,
+        h: Handle,
+        keepalive_ms: u32,
+        write_ms: u32,
+    ) -> Result<(), Error> {
+        let slot = self.slot_for(h)?;
+        slot.with_pinned(h, |slot| {
+            let listener = self.listeners.get(slot.listener());
+            let own = |kind: Kind, ms: u32| match (ms, listener) {
+                (0, Some(l)) => l.timeouts_ms[kind as usize],
+                (0, None) => crate::config::timeout_ms(self.timeout_ns(kind)),
+                (ms, _) => ms,
+            };
+            slot.set_timeout_ms(Kind::Keepalive as usize, own(Kind::Keepalive, keepalive_ms));
+            slot.set_timeout_ms(Kind::Write as usize, own(Kind::Write, write_ms));
+        })
+        .map_err(|_| Error::Stale)
     }
 
     pub fn host_suspend(&self, h: Handle) -> Result<(), Error> {
@@ -108,10 +179,7 @@ impl Runtime {
     pub fn host_hand_back(&self, h: Handle) -> Result<(), Error> {
         let slot = self.slot_for(h)?;
         if hand_back(h, slot)? == HandBack::Queue {
-            self.workers.push(Job {
-                conn: h,
-                reason: EVMPM_WAKE_RESUMED,
-            });
+            self.workers.push(Job::run(h, EVMPM_WAKE_RESUMED));
         }
         Ok(())
     }
@@ -121,7 +189,7 @@ impl Runtime {
     /// again on this worker.
     pub fn finish_handler(&self, h: Handle, slot: &Slot) -> Option<c_int> {
         let handoff = match finish_step(h, slot) {
-            Finish::Close => self.close_owned(h, slot, CloseHow::Linger),
+            Finish::Close => self.close_owned(h, slot, CloseHow::from_u32(slot.close_how())),
             Finish::Park => self.park_or_close(h, slot, State::Claimed),
             Finish::Write => self.write_owned(h, slot, State::Claimed),
             Finish::RunAgain(reason) => return Some(reason),
@@ -145,7 +213,19 @@ impl Runtime {
                 crate::event_loop::abort_leftovers(self);
                 return;
             }
-            self.nudge(kind);
+            let timeout = self
+                .table
+                .slot(h)
+                .map_or(0, |slot| self.conn_timeout_ns(slot, kind));
+            self.nudge(timeout);
+            if matches!(kind, Kind::Reading | Kind::Keepalive | Kind::Header) {
+                // Back to waiting: a notify that came meanwhile runs now.
+                if let Some(slot) = self.table.slot(h) {
+                    if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
+                        self.deliver_notify(h, slot, state);
+                    }
+                }
+            }
         }
     }
 
@@ -254,16 +334,13 @@ impl Runtime {
                 // Even while stopping: the request has arrived, so it is
                 // served, as readable requests are.
                 if slot.transition(h, State::Writing, State::Queued).is_ok() {
-                    self.workers.push(Job {
-                        conn: h,
-                        reason: EVMPM_WAKE_BUFFERED,
-                    });
+                    self.workers.push(Job::run(h, EVMPM_WAKE_BUFFERED));
                 }
                 Handoff::None
             }
             AfterWrite::Close => {
                 if slot.transition(h, State::Writing, State::Closing).is_ok() {
-                    self.close_owned(h, slot, CloseHow::Linger)
+                    self.close_owned(h, slot, CloseHow::from_u32(slot.close_how()))
                 } else {
                     Handoff::None
                 }
@@ -275,6 +352,17 @@ impl Runtime {
     /// the close callback, abandons any pending write, then closes as `how`
     /// says, handing a lingering close to the event thread.
     pub fn close_owned(&self, h: Handle, slot: &Slot, how: CloseHow) -> Handoff {
+        if self.config.close_on_worker
+            && self.config.on_close.is_some()
+            && crate::runtime::on_event_thread()
+            && !self.workers.exiting()
+        {
+            // The host's close path may block: a worker runs it.
+            if slot.transition(h, State::Closing, State::Queued).is_ok() {
+                self.workers.push(Job::close(h, how));
+            }
+            return Handoff::None;
+        }
         let fd = slot.fd();
         self.faults.hit(crate::failure::Site::Closing);
         slot.mark_notified();
@@ -294,7 +382,10 @@ impl Runtime {
         }
         // SAFETY: state Closing, owned by this thread.
         drop(unsafe { slot.take_write() });
-        if how == CloseHow::Abort {
+        if how == CloseHow::Reset {
+            let _ = socket::set_linger_reset(fd);
+        }
+        if matches!(how, CloseHow::Abort | CloseHow::Reset) {
             self.final_close(h, slot, false);
             return Handoff::None;
         }

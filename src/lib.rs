@@ -24,6 +24,8 @@
 //! - `timeouts.rs`: the timeout queues;
 //! - `failure.rs`: what an internal panic does (fail-stop);
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
+//! - `listener.rs`: the listeners and what each says about its connections
+//!   (accept hook, readiness check, descriptor mode, timeouts);
 //! - `readiness.rs`: the optional check that a whole request has arrived;
 //! - `sys/`: every system call;
 //! - `wake.rs`: when another thread must wake the event thread;
@@ -42,6 +44,7 @@ pub(crate) mod failure;
 mod failure_tests;
 pub mod ffi;
 pub(crate) mod handoff;
+pub(crate) mod listener;
 pub(crate) mod message;
 pub(crate) mod readiness;
 pub(crate) mod runtime;

@@ -34,18 +34,34 @@ pub enum Handoff {
 }
 
 /// How to close a connection.
+#[repr(u32)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum CloseHow {
     /// Shut down the write side, then drain the client's input until it
     /// closes or the linger timeout passes (Apache's lingering close), so
     /// late client bytes cannot turn into a reset that destroys the response.
-    Linger,
+    Linger = 0,
     /// Shut down the write side and drain what is there; linger only if the
     /// client had sent something. For idle connections (timeouts, shedding,
     /// stop).
-    Quick,
-    /// Close at once: the connection is already broken.
-    Abort,
+    Quick = 1,
+    /// Close at once: the connection is already broken, or the host asked
+    /// for no lingering (`EVMPM_CLOSE_NO_LINGER`).
+    Abort = 2,
+    /// Close with a reset (`EVMPM_CLOSE_RESET`).
+    Reset = 3,
+}
+
+impl CloseHow {
+    /// The inverse of `as u32` (unknown values linger, the safe default).
+    pub fn from_u32(v: u32) -> CloseHow {
+        match v {
+            1 => CloseHow::Quick,
+            2 => CloseHow::Abort,
+            3 => CloseHow::Reset,
+            _ => CloseHow::Linger,
+        }
+    }
 }
 
 /// What a drain of a closing connection's input found.

@@ -1,10 +1,10 @@
 //! The request-readiness check (`evmpm_config.request_ready`): keeps
 //! clients that send a request slowly off the workers.
 //!
-//! When a waiting connection polls readable, the event thread peeks at the
-//! pending bytes (nothing is consumed) and asks the host's callback whether
-//! a whole request is there. While it is not, the connection stays on the
-//! event thread under the header timeout, and the socket's receive
+//! When a waiting connection polls readable, the worker that takes it peeks
+//! at the pending bytes (nothing is consumed) and asks the host's callback
+//! (its listener's) whether a whole request is there. While it is not, the
+//! connection goes back to waiting, under the header timeout, and the socket's receive
 //! low-water mark (SO_RCVLOWAT) is raised past what is queued, so epoll
 //! stays quiet until more bytes come: a client dribbling one byte a second
 //! costs one wake-up per byte, never a spin, never a worker.
@@ -37,33 +37,43 @@ pub(crate) enum Verdict {
     Reject(c_int),
 }
 
-/// One polling thread's readiness check: the host's callback and a peek
-/// window of its own. What it knows of each connection is in the slot
-/// (`Slot::peeked`), so any thread may check any connection it owns.
+/// One polling thread's readiness check: a peek window of its own. The
+/// check itself is the connection's listener's; what it knows of each
+/// connection is in the slot (`Slot::peeked`), so any thread may check any
+/// connection it owns.
 pub(crate) struct Readiness {
-    /// The host's check (`request_ready`) and its `user_data`.
-    ready: evmpm_request_ready_fn,
-    user_data: HostPtr,
-    /// The peek window, `request_peek_bytes` long.
+    /// The peek window, `request_peek_bytes` long once a check has run.
     window: Vec<u8>,
+    peek_bytes: usize,
 }
 
 impl Readiness {
     pub(crate) fn new(config: &Config) -> Readiness {
-        let enabled = config.request_ready.is_some();
         Readiness {
-            ready: config.request_ready,
-            user_data: config.user_data,
-            window: vec![0; if enabled { config.peek_bytes } else { 0 }],
+            window: Vec::new(),
+            peek_bytes: config.peek_bytes,
         }
     }
 
     /// Decides for `h`, owned by the caller, whose descriptor `fd` polled
     /// readable; `peer_closed` when the client has shut down its side.
-    pub(crate) fn check(&mut self, slot: &Slot, h: Handle, fd: i32, peer_closed: bool) -> Verdict {
-        let Some(ready) = self.ready else {
+    /// `ready` is the check of the connection's listener (None: off), with
+    /// the pointer it takes.
+    pub(crate) fn check(
+        &mut self,
+        ready: evmpm_request_ready_fn,
+        user_data: HostPtr,
+        slot: &Slot,
+        h: Handle,
+        fd: i32,
+        peer_closed: bool,
+    ) -> Verdict {
+        let Some(ready) = ready else {
             return Verdict::Run;
         };
+        if self.window.is_empty() {
+            self.window = vec![0; self.peek_bytes];
+        }
         let queued = match socket::peek(fd, &mut self.window) {
             Ok(0) => return Verdict::Close(CloseHow::Abort),
             Ok(n) => n,
@@ -76,17 +86,9 @@ impl Readiness {
         } else {
             // SAFETY: the host's callback with the documented arguments; the
             // window is initialised for `queued` bytes and outlives the call;
-            // the event thread owns the connection, so its user pointer is
+            // this thread owns the connection, so its user pointer is
             // the one its handler last set (published by the state CAS).
-            unsafe {
-                ready(
-                    self.user_data.0,
-                    h.0,
-                    slot.user(),
-                    self.window.as_ptr(),
-                    queued,
-                )
-            }
+            unsafe { ready(user_data.0, h.0, slot.user(), self.window.as_ptr(), queued) }
         };
         match verdict {
             EVMPM_REQUEST_COMPLETE => {
@@ -121,7 +123,7 @@ impl Readiness {
 
 /// Restores the default low-water mark if it was raised, so the host's
 /// blocking read behaves exactly as without evmpm.
-fn lower_mark(slot: &Slot, fd: i32) {
+pub(crate) fn lower_mark(slot: &Slot, fd: i32) {
     if slot.peeked() != 0 {
         let _ = socket::set_rcvlowat(fd, 1);
         slot.set_peeked(0);

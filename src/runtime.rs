@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::event_loop;
 use crate::failure::FaultPoint;
 use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR};
+use crate::listener::{Listener, Listeners};
 use crate::message::{CloseHow, Msg};
 use crate::stats::Counters;
 use crate::sys::{self, epoll::Epoll, socket};
@@ -58,7 +59,7 @@ pub struct Runtime {
     /// False once the event thread has exited; closes and writes no longer
     /// hand connections to it.
     pub event_thread_alive: AtomicBool,
-    pub listeners: Mutex<Vec<i32>>,
+    pub listeners: Listeners,
     pub epoch: Instant,
     threads: Mutex<Threads>,
     /// Counts worker threads that have not exited; `stop` waits on it.
@@ -92,6 +93,19 @@ thread_local! {
     /// refuse to run for these and for `OWN`: they would wait for
     /// themselves, or free the runtime under a caller.
     static INSIDE: RefCell<Vec<*const Runtime>> = const { RefCell::new(Vec::new()) };
+    /// True on an event thread: host code that may block never runs here
+    /// when the host asked so (`close_on_worker`).
+    static EVENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as an event thread, for good.
+pub fn mark_event_thread() {
+    EVENT.with(|c| c.set(true));
+}
+
+/// True on an event thread.
+pub fn on_event_thread() -> bool {
+    EVENT.with(Cell::get)
 }
 
 /// Marks the calling thread as one of `rt`'s own, for good.
@@ -160,7 +174,7 @@ impl Runtime {
             wake_plan: WakePlan::new(),
             accept_paused: AtomicBool::new(true),
             event_thread_alive: AtomicBool::new(false),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Listeners::new(),
             epoch: Instant::now(),
             threads: Mutex::new(Threads::default()),
             workers_running: (Mutex::new(0), Condvar::new()),
@@ -313,8 +327,8 @@ impl Runtime {
     /// Called after queueing a message for the event thread that it need not
     /// act on at once: wakes it only if it would otherwise sleep past the
     /// deadline the message implies.
-    pub fn nudge(&self, kind: Kind) {
-        let deadline = || self.now_ns().saturating_add(self.timeout_ns(kind));
+    pub fn nudge(&self, timeout_ns: u64) {
+        let deadline = || self.now_ns().saturating_add(timeout_ns);
         if self.wake_plan.must_wake(deadline) {
             self.waker.wake();
         }
@@ -330,7 +344,59 @@ impl Runtime {
         }
     }
 
-    pub fn register_listener(&self, fd: i32) -> Result<(), Error> {
+    /// Runs `listener`'s accept hook for `h`, just accepted from `peer`
+    /// (event thread). True: keep it.
+    pub fn accept_hook(
+        &self,
+        h: Handle,
+        slot: &crate::conn::Slot,
+        listener: &Listener,
+        peer: &socket::Address,
+    ) -> bool {
+        let Some(hook) = listener.on_accept else {
+            return true;
+        };
+        let info = crate::listener::conn_info(listener, slot.fd(), peer);
+        // SAFETY: the host's hook with the documented arguments; `info`
+        // lives until it returns.
+        let verdict = unsafe { hook(listener.user.0, self.as_c_ptr(), h.0, slot.fd(), &info) };
+        verdict == crate::ffi::types::EVMPM_ACCEPT_CONTINUE
+    }
+
+    /// `evmpm_conn_get_info` for `h`, from any thread holding the handle.
+    pub fn conn_info(&self, h: Handle) -> Result<crate::ffi::types::evmpm_conn_info, Error> {
+        let slot = self.slot_for(h)?;
+        slot.with_pinned(h, |slot| {
+            let (bytes, len) = slot.peer();
+            let mut peer = socket::Address::empty();
+            // SAFETY: sockaddr_storage is plain bytes, larger than `bytes`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    (&mut peer.addr as *mut libc::sockaddr_storage).cast::<u8>(),
+                    len,
+                )
+            };
+            peer.len = len as u32;
+            self.listeners
+                .get(slot.listener())
+                .map(|l| crate::listener::conn_info(l, slot.fd(), &peer))
+        })
+        .map_err(|_| Error::Stale)?
+        .ok_or(Error::Stale)
+    }
+
+    /// A connection's timeout of `kind`, as its slot says (the listener's,
+    /// or the host's per-connection value).
+    pub fn conn_timeout_ns(&self, slot: &crate::conn::Slot, kind: Kind) -> u64 {
+        crate::config::timeout_ns(slot.timeout_ms(kind as usize))
+    }
+
+    pub fn register_listener(
+        &self,
+        fd: i32,
+        lc: &crate::ffi::types::evmpm_listener_config,
+    ) -> Result<(), Error> {
         if self.is_stopping() {
             return Err(Error::Stopped);
         }
@@ -342,13 +408,14 @@ impl Runtime {
             socket::ListenerCheck::NotASocket => return Err(Error::NotSocket),
             socket::ListenerCheck::NotListening => return Err(Error::NotListener),
         }
-        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        if listeners.contains(&fd) {
-            return Err(Error::Exists);
-        }
-        socket::set_nonblocking(fd).map_err(|e| Error::from_io(&e))?;
-        listeners.push(fd);
-        drop(listeners);
+        self.listeners.add(
+            || {
+                let listener = Listener::new(fd, lc, &self.config)?;
+                socket::set_nonblocking(fd).map_err(|e| Error::from_io(&e))?;
+                Ok(listener)
+            },
+            fd,
+        )?;
         // A running event thread picks the new listener up on its next turn.
         if self.phase() == Phase::Running {
             self.inbox.push(Msg::ListenersChanged);

@@ -23,6 +23,7 @@ pub struct Counters {
     pub accept_pauses: AtomicU64,
     pub accept_backoffs: AtomicU64,
     pub internal_errors: AtomicU64,
+    pub denied: AtomicU64,
 }
 
 impl Counters {
@@ -95,5 +96,6 @@ pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_sta
     s.worker_threads = gauges.worker_threads as u64;
     s.handlers_blocked = gauges.handlers_blocked as u64;
     s.blocked_replaced = gauges.blocked_replaced;
+    s.denied = c.denied.load(Relaxed);
     s
 }

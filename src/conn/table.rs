@@ -253,7 +253,36 @@ pub struct Slot {
     /// Writing connection passes to the event thread, the `epoll_ctl` that
     /// arms its EPOLLOUT interest before the `epoll_wait` that reports it.
     write: UnsafeCell<Option<PendingWrite>>,
+    /// What the accept told: the listener's index, and the first
+    /// `PEER_BYTES` bytes of the client's address with its length. Written
+    /// by the event thread at accept, before the state store that publishes
+    /// the connection; read by any thread holding the handle (pinned).
+    listener: AtomicU32,
+    peer: [AtomicU64; PEER_WORDS],
+    peer_len: AtomicU32,
+    /// Timeouts in milliseconds, by `timeouts::Kind` (`EVMPM_TIMEOUT_NONE`:
+    /// never): the listener's at accept, changed by
+    /// `evmpm_conn_set_timeouts`. Read by the event thread when it links
+    /// the connection.
+    timeouts_ms: [AtomicU32; 5],
+    /// How a close the host asks for (or a handler that returns without
+    /// deciding) is carried out: a `CloseHow` as u32. Set at accept from the
+    /// listener, changed by `evmpm_close_ex` while the host holds it.
+    close_how: AtomicU32,
+    /// `evmpm_notify` was called and the handler run it owes has not
+    /// started yet. Set by any thread; cleared by whoever takes the
+    /// connection to run it (see `conn::notify`).
+    notify_pending: AtomicBool,
+    /// A notify took the connection out of its wait while its one-shot
+    /// readiness may still be reported: the next readable event for it is
+    /// checked with a peek before a handler runs. Owner only.
+    recheck: AtomicBool,
 }
+
+/// The most bytes of a client's address a slot keeps: a `sockaddr_in6`
+/// (28 bytes) whole, a Unix socket's path up to 30 bytes.
+pub const PEER_BYTES: usize = 32;
+const PEER_WORDS: usize = PEER_BYTES / 8;
 
 // SAFETY: all fields but `write` are atomics; `write` is accessed only by the
 // connection's single owner, as the invariant on the field says.
@@ -281,6 +310,13 @@ impl Slot {
             in_event_epoll: AtomicBool::new(false),
             watch_since: AtomicU64::new(0),
             write: UnsafeCell::new(None),
+            listener: AtomicU32::new(0),
+            peer: Default::default(),
+            peer_len: AtomicU32::new(0),
+            timeouts_ms: Default::default(),
+            close_how: AtomicU32::new(0),
+            notify_pending: AtomicBool::new(false),
+            recheck: AtomicBool::new(false),
         }
     }
 
@@ -431,6 +467,82 @@ impl Slot {
         self.watch_since.load(Ordering::Acquire)
     }
 
+    /// Records what the accept told (the event thread, before the
+    /// connection is published; see `Table::allocate`).
+    pub fn set_accept_facts(
+        &self,
+        listener: u32,
+        peer: &[u8],
+        timeouts_ms: [u32; 5],
+        close_how: u32,
+    ) {
+        self.listener.store(listener, Ordering::Relaxed);
+        let mut words = [0u64; PEER_WORDS];
+        let len = peer.len().min(PEER_BYTES);
+        for (i, b) in peer[..len].iter().enumerate() {
+            words[i / 8] |= u64::from(*b) << (8 * (i % 8));
+        }
+        for (w, v) in self.peer.iter().zip(words) {
+            w.store(v, Ordering::Relaxed);
+        }
+        self.peer_len.store(len as u32, Ordering::Relaxed);
+        for (t, v) in self.timeouts_ms.iter().zip(timeouts_ms) {
+            t.store(v, Ordering::Relaxed);
+        }
+        self.close_how.store(close_how, Ordering::Relaxed);
+        self.notify_pending.store(false, Ordering::Relaxed);
+        self.recheck.store(false, Ordering::Relaxed);
+    }
+
+    /// The listener index recorded at accept.
+    pub fn listener(&self) -> u32 {
+        self.listener.load(Ordering::Relaxed)
+    }
+
+    /// The client's address bytes recorded at accept, and their number.
+    pub fn peer(&self) -> ([u8; PEER_BYTES], usize) {
+        let mut out = [0u8; PEER_BYTES];
+        for (i, w) in self.peer.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        (out, self.peer_len.load(Ordering::Relaxed) as usize)
+    }
+
+    /// The connection's timeout for kind number `kind`, in ms.
+    pub fn timeout_ms(&self, kind: usize) -> u32 {
+        self.timeouts_ms[kind].load(Ordering::Relaxed)
+    }
+
+    pub fn set_timeout_ms(&self, kind: usize, ms: u32) {
+        self.timeouts_ms[kind].store(ms, Ordering::Relaxed);
+    }
+
+    /// How the host's close is carried out (a `CloseHow` as u32).
+    pub fn close_how(&self) -> u32 {
+        self.close_how.load(Ordering::Relaxed)
+    }
+
+    pub fn set_close_how(&self, how: u32) {
+        self.close_how.store(how, Ordering::Relaxed);
+    }
+
+    /// The notify flag (see `conn::notify`).
+    pub(crate) fn notify_flag(&self) -> &AtomicBool {
+        &self.notify_pending
+    }
+
+    /// Sets or clears the recheck mark; returns what it was (owner only).
+    pub fn swap_recheck(&self, on: bool) -> bool {
+        self.recheck.swap(on, Ordering::Relaxed)
+    }
+
+    /// Runs `f` with the slot while `h`'s connection occupies it (see
+    /// `pinned`): for host calls from any thread that read or change more
+    /// than one field.
+    pub fn with_pinned<R>(&self, h: Handle, f: impl FnOnce(&Slot) -> R) -> Result<R, Refused> {
+        self.pinned(h, f)
+    }
+
     /// Runs `f` on the slot while `h`'s connection is sure to occupy it:
     /// for the calls any thread may make with a handle, which must never
     /// reach a later connection in the same slot. Checking the generation
@@ -536,7 +648,19 @@ impl Table {
     }
 
     /// Takes a free slot for a new connection in `initial` state.
+    #[cfg(test)]
     pub fn allocate(&self, fd: i32, initial: State) -> Option<Handle> {
+        self.allocate_with(fd, initial, |_| {})
+    }
+
+    /// As `allocate`, with `init` filling the slot's accept-time fields
+    /// before the state store publishes the connection.
+    pub fn allocate_with(
+        &self,
+        fd: i32,
+        initial: State,
+        init: impl FnOnce(&Slot),
+    ) -> Option<Handle> {
         let index = self.free.pop()?;
         let slot = &self.slots[index as usize];
         let (generation, _) = unpack(slot.state.load(Ordering::Acquire));
@@ -547,6 +671,7 @@ impl Table {
         slot.header_since.store(0, Ordering::Relaxed);
         slot.in_event_epoll.store(false, Ordering::Relaxed);
         slot.watch_since.store(0, Ordering::Relaxed);
+        init(slot);
         slot.state
             .store(pack(generation, initial), Ordering::Release);
         Some(Handle::tagged(self.tag, index, generation))

@@ -68,6 +68,8 @@ fn struct_layouts_match() {
         header_timeout_ms,
         request_peek_bytes,
         log,
+        running_threads,
+        close_on_worker,
     });
     same_layout!(evmpm_stats {
         connections,
@@ -91,6 +93,29 @@ fn struct_layouts_match() {
         accept_backoffs,
         accepting_paused,
         internal_errors,
+        worker_threads,
+        handlers_blocked,
+        blocked_replaced,
+        denied,
+    });
+    same_layout!(evmpm_listener_config {
+        size,
+        flags,
+        user_data,
+        on_accept,
+        request_ready,
+        read_timeout_ms,
+        keepalive_timeout_ms,
+        write_timeout_ms,
+        header_timeout_ms,
+    });
+    same_layout!(evmpm_conn_info {
+        listener_fd,
+        peer_len,
+        listener_user,
+        peer,
+        local,
+        local_len,
     });
     same_layout!(evmpm_iovec { base, len });
     // The fields of `struct iovec`, in its order: a host's iovec array
@@ -127,6 +152,18 @@ fn constants_match() {
         EVMPM_IOV_MAX,
         EVMPM_LOG_ERROR,
         EVMPM_LOG_WARNING,
+        EVMPM_WAKE_NOTIFIED,
+        EVMPM_WAKE_ACCEPTED,
+        EVMPM_TIMEOUT_NONE,
+        EVMPM_MAX_LISTENERS,
+        EVMPM_LISTEN_NONBLOCK,
+        EVMPM_LISTEN_SERVER_FIRST,
+        EVMPM_LISTEN_NO_REQUEST_READY,
+        EVMPM_LISTEN_NO_LINGER,
+        EVMPM_CLOSE_NO_LINGER,
+        EVMPM_CLOSE_RESET,
+        EVMPM_ACCEPT_CONTINUE,
+        EVMPM_ACCEPT_REFUSE,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,
@@ -142,6 +179,7 @@ fn constants_match() {
         EVMPM_EEXIST => evmpm_error_EVMPM_EEXIST,
         EVMPM_EVERSION => evmpm_error_EVMPM_EVERSION,
         EVMPM_EINTERNAL => evmpm_error_EVMPM_EINTERNAL,
+        EVMPM_ELIMIT => evmpm_error_EVMPM_ELIMIT,
     );
 }
 

@@ -16,7 +16,7 @@ use crate::runtime::{HostCall, Runtime};
 use libc::{c_char, c_int, c_void};
 use std::sync::Arc;
 
-fn result_code(r: Result<(), Error>) -> evmpm_error {
+pub(super) fn result_code(r: Result<(), Error>) -> evmpm_error {
     match r {
         Ok(()) => EVMPM_OK,
         Err(e) => {
@@ -33,7 +33,7 @@ fn result_code(r: Result<(), Error>) -> evmpm_error {
 ///
 /// # Safety
 /// `rt` is NULL or a pointer from `evmpm_create` not yet destroyed.
-unsafe fn runtime<'a>(rt: *mut evmpm_runtime) -> Result<&'a Runtime, Error> {
+pub(super) unsafe fn runtime<'a>(rt: *mut evmpm_runtime) -> Result<&'a Runtime, Error> {
     // SAFETY: per this function's contract.
     unsafe { rt.cast::<Runtime>().as_ref() }.ok_or(Error::Invalid)
 }
@@ -41,7 +41,7 @@ unsafe fn runtime<'a>(rt: *mut evmpm_runtime) -> Result<&'a Runtime, Error> {
 /// Runs a host call on `rt` (from `runtime`): refused once `evmpm_stop` has
 /// sealed the runtime, marked as inside it (so its callbacks cannot stop or
 /// destroy it under this call), and fail-stop on an internal panic.
-fn host_call(
+pub(super) fn host_call(
     rt: Result<&Runtime, Error>,
     place: &str,
     f: impl FnOnce(&Runtime) -> Result<(), Error>,
@@ -149,7 +149,7 @@ pub unsafe extern "C" fn evmpm_register_listener(rt: *mut evmpm_runtime, fd: c_i
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
         host_call(unsafe { runtime(rt) }, "evmpm_register_listener", |rt| {
-            rt.register_listener(fd)
+            rt.register_listener(fd, &crate::listener::defaults())
         })
     })
 }
@@ -237,7 +237,7 @@ pub unsafe extern "C" fn evmpm_destroy(rt: *mut evmpm_runtime) -> evmpm_error {
 
 /// A host call on one connection (see `host_call`): 0 and values that are
 /// not handles are stale.
-fn with_conn(
+pub(super) fn with_conn(
     rt: Result<&Runtime, Error>,
     place: &str,
     conn: evmpm_conn,
@@ -581,8 +581,10 @@ pub unsafe extern "C" fn evmpm_suspend(rt: *mut evmpm_runtime, conn: evmpm_conn)
 
 /// Closes the connection, off the worker: the close callback runs, then the
 /// write side is shut down and the client's remaining input is drained
-/// (lingering close, up to `linger_timeout_ms`) before the descriptor is
-/// closed. Do not close the descriptor yourself.
+/// (lingering close, up to `linger_timeout_ms`; none on a listener with
+/// `EVMPM_LISTEN_NO_LINGER`) before the descriptor is closed. Do not close
+/// the descriptor yourself. `evmpm_close_ex` closes without lingering or
+/// with a reset.
 ///
 /// Threads: the connection's handler, or any thread while the host holds the
 /// connection suspended (the close callback then runs on the calling
@@ -594,7 +596,7 @@ pub unsafe extern "C" fn evmpm_close(rt: *mut evmpm_runtime, conn: evmpm_conn) -
     ffi_guard!(EVMPM_EINTERNAL, {
         // SAFETY: `rt` per this function's contract.
         with_conn(unsafe { runtime(rt) }, "evmpm_close", conn, |rt, h| {
-            rt.host_close(h)
+            rt.host_close(h, None)
         })
     })
 }

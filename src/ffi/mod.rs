@@ -2,6 +2,7 @@
 //! Rust panics from crossing into C.
 
 pub mod api;
+pub mod conn_api;
 pub mod types;
 
 #[cfg(all(test, feature = "abi-check"))]

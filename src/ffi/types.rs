@@ -69,6 +69,9 @@ pub enum evmpm_error {
     /// it; the runtime stops itself (see `evmpm_stop`) and counts it in
     /// `evmpm_stats.internal_errors`.
     EVMPM_EINTERNAL = -12,
+    /// A fixed limit was reached: more listeners than a runtime takes
+    /// (`EVMPM_MAX_LISTENERS`).
+    EVMPM_ELIMIT = -13,
 }
 
 /// The host's request handler. Runs on a worker thread, with the connection's
@@ -254,15 +257,17 @@ pub struct evmpm_config {
     /// blocks while every thread is taken; one not needed for 2 s leaves.
     /// 1 to 4096.
     pub worker_threads: u32,
-    /// How long a parked keep-alive connection may stay idle. 1 ms or more.
+    /// How long a parked keep-alive connection may stay idle. 1 ms or more,
+    /// or `EVMPM_TIMEOUT_NONE` (never: a chat member idle for hours).
     pub keepalive_timeout_ms: u32,
     /// How long a new connection may stay silent before its first byte.
-    /// 1 ms or more.
+    /// 1 ms or more, or `EVMPM_TIMEOUT_NONE`.
     pub read_timeout_ms: u32,
     /// How long write completion may go without the client acknowledging a
-    /// byte. 1 ms or more.
+    /// byte. 1 ms or more, or `EVMPM_TIMEOUT_NONE`.
     pub write_timeout_ms: u32,
-    /// How long a lingering close drains the client's input. 0 closes at once.
+    /// How long a lingering close drains the client's input. 0 closes at
+    /// once; `EVMPM_TIMEOUT_NONE` is refused.
     pub linger_timeout_ms: u32,
     /// Apache's admission rule, off by default (INFINITY): with a finite
     /// factor, new connections are accepted only while open connections
@@ -296,7 +301,8 @@ pub struct evmpm_config {
     /// worker as soon as it is readable).
     pub request_ready: evmpm_request_ready_fn,
     /// With `request_ready`: how long a client may take from the first byte
-    /// of a request to its last before it is closed. 1 ms or more.
+    /// of a request to its last before it is closed. 1 ms or more, or
+    /// `EVMPM_TIMEOUT_NONE`.
     pub header_timeout_ms: u32,
     /// With `request_ready`: the most bytes peeked and shown to it. 1 to
     /// 32768 (the kernel's receive low-water mark, which keeps a waiting
@@ -311,6 +317,15 @@ pub struct evmpm_config {
     /// one per CPU the process may run on. 0 to 4096; at most
     /// `worker_threads` is used.
     pub running_threads: u32,
+    /// Non-zero: every close callback runs on a worker thread (or, for what
+    /// is still open when the workers have gone, on the thread in
+    /// `evmpm_stop`/`evmpm_destroy`), never on the event thread. For hosts
+    /// whose close path blocks: TLS shutdown, user callbacks, mutexes. A
+    /// connection the event thread closes (a timeout, shedding, stop, the
+    /// accept hook's refusal) then waits for a worker like a request does.
+    /// 0 (the default): the callback runs on whichever thread closes the
+    /// connection, the event thread included, and must be short.
+    pub close_on_worker: u32,
 }
 
 /// A snapshot of a runtime's counters, as mod_status shows them and more.
@@ -378,6 +393,8 @@ pub struct evmpm_stats {
     /// Times a thread was released or started to run in place of a
     /// blocked handler.
     pub blocked_replaced: u64,
+    /// Connections a listener's accept hook refused (closed at once).
+    pub denied: u64,
 }
 
 pub const EVMPM_VERSION_MAJOR: u32 = 0;
@@ -394,6 +411,17 @@ pub const EVMPM_WAKE_BUFFERED: c_int = 3;
 /// Handler wake reason: `evmpm_hand_back_to_worker` resumed a suspended
 /// connection.
 pub const EVMPM_WAKE_RESUMED: c_int = 4;
+/// Handler wake reason: `evmpm_notify` was called for the connection (a
+/// message for it, a broadcast, a kick); the socket may have no input.
+pub const EVMPM_WAKE_NOTIFIED: c_int = 5;
+/// Handler wake reason: a connection just accepted on a listener with
+/// `EVMPM_LISTEN_SERVER_FIRST`; the client may not have sent anything.
+pub const EVMPM_WAKE_ACCEPTED: c_int = 6;
+
+/// A timeout value meaning "never" (`evmpm_config`'s and a listener's
+/// read, keep-alive, write and header timeouts, `evmpm_conn_set_timeouts`),
+/// and, for `evmpm_stop`, "no deadline": `UINT32_MAX`.
+pub const EVMPM_TIMEOUT_NONE: u32 = u32::MAX;
 
 /// `request_ready` verdict: a whole request is waiting; run the handler.
 pub const EVMPM_REQUEST_COMPLETE: c_int = 1;
@@ -426,3 +454,134 @@ pub const EVMPM_IOV_MAX: c_int = 1024;
 pub const EVMPM_LOG_ERROR: c_int = 1;
 /// Log level: something an operator should know of.
 pub const EVMPM_LOG_WARNING: c_int = 2;
+
+/// The most listeners one runtime takes.
+pub const EVMPM_MAX_LISTENERS: u32 = 256;
+
+/// Listener flag: accepted descriptors are in non-blocking mode
+/// (`O_NONBLOCK`, as `accept4(SOCK_NONBLOCK)` gives them), for hosts whose
+/// own I/O expects it. evmpm works the same in either mode: its own sends,
+/// peeks and drains never depend on it (they pass `MSG_DONTWAIT`), and it
+/// never changes the mode the host sees.
+pub const EVMPM_LISTEN_NONBLOCK: u32 = 1;
+/// Listener flag: the server speaks first (an SMTP, FTP or POP3 banner, a
+/// greeting). The handler runs at once on accept, with
+/// `EVMPM_WAKE_ACCEPTED`, instead of waiting for the client's first byte;
+/// `request_ready` is not asked for that first run.
+pub const EVMPM_LISTEN_SERVER_FIRST: u32 = 2;
+/// Listener flag: no readiness check on this listener even though
+/// `evmpm_config.request_ready` is set (a TLS listener beside a plain one:
+/// the check cannot read ciphertext).
+pub const EVMPM_LISTEN_NO_REQUEST_READY: u32 = 4;
+/// Listener flag: connections of this listener never linger on close (as
+/// `EVMPM_CLOSE_NO_LINGER` on every close): for protocols whose client
+/// never sends after the server's last answer.
+pub const EVMPM_LISTEN_NO_LINGER: u32 = 8;
+
+/// `evmpm_close_ex` flag: close without the lingering close: the
+/// descriptor is closed right after the close callback, without waiting for
+/// the client's last input (the kernel sends a reset if unread input is
+/// left, as a plain `close()` does).
+pub const EVMPM_CLOSE_NO_LINGER: u32 = 1;
+/// `evmpm_close_ex` flag: abortive close: the client gets a reset (TCP
+/// RST, as `SO_LINGER` with a zero timeout gives) and any unsent output is
+/// dropped.
+pub const EVMPM_CLOSE_RESET: u32 = 2;
+
+/// Accept hook verdict: keep the connection.
+pub const EVMPM_ACCEPT_CONTINUE: c_int = 0;
+/// Accept hook verdict: refuse it: it is closed at once (its close callback
+/// runs, as for every accepted connection), counted in `denied`.
+pub const EVMPM_ACCEPT_REFUSE: c_int = -1;
+
+/// What the runtime learned when it accepted a connection: its listener
+/// and both addresses. Read it with `evmpm_conn_get_info` (no system call,
+/// except the local address on a wildcard listener: see `local`) or in the
+/// accept hook. May gain fields at its end: pass `sizeof` your copy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct evmpm_conn_info {
+    /// The listening descriptor that accepted the connection.
+    pub listener_fd: c_int,
+    /// Length of `peer` in bytes (0 if the kernel gave none).
+    pub peer_len: u32,
+    /// The listener's `user_data` (`evmpm_listener_config.user_data`; NULL
+    /// for a listener registered with `evmpm_register_listener`).
+    pub listener_user: *mut c_void,
+    /// The client's address, as `accept` reported it: a `sockaddr_in`,
+    /// `sockaddr_in6` or `sockaddr_un` in `sockaddr_storage`'s room. A Unix
+    /// socket client's path is kept up to 26 bytes.
+    pub peer: libc::sockaddr_storage,
+    /// The address the client connected to. Taken from the listener when it
+    /// is bound to one address; on a wildcard listener (`INADDR_ANY`,
+    /// `in6addr_any`) it is asked of the kernel (`getsockname`) on the
+    /// calling thread, once per call.
+    pub local: libc::sockaddr_storage,
+    /// Length of `local` in bytes (0 if it could not be had).
+    pub local_len: u32,
+}
+
+/// The accept hook (optional, `evmpm_listener_config.on_accept`). Runs on
+/// the event thread for each connection the listener accepts, before the
+/// runtime watches it: access control by address, socket options,
+/// per-connection state. `info` describes the connection (valid during the
+/// call only); `fd` is its descriptor.
+///
+/// Return `EVMPM_ACCEPT_CONTINUE` to keep it, or `EVMPM_ACCEPT_REFUSE` to
+/// close it at once (counted in `denied`; its close callback still runs,
+/// so a pointer set here is freed there). Any other value refuses too.
+///
+/// It may call `evmpm_conn_set_user`, `evmpm_conn_get_user`,
+/// `evmpm_conn_get_info`, `evmpm_conn_fd`, `evmpm_conn_set_timeouts`,
+/// `evmpm_notify` and `evmpm_get_stats`, and `setsockopt` on `fd`; it may
+/// not read or write `fd` or close it. It runs on the event thread, which
+/// every idle connection waits on: it must not block. `listener_user` is
+/// the listener's `user_data`.
+pub type evmpm_accept_fn = Option<
+    unsafe extern "C" fn(
+        listener_user: *mut c_void,
+        rt: *mut evmpm_runtime,
+        conn: evmpm_conn,
+        fd: c_int,
+        info: *const evmpm_conn_info,
+    ) -> c_int,
+>;
+
+/// Per-listener settings for `evmpm_register_listener_ex`. Fill with
+/// `evmpm_listener_config_init(&lc, sizeof lc)` first: its defaults make
+/// the listener behave as one given to `evmpm_register_listener`. May gain
+/// fields at its end (the `size` rule of `evmpm_config`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct evmpm_listener_config {
+    /// `sizeof(evmpm_listener_config)` as the caller's header declares it,
+    /// set by `evmpm_listener_config_init`. Read first.
+    pub size: u32,
+    /// `EVMPM_LISTEN_*` flags. Default 0.
+    pub flags: u32,
+    /// The host's pointer for this listener: in `evmpm_conn_get_info` of each
+    /// of its connections, and given to its `on_accept` and its own
+    /// `request_ready`. Owned by the host; it must outlive the runtime's
+    /// last callback (`evmpm_destroy`). Default NULL.
+    pub user_data: *mut c_void,
+    /// The accept hook. Default NULL (none).
+    pub on_accept: evmpm_accept_fn,
+    /// A readiness check for this listener's connections in place of
+    /// `evmpm_config.request_ready`, called with this listener's
+    /// `user_data`. Default NULL: the runtime's check, if any (unless
+    /// `EVMPM_LISTEN_NO_REQUEST_READY`).
+    pub request_ready: evmpm_request_ready_fn,
+    /// This listener's read timeout (first byte); 0: the runtime's;
+    /// `EVMPM_TIMEOUT_NONE`: never.
+    pub read_timeout_ms: u32,
+    /// This listener's keep-alive timeout; 0: the runtime's;
+    /// `EVMPM_TIMEOUT_NONE`: never. `evmpm_conn_set_timeouts` changes it
+    /// per connection.
+    pub keepalive_timeout_ms: u32,
+    /// This listener's write-completion timeout; 0: the runtime's;
+    /// `EVMPM_TIMEOUT_NONE`: never.
+    pub write_timeout_ms: u32,
+    /// This listener's header timeout (with a readiness check); 0: the
+    /// runtime's; `EVMPM_TIMEOUT_NONE`: never.
+    pub header_timeout_ms: u32,
+}

@@ -39,6 +39,7 @@ pub use monitor::{look_if_due, monitor_main};
 pub use poller::worker_main;
 
 use crate::conn::Handle;
+use crate::message::CloseHow;
 use crate::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{ArrayQueue, Mutex};
 use crate::sys::epoll::{self, Epoll};
@@ -49,11 +50,37 @@ use libc::c_int;
 use std::io;
 use std::thread::{JoinHandle, Thread};
 
-/// One unit of work from the run queue: run the handler for this connection.
+/// One unit of work from the run queue, for one connection (in state
+/// Queued while it waits).
 #[derive(Clone, Copy, Debug)]
 pub struct Job {
     pub conn: Handle,
-    pub reason: c_int,
+    pub work: Work,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Run the handler with this wake reason.
+    Run(c_int),
+    /// Close it, this way: the close callback must run on a worker
+    /// (`evmpm_config.close_on_worker`).
+    Close(CloseHow),
+}
+
+impl Job {
+    pub fn run(conn: Handle, reason: c_int) -> Job {
+        Job {
+            conn,
+            work: Work::Run(reason),
+        }
+    }
+
+    pub fn close(conn: Handle, how: CloseHow) -> Job {
+        Job {
+            conn,
+            work: Work::Close(how),
+        }
+    }
 }
 
 /// epoll tokens of the pool's own descriptors in its set; connection

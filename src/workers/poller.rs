@@ -2,7 +2,7 @@
 //! that became readable, checks it holds a whole request, runs the
 //! handler, and carries out what the handler decided.
 
-use super::{Job, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
+use super::{Job, Work, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
     EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
@@ -95,7 +95,22 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
         // Nothing to serve.
         return close(rt, h, slot, checking, CloseHow::Abort);
     }
-    match readiness.check(slot, h, fd, peer_closed) {
+    if slot.swap_recheck(false) && !peer_closed && !has_input(fd) {
+        // An event armed before `evmpm_notify` took the connection, reported
+        // after it came back to wait: nothing new to read.
+        return wait_more(rt, h, slot, checking, state, false);
+    }
+    let Some(listener) = rt.listeners.get(slot.listener()) else {
+        return close(rt, h, slot, checking, CloseHow::Abort);
+    };
+    match readiness.check(
+        listener.request_ready,
+        listener.ready_user,
+        slot,
+        h,
+        fd,
+        peer_closed,
+    ) {
         Verdict::Run => {}
         Verdict::Close(how) => return close(rt, h, slot, checking, how),
         Verdict::Reject(value) => {
@@ -151,6 +166,8 @@ fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, checking: State, state: State
         return;
     }
     let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+    // From here the connection is the pool's and the event thread's (and a
+    // notifier's: `hand_over` delivers a notify that came meanwhile).
     let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
         // The timeout keeps counting from the stamp already in the slot.
         Ok(()) => Handoff::Watch(kind),
@@ -173,10 +190,15 @@ fn close(rt: &Runtime, h: Handle, slot: &Slot, from: State, how: CloseHow) {
 fn run_job(rt: &Runtime, id: usize, job: Job) {
     let h = job.conn;
     let Some(slot) = rt.table.slot(h) else { return };
-    if slot.transition(h, State::Queued, State::Handler).is_err() {
-        return; // closed by a forced stop while it waited
+    match job.work {
+        Work::Run(reason) => {
+            if slot.transition(h, State::Queued, State::Handler).is_err() {
+                return; // closed by a forced stop while it waited
+            }
+            run_handler(rt, id, h, slot, reason);
+        }
+        Work::Close(how) => close(rt, h, slot, State::Queued, how),
     }
-    run_handler(rt, id, h, slot, job.reason);
 }
 
 /// Runs the handler for `h` (state Handler, owned by this worker) until the
@@ -191,7 +213,7 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
         if round == MAX_CONSECUTIVE_RUNS {
             // Fairness: the state is Handler again; queue it behind others.
             if slot.transition(h, State::Handler, State::Queued).is_ok() {
-                w.push(Job { conn: h, reason });
+                w.push(Job::run(h, reason));
             }
             break;
         }
@@ -261,6 +283,16 @@ fn retire_if_surplus(w: &Workers, id: usize) {
         }
         drop(spares);
         std::thread::park();
+    }
+}
+
+/// True when input waits to be read (or the peer closed, or the socket
+/// failed: the handler's read then returns at once).
+fn has_input(fd: i32) -> bool {
+    let mut byte = [0u8; 1];
+    match socket::peek(fd, &mut byte) {
+        Ok(_) => true,
+        Err(e) => !sys::would_block(&e),
     }
 }
 
