@@ -293,7 +293,8 @@ typedef uint64_t evmpm_conn;
 
 /*
  The host's request handler. Runs on a worker thread, with the connection's
- descriptor `fd` in blocking mode unless the host changed it.
+ descriptor `fd` in blocking mode (non-blocking on a listener with
+ `EVMPM_LISTEN_NONBLOCK`) unless the host changed it.
 
  It may block (a backend call, a lock, a slow disk): a handler whose
  thread sleeps in the kernel for more than 100 µs is counted blocked and
@@ -333,7 +334,9 @@ typedef void (*evmpm_handler_fn)(void *user_data,
  the connection (`evmpm_close` on a suspended connection; any call that
  finds the runtime stopping; `evmpm_stop`/`evmpm_destroy` for what was
  still open). It must not block for long: on the event thread it holds up
- every idle connection. A short mutex is fine.
+ every idle connection. A short mutex is fine. With
+ `evmpm_config.close_on_worker` it never runs on the event thread (a
+ worker runs it instead), and may block as a handler may.
 
  Order: a connection closed with a write still pending (write timeout,
  failed send, stop) runs this callback first, then the write's `release`;
@@ -436,6 +439,12 @@ typedef void (*evmpm_log_fn)(void *user_data,
  | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
  | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
  | log | NULL (silent) | ErrorLog |
+ | close_on_worker | 0 (any thread) | (httpd closes on a worker) |
+
+ Timeouts: `EVMPM_TIMEOUT_NONE` means never (a chat or other non-HTTP
+ server whose clients stay idle for long sets it for keep-alive and
+ read); a listener (`evmpm_listener_config`) or a connection
+ (`evmpm_conn_set_timeouts`) may have its own.
  */
 typedef struct evmpm_config {
   /*
@@ -854,7 +863,8 @@ evmpm_error evmpm_config_init(struct evmpm_config *cfg,
  Threads: any. Ownership: `cfg` stays the caller's (it is copied); the
  runtime in `*out` is the caller's, to free with `evmpm_destroy`.
  Errors: `EVMPM_EINVAL` (NULL `cfg`/`out`, no handler, a value out of
- range: the field ranges are in `evmpm_config`), `EVMPM_EVERSION`
+ range: the field ranges are in `evmpm_config`; the log callback set in
+ `cfg`, if any, is told which field), `EVMPM_EVERSION`
  (`cfg->size` unknown to this library: `cfg` was not filled by
  `evmpm_config_init`, or sets fields this older library lacks),
  `EVMPM_EOS` (epoll or eventfd creation failed, or 4,095 runtimes exist
@@ -1145,7 +1155,9 @@ evmpm_error evmpm_conn_get_user(struct evmpm_runtime *rt,
  Ownership: the descriptor stays the runtime's; never close it. It is the
  connection's for as long as the host holds the connection (its handler
  runs, or it is suspended). A thread that does not hold it may see the
- connection close as soon as this returns, and the number reused.
+ connection close as soon as this returns, and the number reused: such a
+ thread must never read, write, shut down or close the descriptor (to
+ reach a connection it does not hold, use `evmpm_notify`).
 
  Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt` or `out`),
  `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.

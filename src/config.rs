@@ -166,21 +166,23 @@ pub(crate) const MAX_PEEK_BYTES: u32 = 32 << 10;
 
 impl Config {
     pub fn from_c(c: &evmpm_config) -> Result<Config, Error> {
-        let handler = c.handler.ok_or(Error::Invalid)?;
-        let valid = (1..=MAX_WORKERS).contains(&c.worker_threads)
-            && c.keepalive_timeout_ms >= 1
-            && c.read_timeout_ms >= 1
-            && c.write_timeout_ms >= 1
-            && c.linger_timeout_ms != EVMPM_TIMEOUT_NONE
-            && c.async_request_worker_factor >= 0.0
-            && c.running_threads <= MAX_WORKERS
-            && (1..=MAX_CONNECTIONS).contains(&c.connection_limit)
-            && c.worker_stack_size >= 64 << 10
-            && c.header_timeout_ms >= 1
-            && (1..=MAX_PEEK_BYTES).contains(&c.request_peek_bytes);
-        if !valid {
+        if let Some(problem) = first_invalid(c) {
+            if let Some(log) = c.log {
+                let text =
+                    std::ffi::CString::new(format!("evmpm_create: {problem}")).unwrap_or_default();
+                // SAFETY: the host's log callback with the documented
+                // arguments; the message lives until it returns.
+                unsafe {
+                    log(
+                        c.user_data,
+                        crate::ffi::types::EVMPM_LOG_ERROR,
+                        text.as_ptr(),
+                    )
+                };
+            }
             return Err(Error::Invalid);
         }
+        let handler = c.handler.ok_or(Error::Invalid)?;
         Ok(Config {
             workers: c.worker_threads as usize,
             running: match c.running_threads {
@@ -206,6 +208,59 @@ impl Config {
             close_on_worker: c.close_on_worker != 0,
         })
     }
+}
+
+/// Why `c` is refused: the first field out of range and its range, as the
+/// log callback is told; None if every field is valid.
+fn first_invalid(c: &evmpm_config) -> Option<&'static str> {
+    let checks: [(bool, &'static str); 12] = [
+        (c.handler.is_some(), "handler is NULL (it is required)"),
+        (
+            (1..=MAX_WORKERS).contains(&c.worker_threads),
+            "worker_threads is out of range (1 to 4096)",
+        ),
+        (
+            c.keepalive_timeout_ms >= 1,
+            "keepalive_timeout_ms is 0 (1 or more, or EVMPM_TIMEOUT_NONE)",
+        ),
+        (
+            c.read_timeout_ms >= 1,
+            "read_timeout_ms is 0 (1 or more, or EVMPM_TIMEOUT_NONE)",
+        ),
+        (
+            c.write_timeout_ms >= 1,
+            "write_timeout_ms is 0 (1 or more, or EVMPM_TIMEOUT_NONE)",
+        ),
+        (
+            c.linger_timeout_ms != EVMPM_TIMEOUT_NONE,
+            "linger_timeout_ms is EVMPM_TIMEOUT_NONE (0 to close at once, or a duration)",
+        ),
+        (
+            c.async_request_worker_factor >= 0.0,
+            "async_request_worker_factor is negative or NaN (0 or more, INFINITY for no rule)",
+        ),
+        (
+            c.running_threads <= MAX_WORKERS,
+            "running_threads is out of range (0 to 4096)",
+        ),
+        (
+            (1..=MAX_CONNECTIONS).contains(&c.connection_limit),
+            "connection_limit is out of range (1 to 1048576)",
+        ),
+        (
+            c.worker_stack_size >= 64 << 10,
+            "worker_stack_size is below 64 KiB",
+        ),
+        (
+            c.header_timeout_ms >= 1,
+            "header_timeout_ms is 0 (1 or more, or EVMPM_TIMEOUT_NONE)",
+        ),
+        (
+            (1..=MAX_PEEK_BYTES).contains(&c.request_peek_bytes),
+            "request_peek_bytes is out of range (1 to 32768)",
+        ),
+    ];
+    checks.iter().find(|(ok, _)| !ok).map(|&(_, why)| why)
 }
 
 /// A timeout in milliseconds as nanoseconds; `EVMPM_TIMEOUT_NONE` is
@@ -246,6 +301,18 @@ mod tests {
         assert_eq!(c.workers, 256);
         assert!(c.running >= 1 && c.running <= 256);
         assert_eq!(c.keepalive_ns, 5_000 * MS);
+    }
+
+    /// The log callback is told which field `evmpm_create` refused.
+    #[test]
+    fn the_refused_field_is_named() {
+        let mut c = valid();
+        assert_eq!(first_invalid(&c), None);
+        c.request_peek_bytes = 0;
+        c.worker_threads = 0;
+        assert!(first_invalid(&c).unwrap().starts_with("worker_threads"));
+        c.worker_threads = 1;
+        assert!(first_invalid(&c).unwrap().starts_with("request_peek_bytes"));
     }
 
     #[test]

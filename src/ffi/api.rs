@@ -95,7 +95,8 @@ pub unsafe extern "C" fn evmpm_config_init(cfg: *mut evmpm_config, cfg_size: usi
 /// Threads: any. Ownership: `cfg` stays the caller's (it is copied); the
 /// runtime in `*out` is the caller's, to free with `evmpm_destroy`.
 /// Errors: `EVMPM_EINVAL` (NULL `cfg`/`out`, no handler, a value out of
-/// range: the field ranges are in `evmpm_config`), `EVMPM_EVERSION`
+/// range: the field ranges are in `evmpm_config`; the log callback set in
+/// `cfg`, if any, is told which field), `EVMPM_EVERSION`
 /// (`cfg->size` unknown to this library: `cfg` was not filled by
 /// `evmpm_config_init`, or sets fields this older library lacks),
 /// `EVMPM_EOS` (epoll or eventfd creation failed, or 4,095 runtimes exist
@@ -664,7 +665,9 @@ pub unsafe extern "C" fn evmpm_conn_get_user(
 /// Ownership: the descriptor stays the runtime's; never close it. It is the
 /// connection's for as long as the host holds the connection (its handler
 /// runs, or it is suspended). A thread that does not hold it may see the
-/// connection close as soon as this returns, and the number reused.
+/// connection close as soon as this returns, and the number reused: such a
+/// thread must never read, write, shut down or close the descriptor (to
+/// reach a connection it does not hold, use `evmpm_notify`).
 ///
 /// Threads: any. Errors: `EVMPM_EINVAL` (NULL `rt` or `out`),
 /// `EVMPM_ESTALE`, `EVMPM_ESTOPPED`.

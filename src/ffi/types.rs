@@ -75,7 +75,8 @@ pub enum evmpm_error {
 }
 
 /// The host's request handler. Runs on a worker thread, with the connection's
-/// descriptor `fd` in blocking mode unless the host changed it.
+/// descriptor `fd` in blocking mode (non-blocking on a listener with
+/// `EVMPM_LISTEN_NONBLOCK`) unless the host changed it.
 ///
 /// It may block (a backend call, a lock, a slow disk): a handler whose
 /// thread sleeps in the kernel for more than 100 µs is counted blocked and
@@ -117,7 +118,9 @@ pub type evmpm_handler_fn = Option<
 /// the connection (`evmpm_close` on a suspended connection; any call that
 /// finds the runtime stopping; `evmpm_stop`/`evmpm_destroy` for what was
 /// still open). It must not block for long: on the event thread it holds up
-/// every idle connection. A short mutex is fine.
+/// every idle connection. A short mutex is fine. With
+/// `evmpm_config.close_on_worker` it never runs on the event thread (a
+/// worker runs it instead), and may block as a handler may.
 ///
 /// Order: a connection closed with a write still pending (write timeout,
 /// failed send, stop) runs this callback first, then the write's `release`;
@@ -245,6 +248,12 @@ pub type evmpm_log_fn =
 /// | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
 /// | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
 /// | log | NULL (silent) | ErrorLog |
+/// | close_on_worker | 0 (any thread) | (httpd closes on a worker) |
+///
+/// Timeouts: `EVMPM_TIMEOUT_NONE` means never (a chat or other non-HTTP
+/// server whose clients stay idle for long sets it for keep-alive and
+/// read); a listener (`evmpm_listener_config`) or a connection
+/// (`evmpm_conn_set_timeouts`) may have its own.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct evmpm_config {
