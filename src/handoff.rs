@@ -16,7 +16,8 @@
 //! that links the connection into a timeout queue.
 
 use crate::conn::transitions::{
-    claim_in, finish_step, hand_back, settle, store_write, Finish, HandBack, HELD,
+    claim_in, finish_step, hand_back, raise_notify, settle, store_write, take_for_notify, Finish,
+    HandBack, HELD,
 };
 use crate::conn::{AfterWrite, Handle, Part, PendingWrite, Slot, State};
 use crate::error::Error;
@@ -119,7 +120,7 @@ impl Runtime {
     /// into it.
     pub fn host_notify(&self, h: Handle) -> Result<(), Error> {
         let slot = self.slot_for(h)?;
-        slot.with_pinned(h, |slot| slot.notify_flag().store(true, Ordering::SeqCst))
+        slot.with_pinned(h, raise_notify)
             .map_err(|_| Error::Stale)?;
         if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
             self.deliver_notify(h, slot, state);
@@ -130,16 +131,11 @@ impl Runtime {
     /// If a notify is pending for `h`, waiting in `state`, takes it from the
     /// wait and queues the notified handler run; true if it did. Any thread,
     /// after `h` was put (or seen) waiting: the CAS makes one party the
-    /// owner.
+    /// owner (see `take_for_notify`).
     pub fn deliver_notify(&self, h: Handle, slot: &Slot, state: State) -> bool {
-        fence(Ordering::SeqCst);
-        if !slot.notify_flag().load(Ordering::SeqCst) {
+        if !take_for_notify(h, slot, state) {
             return false;
         }
-        if slot.transition(h, state, State::Queued).is_err() {
-            return false; // someone else took it; the flag stays for them
-        }
-        slot.notify_flag().store(false, Ordering::SeqCst);
         // Its one-shot interest may still report an event from before;
         // the worker checks that one for input (see the poller).
         slot.swap_recheck(true);

@@ -19,6 +19,7 @@ use super::table::{PendingWrite, Refused, Slot};
 use super::{Handle, State};
 use crate::error::Error;
 use crate::ffi::types::{EVMPM_WAKE_BUFFERED, EVMPM_WAKE_RESUMED};
+use crate::sync::atomic::{fence, Ordering};
 use crate::sync::Backoff;
 use libc::c_int;
 
@@ -194,6 +195,38 @@ pub(crate) fn finish_step(h: Handle, slot: &Slot) -> Finish {
             _ => Finish::Suspended,
         };
     }
+}
+
+/// `evmpm_notify`'s first half: raises the connection's notify flag. The
+/// caller then looks at the state and, if the connection waits, calls
+/// `take_for_notify` (see `Runtime::host_notify`).
+pub(crate) fn raise_notify(slot: &Slot) {
+    slot.notify_flag().store(true, Ordering::SeqCst);
+    // The state is read after this: a store then a load of another word
+    // may swap without a full fence (a store buffer).
+    fence(Ordering::SeqCst);
+}
+
+/// Takes `h`, waiting in `state` (Reading or Keepalive), for the notified
+/// handler run if a notify is pending: true if this thread did, and now
+/// owns it in Queued with the flag cleared.
+///
+/// Invariant (Dekker on the flag and the state word, SeqCst on both
+/// sides): the notifier raises the flag, then reads the state; whoever puts
+/// the connection back to waiting stores that state, then calls this, which
+/// reads the flag. At least one of them sees the other's write, so a
+/// notify is never left pending on a waiting connection; the CAS out of
+/// the waiting state lets exactly one of them take it.
+pub(crate) fn take_for_notify(h: Handle, slot: &Slot, state: State) -> bool {
+    fence(Ordering::SeqCst);
+    if !slot.notify_flag().load(Ordering::SeqCst) {
+        return false;
+    }
+    if slot.transition(h, state, State::Queued).is_err() {
+        return false; // someone else took it; the flag stays for them
+    }
+    slot.notify_flag().store(false, Ordering::SeqCst);
+    true
 }
 
 #[cfg(all(test, loom))]
@@ -463,6 +496,41 @@ mod loom_tests {
                 other => panic!("write sent by (worker, host) = {other:?}"),
             }
             assert_eq!(slot.state_of(h), Ok(State::Claimed));
+        });
+    }
+
+    /// Property: a notify racing the connection's return to waiting is
+    /// never lost and runs once. The handler has parked the connection
+    /// (Claimed, as `finish_step` leaves it, on its way to Keepalive); a host
+    /// thread notifies it. The parker stores Keepalive, then looks at the
+    /// flag (`take_for_notify`); the notifier raises the flag, then takes
+    /// the connection if it sees it waiting. Exactly one of them queues the
+    /// notified run, and the flag ends cleared.
+    #[test]
+    fn loom_a_notify_racing_a_park_runs_exactly_once() {
+        model("notify vs park", || {
+            let table = Arc::new(Table::new(1));
+            let h = table.allocate(10, State::Claimed).unwrap();
+            let t = Arc::clone(&table);
+            let parker = thread::spawn(move || {
+                let slot = t.slot(h).unwrap();
+                slot.transition(h, State::Claimed, State::Keepalive)
+                    .unwrap();
+                take_for_notify(h, slot, State::Keepalive)
+            });
+            let slot = table.slot(h).unwrap();
+            raise_notify(slot);
+            let notifier = match slot.state_of(h) {
+                Ok(state @ State::Keepalive) => take_for_notify(h, slot, state),
+                _ => false,
+            };
+            let parked_and_took = parker.join().unwrap();
+            assert!(
+                notifier ^ parked_and_took,
+                "taken by notifier {notifier}, by parker {parked_and_took}"
+            );
+            assert_eq!(slot.state_of(h), Ok(State::Queued));
+            assert!(!slot.notify_flag().load(SeqCst));
         });
     }
 }
