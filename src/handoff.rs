@@ -214,12 +214,17 @@ impl Runtime {
                 .slot(h)
                 .map_or(0, |slot| self.conn_timeout_ns(slot, kind));
             self.nudge(timeout);
-            if matches!(kind, Kind::Reading | Kind::Keepalive | Kind::Header) {
-                // Back to waiting: a notify that came meanwhile runs now.
-                if let Some(slot) = self.table.slot(h) {
-                    if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
-                        self.deliver_notify(h, slot, state);
-                    }
+            if !matches!(kind, Kind::Reading | Kind::Keepalive | Kind::Header) {
+                return;
+            }
+            // Back to waiting: a notify that came meanwhile runs now. The
+            // fence above orders the store of the waiting state before this
+            // look at the flag (see `take_for_notify`), so the common case
+            // (no notify) costs one load.
+            let Some(slot) = self.table.slot(h) else { return };
+            if slot.notify_flag().load(Ordering::SeqCst) {
+                if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
+                    self.deliver_notify(h, slot, state);
                 }
             }
         }
