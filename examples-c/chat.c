@@ -6,7 +6,8 @@
  * Usage: chat [PORT] [WORKERS]   (listens on 127.0.0.1; PORT 8080, WORKERS 16)
  *
  * The server speaks first: "welcome, you are userN". Then lines (LF or CRLF):
- *   /nick NAME  -> "you are NAME" | "name taken" | "bad name"
+ *   /nick NAME  -> "you are NAME" | "name taken" | "bad name" (a name is 1 to 32
+ *                  letters, digits, '_' or '-')
  *   /who        -> "members: NAME NAME ...", in order of arrival
  *   /kick NAME  -> "you kicked NAME" | "no such member: NAME"; NAME is told
  *                  "kicked" and closed (anyone may kick: it is a demo)
@@ -18,7 +19,9 @@
  * outbox and calls evmpm_notify. evmpm then runs that member's handler
  * (EVMPM_WAKE_NOTIFIED), which writes the outbox with blocking writes and
  * parks again. A kick is a farewell left in the member, plus a notify.
- * SIGINT or SIGTERM: stop gracefully, exit 0.
+ *
+ * Try it with `nc 127.0.0.1 8080` in a few terminals. SIGINT or SIGTERM:
+ * stop gracefully, exit 0.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -39,7 +42,7 @@
 #define NAME_MAX_LEN 32
 #define NAME_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 #define OUTBOX_MAX (64 * 1024) /* a member this far behind is dropped */
-#define IO_TIMEOUT_S 10        /* a client that stops reading holds a worker this long */
+#define IO_TIMEOUT_S 10        /* a stalled reader holds a worker at most this long per write */
 #define STOP_DEADLINE_MS 5000
 
 struct member {
