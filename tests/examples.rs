@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::io::FromRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -143,7 +143,8 @@ impl Server {
     }
 
     /// Sends SIGTERM and checks the server exits with status 0 in time.
-    fn terminate(mut self) {
+    /// Returns what it wrote to stdout and stderr.
+    fn terminate(mut self) -> String {
         self.signal(libc::SIGTERM);
         let mut child = self.child.take().expect("running");
         let status: Option<ExitStatus> = support::wait_with_deadline(&mut child, limit(15));
@@ -157,6 +158,7 @@ impl Server {
             None => panic!("{} still running 15 s after SIGTERM:\n{text}", self.name),
         }
         let _ = fs::remove_file(&self.log); // kept only when something failed
+        text
     }
 
     fn conn(&self) -> Conn {
@@ -1252,4 +1254,260 @@ fn kvstore_commands_and_pipelining() {
     ask(&mut other, "GET key1\n", "VALUE value1\n");
     server.terminate();
     other.expect_eof();
+}
+
+// ---- the chat server ------------------------------------------------------------
+
+fn start_chat(workers: u32) -> Server {
+    Server::start("chat", "chat: listening on", move |port| {
+        vec![port.to_string(), workers.to_string()]
+    })
+}
+
+/// Connects and reads the greeting, which comes before the client has sent
+/// anything; returns the connection and the name it was given.
+fn chat_join(server: &Server) -> (Conn, String) {
+    let mut c = server.conn();
+    let hello = c.line();
+    let name = hello
+        .strip_prefix("welcome, you are user")
+        .and_then(|s| s.strip_suffix('\n'))
+        .filter(|n| n.parse::<u32>().is_ok())
+        .unwrap_or_else(|| panic!("greeting {hello:?}"));
+    (c, format!("user{name}"))
+}
+
+/// The members `/who` lists, in its order.
+fn chat_who(c: &mut Conn) -> Vec<String> {
+    c.send("/who\n");
+    let line = c.line();
+    line.strip_prefix("members:")
+        .and_then(|s| s.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("/who answered {line:?}"))
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Asks `/who` until it lists exactly `names`: a member the test let go
+/// (the start-up probe's, one that disconnected) leaves once the server
+/// has seen its connection end.
+fn chat_wait_who(c: &mut Conn, names: &[&str]) {
+    let deadline = Instant::now() + limit(10);
+    loop {
+        let got = chat_who(c);
+        if got == names {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/who lists {got:?}, want {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM: the server exits 0 within 5 s, and said nothing on stderr but
+/// its start and stop lines.
+fn chat_stop(server: Server, workers: u32) {
+    let port = server.port;
+    let started = Instant::now();
+    let log = server.terminate();
+    let took = started.elapsed();
+    assert!(took < limit(5), "the chat took {took:?} to stop");
+    assert_eq!(
+        log,
+        format!(
+            "chat: listening on 127.0.0.1:{port} with {workers} workers\n\
+             chat: stopped by signal {}\n",
+            libc::SIGTERM
+        )
+    );
+}
+
+#[test]
+fn chat_members_talk_and_use_commands() {
+    let server = start_chat(4);
+    let (mut a, an) = chat_join(&server);
+    let (mut b, bn) = chat_join(&server);
+    // `idle` sends nothing until it is kicked: it only hears.
+    let (mut idle, idle_name) = chat_join(&server);
+    assert!(an != bn && bn != idle_name && an != idle_name);
+    chat_wait_who(&mut a, &[&an, &bn, &idle_name]);
+
+    // A line reaches exactly the two others, in order.
+    for i in 0..5 {
+        a.send(format!("hello {i}\n"));
+    }
+    for c in [&mut b, &mut idle] {
+        for i in 0..5 {
+            assert_eq!(c.line(), format!("{an}: hello {i}\n"));
+        }
+    }
+    // a did not hear itself: the next line it reads is b's (CRLF works too).
+    b.send("hi from b\r\n");
+    assert_eq!(a.line(), format!("{bn}: hi from b\n"));
+    assert_eq!(idle.line(), format!("{bn}: hi from b\n"));
+    // A line sent in pieces goes out once whole; b did not hear itself.
+    a.send("split ");
+    b.expect_no_answer_yet();
+    a.send("line\n");
+    assert_eq!(b.line(), format!("{an}: split line\n"));
+    assert_eq!(idle.line(), format!("{an}: split line\n"));
+
+    // /nick
+    a.send("/nick alice\n");
+    assert_eq!(a.line(), "you are alice\n");
+    a.send("/nick alice\n");
+    assert_eq!(a.line(), "you are alice\n", "one's own name again");
+    b.send("/nick alice\n");
+    assert_eq!(b.line(), "name taken\n");
+    b.send("/nick two words\n");
+    assert_eq!(b.line(), "bad name\n");
+    b.send(format!("/nick {}\n", "x".repeat(33)));
+    assert_eq!(b.line(), "bad name\n");
+    b.send("/nick \n");
+    assert_eq!(b.line(), "bad name\n");
+    a.send("now I am alice\n");
+    assert_eq!(b.line(), "alice: now I am alice\n");
+    assert_eq!(idle.line(), "alice: now I am alice\n");
+    assert_eq!(chat_who(&mut b), ["alice", &bn, &idle_name]);
+
+    // An empty line is ignored; an unknown command is answered.
+    b.send("\n/bogus\n");
+    assert_eq!(b.line(), "unknown command\n");
+
+    // /kick: the member is told, closed, and gone from /who.
+    a.send(format!("/kick {idle_name}\n"));
+    assert_eq!(a.line(), format!("you kicked {idle_name}\n"));
+    idle.expect(b"kicked\n");
+    idle.expect_eof();
+    assert_eq!(chat_who(&mut a), ["alice", &bn]);
+    a.send("/kick nobody\n");
+    assert_eq!(a.line(), "no such member: nobody\n");
+
+    // A newcomer's userN skips a name someone took with /nick.
+    let next = |name: &str| name[4..].parse::<u32>().unwrap() + 1;
+    let taken = format!("user{}", next(&idle_name));
+    b.send(format!("/nick {taken}\n"));
+    assert_eq!(b.line(), format!("you are {taken}\n"));
+    let (mut d, dn) = chat_join(&server);
+    assert_eq!(dn, format!("user{}", next(&taken)));
+    assert_eq!(chat_who(&mut d), ["alice", &taken, &dn]);
+    // Kicking oneself works as kicking anyone.
+    d.send(format!("/kick {dn}\n"));
+    assert_eq!(d.line(), format!("you kicked {dn}\n"));
+    d.expect(b"kicked\n");
+    d.expect_eof();
+
+    // /quit
+    b.send("/quit\nnot sent\n");
+    b.expect(b"bye\n");
+    b.expect_eof();
+    assert_eq!(chat_who(&mut a), ["alice"]);
+
+    // A line longer than the server's buffer: refused, then closed.
+    let (mut e, _) = chat_join(&server);
+    e.send("y".repeat(600));
+    e.expect(b"line too long\n");
+    e.expect_eof();
+
+    // Stop with a member connected: it is closed too.
+    chat_stop(server, 4);
+    a.expect_eof();
+}
+
+/// Closes `c` with a reset (SO_LINGER 0): a client that vanishes.
+fn reset(c: Conn) {
+    let off = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on the stream's own open descriptor, with a
+    // linger value that lives through the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&off as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(c);
+}
+
+#[test]
+fn chat_fifty_members_hear_every_line() {
+    const MEMBERS: usize = 50;
+    const LINES: usize = 5;
+    let server = start_chat(4);
+    let mut members: Vec<(Conn, String)> = (0..MEMBERS).map(|_| chat_join(&server)).collect();
+
+    // Every member sends its lines, interleaved with the others'.
+    for i in 0..LINES {
+        for (c, name) in &mut members {
+            c.send(format!("line {i} of {name}\n"));
+        }
+    }
+    // Each hears every other member's lines, in that member's order, and
+    // none of its own: (50 - 1) × 5 lines.
+    for (c, me) in &mut members {
+        let mut heard: HashMap<String, Vec<usize>> = HashMap::new();
+        for _ in 0..(MEMBERS - 1) * LINES {
+            let line = c.line();
+            let (from, text) = line
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("{me} got {line:?}"));
+            let i = text
+                .strip_prefix("line ")
+                .and_then(|t| t.strip_suffix(&format!(" of {from}\n")))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{me} got {line:?}"));
+            heard.entry(from.to_string()).or_default().push(i);
+        }
+        assert!(!heard.contains_key(me.as_str()), "{me} heard itself");
+        assert_eq!(heard.len(), MEMBERS - 1, "{me} heard {heard:?}");
+        for (from, got) in &heard {
+            assert_eq!(got, &(0..LINES).collect::<Vec<_>>(), "{me} from {from}");
+        }
+        c.expect_no_answer_yet();
+    }
+
+    // Two leave without a word, one with a reset: both are removed.
+    let (gone_a, _) = members.remove(0);
+    let (gone_b, _) = members.remove(0);
+    reset(gone_a);
+    drop(gone_b);
+    let names: Vec<String> = members.iter().map(|(_, n)| n.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    chat_wait_who(&mut members[0].0, &names);
+    // and the rest still hear each other.
+    let (first, rest) = members.split_first_mut().unwrap();
+    first.0.send("after the leavers\n");
+    for (c, _) in rest {
+        assert_eq!(c.line(), format!("{}: after the leavers\n", first.1));
+    }
+
+    chat_stop(server, 4);
+    for (c, _) in &mut members {
+        c.expect_eof();
+    }
+}
+
+/// A member silent for longer than evmpm's default keep-alive timeout (5 s)
+/// is still there, and still hears the others: the chat keeps idle members
+/// for good (EVMPM_TIMEOUT_NONE). The wait is the point of the test.
+#[test]
+fn chat_member_idle_past_the_default_timeout_stays() {
+    let server = start_chat(2);
+    let (mut quiet, quiet_name) = chat_join(&server);
+    std::thread::sleep(Duration::from_secs(6));
+    let (mut talker, talker_name) = chat_join(&server);
+    talker.send("still there?\n");
+    assert_eq!(quiet.line(), format!("{talker_name}: still there?\n"));
+    chat_wait_who(&mut talker, &[&quiet_name, &talker_name]);
+    chat_stop(server, 2);
+    quiet.expect_eof();
 }
