@@ -140,7 +140,8 @@
  Listener flag: the server speaks first (an SMTP, FTP or POP3 banner, a
  greeting). The handler runs at once on accept, with
  `EVMPM_WAKE_ACCEPTED`, instead of waiting for the client's first byte;
- `request_ready` is not asked for that first run.
+ `request_ready` is not asked for that first run, and the read timeout
+ does not apply (the keep-alive timeout does, from the first park).
  */
 #define EVMPM_LISTEN_SERVER_FIRST 2
 
@@ -1273,6 +1274,13 @@ evmpm_error evmpm_conn_get_info(struct evmpm_runtime *rt,
  it sees everything the calling thread wrote before calling; several
  notifies before that run may be served by one run. Never twice at once,
  as for every handler run.
+
+ A notified run carries one reason: input that arrived meanwhile is
+ not announced by it, but stays readable, so once the handler parks the
+ connection it runs again with `EVMPM_WAKE_READABLE`.
+
+ This call never runs a callback on the calling thread (it queues the
+ run), so it may be made while holding a lock the close callback takes.
 
  Another thread must never read, write, shut down or close the
  descriptor of a connection it does not hold: notify it and act in its

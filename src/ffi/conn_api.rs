@@ -132,6 +132,13 @@ pub unsafe extern "C" fn evmpm_conn_get_info(
 /// notifies before that run may be served by one run. Never twice at once,
 /// as for every handler run.
 ///
+/// A notified run carries one reason: input that arrived meanwhile is
+/// not announced by it, but stays readable, so once the handler parks the
+/// connection it runs again with `EVMPM_WAKE_READABLE`.
+///
+/// This call never runs a callback on the calling thread (it queues the
+/// run), so it may be made while holding a lock the close callback takes.
+///
 /// Another thread must never read, write, shut down or close the
 /// descriptor of a connection it does not hold: notify it and act in its
 /// handler.

@@ -476,7 +476,8 @@ pub const EVMPM_LISTEN_NONBLOCK: u32 = 1;
 /// Listener flag: the server speaks first (an SMTP, FTP or POP3 banner, a
 /// greeting). The handler runs at once on accept, with
 /// `EVMPM_WAKE_ACCEPTED`, instead of waiting for the client's first byte;
-/// `request_ready` is not asked for that first run.
+/// `request_ready` is not asked for that first run, and the read timeout
+/// does not apply (the keep-alive timeout does, from the first park).
 pub const EVMPM_LISTEN_SERVER_FIRST: u32 = 2;
 /// Listener flag: no readiness check on this listener even though
 /// `evmpm_config.request_ready` is set (a TLS listener beside a plain one:
