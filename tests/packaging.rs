@@ -464,33 +464,42 @@ fn native_libs_are_what_rustc_reports() {
     );
 }
 
-/// The README's plain compiler line links native-static-libs.txt's list.
+/// Every plain compiler line of the README (the minimal server's, against
+/// the build tree, and the installed library's) links
+/// native-static-libs.txt's list.
 #[test]
 fn readme_links_the_native_libs() {
     let readme = read(&support::repo().join("README.md"));
-    let line = readme
+    let lines: Vec<&str> = readme
         .lines()
-        .find(|l| l.starts_with("cc ") && l.contains("/libevmpm.a "))
-        .expect("README.md has a compiler line linking libevmpm.a");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let start = words
-        .iter()
-        .position(|w| w.ends_with("/libevmpm.a"))
-        .unwrap()
-        + 1;
-    let end = start
-        + words[start..]
-            .iter()
-            .position(|w| *w == "-o")
-            .expect("the compiler line names its output with -o");
-    let listed = support::native_libs();
+        .filter(|l| l.starts_with("cc ") && l.contains("/libevmpm.a "))
+        .collect();
     assert!(
-        words[start..end] == listed[..],
-        "README.md links `{}` after libevmpm.a, native-static-libs.txt lists \
-         `{}`: copy the file's list into the README's compiler line",
-        words[start..end].join(" "),
-        listed.join(" "),
+        !lines.is_empty(),
+        "README.md has a compiler line linking libevmpm.a"
     );
+    let listed = support::native_libs();
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let start = words
+            .iter()
+            .position(|w| w.ends_with("/libevmpm.a"))
+            .unwrap()
+            + 1;
+        let end = start
+            + words[start..]
+                .iter()
+                .position(|w| *w == "-o")
+                .expect("the compiler line names its output with -o");
+        assert!(
+            words[start..end] == listed[..],
+            "README.md links `{}` after libevmpm.a in `{line}`, \
+             native-static-libs.txt lists `{}`: copy the file's list into \
+             the README's compiler line",
+            words[start..end].join(" "),
+            listed.join(" "),
+        );
+    }
 }
 
 /// The version file's compatibility rule, on made-up versions: the template
