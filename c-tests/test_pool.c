@@ -73,6 +73,36 @@ static void blocked_handlers_are_replaced(void) {
     CHECK_EQ(line_server_stop(&s, 1000), EVMPM_OK);
 }
 
+/* A keep-alive connection whose next request came while every thread was
+ * blocked waits for a worker however long that takes: its keep-alive
+ * timeout is for an idle client, and it is not idle. (Closing it would
+ * drop a request the client had sent.) The wait past the timeout is the
+ * point of the case: three timeouts go by with the request unanswered. */
+static void a_waiting_request_outlives_its_keepalive_timeout(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    int holder, waiter;
+    line_server_config(&s, &cfg);
+    cfg.running_threads = 1;
+    cfg.worker_threads = 1;
+    cfg.keepalive_timeout_ms = 200;
+    line_server_start(&s, &cfg);
+    waiter = line_client(&s);
+    holder = line_client(&s);
+    ping(waiter); /* parked in keep-alive */
+    send_str(holder, "HOLD\n");
+    WAIT_UNTIL(atomic_load(&s.in_handler) == 1, 5000);
+    send_str(waiter, "PING\n");
+    sleep_ms(3 * 200);
+    CHECK_EQ(line_server_stats(&s).keepalive_expired, 0);
+    line_server_release_holds(&s);
+    EXPECT_LINE(holder, "HELD");
+    EXPECT_LINE(waiter, "PONG");
+    close(holder);
+    close(waiter);
+    CHECK_EQ(line_server_stop(&s, 1000), EVMPM_OK);
+}
+
 /* After a burst of blocking handlers the spare threads started for them
  * leave once idle (2 s): the runtime goes back to its running threads. */
 static void spares_leave_when_idle(void) {
@@ -231,6 +261,8 @@ static void default_admission_accepts_while_workers_block(void) {
 int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"blocked_handlers_are_replaced", blocked_handlers_are_replaced},
+        {"a_waiting_request_outlives_its_keepalive_timeout",
+         a_waiting_request_outlives_its_keepalive_timeout},
         {"threads_stay_within_the_limit", threads_stay_within_the_limit},
         {"spares_leave_when_idle", spares_leave_when_idle},
         {"a_computing_handler_is_not_replaced", a_computing_handler_is_not_replaced},

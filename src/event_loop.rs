@@ -376,6 +376,9 @@ impl EventLoop {
     }
 
     fn expire(&mut self) {
+        // Waiting connections that are due, for one look at which of them
+        // are readable: those have a request and wait for a worker.
+        let mut waiting_due = Vec::new();
         for kind in KINDS {
             while let Some(index) = self.timeouts.pop_expired(kind, self.now) {
                 let Some(h) = self.rt.table.current_handle(index) else {
@@ -384,16 +387,9 @@ impl EventLoop {
                 let Some(state) = self.still_due(h, kind) else {
                     continue;
                 };
-                let c = &self.rt.counters;
                 match kind {
-                    Kind::Reading => {
-                        Counters::bump(&c.timed_out);
-                        self.close(h, State::Reading, CloseHow::Quick);
-                    }
-                    Kind::Keepalive => {
-                        Counters::bump(&c.timed_out);
-                        Counters::bump(&c.keepalive_expired);
-                        self.close(h, State::Keepalive, CloseHow::Quick);
+                    Kind::Reading | Kind::Keepalive | Kind::Header => {
+                        waiting_due.push((h, state, kind));
                     }
                     Kind::Write => {
                         if self.client_acknowledged(h, index) {
@@ -403,13 +399,33 @@ impl EventLoop {
                         self.close(h, State::Writing, CloseHow::Abort);
                     }
                     Kind::Linger => self.close(h, State::Lingering, CloseHow::Abort),
-                    Kind::Header => {
-                        // Waiting in Reading or Keepalive, with part of a request.
-                        Counters::bump(&c.timed_out);
-                        self.close(h, state, CloseHow::Quick);
-                    }
                 }
             }
+        }
+        if waiting_due.is_empty() {
+            return;
+        }
+        let fds: Vec<i32> = waiting_due
+            .iter()
+            .map(|(h, ..)| self.rt.table.slot_at(h.index()).fd())
+            .collect();
+        let readable = socket::readable_now(&fds);
+        for (i, (h, state, kind)) in waiting_due.into_iter().enumerate() {
+            if readable.get(i).copied().unwrap_or(false) {
+                // Not idle: its request came and waits for a worker (every
+                // thread is busy). A timeout is for clients, not for the
+                // server's own backlog: look again a timeout later.
+                let slot = self.rt.table.slot_at(h.index());
+                let timeout = self.rt.conn_timeout_ns(slot, kind);
+                self.timeouts.insert(kind, h.index(), self.now, timeout);
+                continue;
+            }
+            let c = &self.rt.counters;
+            Counters::bump(&c.timed_out);
+            if kind == Kind::Keepalive {
+                Counters::bump(&c.keepalive_expired);
+            }
+            self.close(h, state, CloseHow::Quick);
         }
     }
 

@@ -696,7 +696,8 @@ typedef struct evmpm_stats {
    */
   uint64_t internal_errors;
   /*
-   Worker threads started (they stay until the stop).
+   Worker threads alive now (spare threads leave after 2 s without
+   work).
    */
   uint64_t worker_threads;
   /*

@@ -394,7 +394,8 @@ pub struct evmpm_stats {
     /// Internal errors (bugs in evmpm) caught. After the first the runtime
     /// stops itself; the log callback has the details.
     pub internal_errors: u64,
-    /// Worker threads started (they stay until the stop).
+    /// Worker threads alive now (spare threads leave after 2 s without
+    /// work).
     pub worker_threads: u64,
     /// Handlers counted as blocked right now: sleeping in the kernel for
     /// more than 100 µs while another thread runs in their place.
