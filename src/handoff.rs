@@ -138,7 +138,7 @@ impl Runtime {
         }
         // Its one-shot interest may still report an event from before;
         // the worker checks that one for input (see the poller).
-        slot.swap_recheck(true);
+        slot.set_recheck();
         // Part of a request may be waiting under a raised low-water mark;
         // the handler's read must not wait for more than is there.
         crate::readiness::lower_mark(slot, slot.fd());

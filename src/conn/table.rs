@@ -531,9 +531,19 @@ impl Slot {
         &self.notify_pending
     }
 
-    /// Sets or clears the recheck mark; returns what it was (owner only).
-    pub fn swap_recheck(&self, on: bool) -> bool {
-        self.recheck.swap(on, Ordering::Relaxed)
+    /// Sets the recheck mark (owner only).
+    pub fn set_recheck(&self) {
+        self.recheck.store(true, Ordering::Relaxed);
+    }
+
+    /// Clears the recheck mark; returns whether it was set (owner only: a
+    /// load and a store, no read-modify-write on the request path).
+    pub fn take_recheck(&self) -> bool {
+        let set = self.recheck.load(Ordering::Relaxed);
+        if set {
+            self.recheck.store(false, Ordering::Relaxed);
+        }
+        set
     }
 
     /// Runs `f` with the slot while `h`'s connection occupies it (see

@@ -95,7 +95,7 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
         // Nothing to serve.
         return close(rt, h, slot, checking, CloseHow::Abort);
     }
-    if slot.swap_recheck(false) && !peer_closed && !has_input(fd) {
+    if slot.take_recheck() && !peer_closed && !has_input(fd) {
         // An event armed before `evmpm_notify` took the connection, reported
         // after it came back to wait: nothing new to read.
         return wait_more(rt, h, slot, checking, state, false);
