@@ -43,7 +43,10 @@ fn built(name: &str) -> PathBuf {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     map.entry(name.to_string())
-        .or_insert_with(|| support::build_c(name, &[&format!("examples-c/{name}.c")], &[]))
+        .or_insert_with(|| match name {
+            "fileserver" => support::build_fileserver(),
+            _ => support::build_c(name, &[&format!("examples-c/{name}.c")], &[]),
+        })
         .clone()
 }
 
