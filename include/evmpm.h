@@ -762,8 +762,9 @@ typedef struct evmpm_stats {
   /*
    Handshakes that failed, since start: the step said
    `EVMPM_HANDSHAKE_FAIL` (or a value it may not return), or the client
-   reset or closed the connection mid-handshake. Handshakes that ran
-   out of time are in `timed_out` instead.
+   reset or closed the connection mid-handshake (a client that
+   connects and closes without a byte, a port probe, counts here too).
+   Handshakes that ran out of time are in `timed_out` instead.
    */
   uint64_t handshakes_failed;
 } evmpm_stats;
