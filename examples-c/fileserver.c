@@ -2,6 +2,7 @@
  * fileserver.c: a small static-file HTTP/1.1 server on evmpm.
  *
  * Usage: fileserver PORT DOCROOT [WORKERS]   (listens on 127.0.0.1)
+ *        fileserver --tls CERT KEY PORT DOCROOT [WORKERS]   (HTTPS)
  *
  * GET and HEAD of regular files under DOCROOT (a directory serves its
  * index.html), with Content-Type by extension, keep-alive, pipelining and
@@ -19,6 +20,25 @@
  *   evmpm_complete_sendfile (the head from memory, the body by sendfile(2)
  *   from the page cache, never read into this process; the file is closed
  *   when the runtime releases it), anything else with evmpm_complete_write.
+ *
+ * HTTPS (--tls, OpenSSL 3; built with -DFILESERVER_TLS -lssl -lcrypto,
+ * which the build does where OpenSSL's headers are present):
+ * - the TLS handshake is the listener's handshake step (tls_handshake):
+ *   SSL_do_handshake on the non-blocking socket, on a worker, between
+ *   handlers, so a client slow to handshake (or silent) holds no worker
+ *   and is closed by the header timeout. The SSL* lives in the
+ *   connection's record (the user pointer), made by the step's first call
+ *   and freed in the close callback;
+ * - request_ready is off on the TLS listener: it only peeks at the
+ *   socket, where the bytes are ciphertext;
+ * - small responses are written with SSL_write on the worker; after each
+ *   one the connection parks with EVMPM_PARK_BUFFERED when a pipelined
+ *   request is already decrypted (SSL_has_pending) or buffered;
+ * - a file body is encrypted 1 MiB at a time into a memory BIO and the
+ *   ciphertext handed to evmpm_complete_write with EVMPM_WRITE_BUFFERED,
+ *   which runs the handler again for the next megabyte once this one is
+ *   sent: a slow reader holds no worker, and memory stays at one chunk;
+ * - idle connections hold no OpenSSL buffers (SSL_MODE_RELEASE_BUFFERS).
  *
  * Requests cannot reach outside DOCROOT: the target is percent-decoded once
  * (%00 and control characters refused), ".." segments are refused, and the
@@ -49,12 +69,21 @@
 
 #include "evmpm.h"
 
+#ifdef FILESERVER_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#if OPENSSL_VERSION_NUMBER < 0x30000000L
+#error "the TLS file server needs OpenSSL 3"
+#endif
+#endif
+
 #define HEAD_MAX 16384        /* a request head must fit in this (431 beyond) */
 #define TARGET_MAX 2048       /* the longest request target (414 beyond) */
 #define HEADERS_MAX 100       /* header lines per request (431 beyond) */
 #define IO_TIMEOUT_S 10       /* a client stalled mid-request is dropped */
 #define STOP_DEADLINE_MS 5000
 #define STATUS_PATH "/server-status"
+#define TLS_CHUNK (1 << 20)   /* a file body is encrypted this much at a time */
 
 struct server {
     evmpm_runtime *rt;
@@ -66,12 +95,80 @@ struct server {
 };
 
 /* One client connection: bytes read but not yet parsed (the rest of the
-   request head, or pipelined requests that came with it). */
+   request head, or pipelined requests that came with it). Over TLS also
+   its SSL object, and the file whose body is being encrypted and sent a
+   chunk at a time (file_fd -1: none). */
 struct conn {
     int fd;
+#ifdef FILESERVER_TLS
+    SSL *ssl;
+    int file_fd;
+    int file_keep; /* the connection stays open after this body */
+    uint64_t file_off, file_left;
+#endif
     size_t len;
     char buf[HEAD_MAX];
 };
+
+/* A fresh record for the connection on `fd`; NULL if out of memory. */
+static struct conn *conn_new(int fd) {
+    struct conn *c = malloc(sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->fd = fd;
+    c->len = 0;
+#ifdef FILESERVER_TLS
+    c->ssl = NULL;
+    c->file_fd = -1;
+    c->file_keep = 0;
+    c->file_off = c->file_left = 0;
+#endif
+    return c;
+}
+
+static void conn_free(struct conn *c) {
+    if (c == NULL)
+        return;
+#ifdef FILESERVER_TLS
+    SSL_free(c->ssl);
+    if (c->file_fd >= 0)
+        close(c->file_fd);
+#endif
+    free(c);
+}
+
+/* Socket timeouts that bound how long a stalled client can hold a worker,
+   and no Nagle delay. */
+static void conn_tune(int fd) {
+    struct timeval tv = {IO_TIMEOUT_S, 0};
+    int one_flag = 1;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    /* A response's last segment goes out at once instead of waiting
+       for the client's (delayed) ACK of the one before: without it a
+       keep-alive client waits up to 40 ms at the end of each file. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one_flag, sizeof one_flag);
+}
+
+/* Reads what the client sent (decrypted over TLS), blocking; as read(2):
+   0 at the end, -1 on error (a TLS error, a timeout, a reset). */
+static ssize_t conn_read(struct conn *c, void *buf, size_t len) {
+#ifdef FILESERVER_TLS
+    if (c->ssl != NULL) {
+        int n;
+        ERR_clear_error();
+        n = SSL_read(c->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+        if (n > 0)
+            return n;
+        if (SSL_get_error(c->ssl, n) == SSL_ERROR_ZERO_RETURN)
+            return 0;
+        ERR_clear_error();
+        errno = EIO; /* never EINTR: no retry */
+        return -1;
+    }
+#endif
+    return read(c->fd, buf, len);
+}
 
 /* A parsed request head; the pointers point into conn.buf. */
 struct request {
@@ -509,6 +606,9 @@ static size_t format_status(struct server *s, char *buf, size_t cap) {
                  "AcceptPauses: %llu\n"
                  "AcceptBackoffs: %llu\n"
                  "AcceptingPaused: %llu\n"
+                 "ConnsHandshake: %llu\n"
+                 "Handshakes: %llu\n"
+                 "HandshakesFailed: %llu\n"
                  "Requests: %llu\n"
                  "OffloadedWrites: %llu\n",
                  evmpm_version(), (long long)(time(NULL) - s->started),
@@ -522,6 +622,8 @@ static size_t format_status(struct server *s, char *buf, size_t cap) {
                  (unsigned long long)st.shed, (unsigned long long)st.refused,
                  (unsigned long long)st.rejected, (unsigned long long)st.accept_pauses,
                  (unsigned long long)st.accept_backoffs, (unsigned long long)st.accepting_paused,
+                 (unsigned long long)st.conns_handshake, (unsigned long long)st.handshakes,
+                 (unsigned long long)st.handshakes_failed,
                  (unsigned long long)atomic_load(&s->requests),
                  (unsigned long long)atomic_load(&s->offloaded));
     if (n < 0)
@@ -568,6 +670,119 @@ static struct out *file_out(struct server *s, const struct request *r, const cha
 
 /* ---- serving a connection ------------------------------------------------- */
 
+#ifdef FILESERVER_TLS
+/* 1 when the next request is already here: a whole head in our buffer,
+   or bytes OpenSSL has read and not handed over yet (a pipelined request
+   decrypted with the last one). The socket will not announce either. */
+static int tls_input_pending(const struct conn *c) {
+    return head_length(c->buf, c->len) > 0 || SSL_has_pending(c->ssl);
+}
+
+static void release_bio(void *arg) {
+    BIO_free(arg);
+}
+
+/* Encrypts `head` (if any) and the next chunk of the file being sent into
+   a memory BIO, and gives the ciphertext to the runtime to send: after the
+   last chunk the connection parks (or closes), before it the handler runs
+   again (EVMPM_WRITE_BUFFERED) once the chunk is out, and comes back
+   here. No worker waits for the client meanwhile. */
+static void tls_send_chunk(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
+                           const void *head, size_t head_len) {
+    size_t n = c->file_left < TLS_CHUNK ? (size_t)c->file_left : TLS_CHUNK, got = 0;
+    char *plain = malloc(head_len + n), *cipher;
+    BIO *mem = BIO_new(BIO_s_mem()), *sock = SSL_get_wbio(c->ssl);
+    uint32_t after;
+    long cipher_len;
+    int ok;
+
+    if (plain == NULL || mem == NULL)
+        goto fail;
+    if (head_len > 0)
+        memcpy(plain, head, head_len);
+    while (got < n) {
+        ssize_t r = pread(c->file_fd, plain + head_len + got, n - got,
+                          (off_t)(c->file_off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            goto fail; /* the file shrank: the body cannot be completed */
+        got += (size_t)r;
+    }
+    c->file_off += n;
+    c->file_left -= n;
+
+    /* SSL_write into memory: the SSL object writes its records to `mem`
+       for this call, then to the socket again. set0 takes one reference
+       and drops the one it held, so each BIO is referenced once more
+       first: `mem` stays ours, `sock` stays the SSL's. */
+    BIO_up_ref(mem);
+    BIO_up_ref(sock);
+    SSL_set0_wbio(c->ssl, mem);
+    ERR_clear_error();
+    ok = SSL_write(c->ssl, plain, (int)(head_len + n)) == (int)(head_len + n);
+    if (ok && c->file_left == 0 && !c->file_keep)
+        SSL_shutdown(c->ssl); /* close_notify, after the body */
+    SSL_set0_wbio(c->ssl, sock);
+    free(plain);
+    plain = NULL;
+    if (!ok)
+        goto fail;
+
+    if (c->file_left > 0) {
+        after = EVMPM_WRITE_BUFFERED; /* back here for the next chunk */
+    } else {
+        close(c->file_fd);
+        c->file_fd = -1;
+        after = !c->file_keep ? 0 : tls_input_pending(c) ? EVMPM_WRITE_BUFFERED
+                                                         : EVMPM_WRITE_KEEPALIVE;
+    }
+    cipher_len = BIO_get_mem_data(mem, &cipher);
+    if (cipher_len <= 0 ||
+        evmpm_complete_write(rt, conn, cipher, (size_t)cipher_len, release_bio, mem, after) !=
+            EVMPM_OK)
+        goto fail;
+    atomic_fetch_add(&s->offloaded, 1);
+    return;
+fail:
+    ERR_clear_error();
+    free(plain);
+    BIO_free(mem);
+    evmpm_close(rt, conn); /* the record (and the file) go in on_close */
+}
+
+/* Sends a response over TLS: a file body through tls_send_chunk, anything
+   else (a page, an error, a HEAD) with SSL_write here. */
+static void tls_send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
+                         struct out *o, int keep) {
+    int ok;
+    atomic_fetch_add(&s->requests, 1);
+    if (o->file_fd >= 0) {
+        c->file_fd = o->file_fd;
+        c->file_off = 0;
+        c->file_left = o->file_len;
+        c->file_keep = keep;
+        o->file_fd = -1; /* the record owns it now */
+        tls_send_chunk(s, rt, conn, c, o->data, o->len);
+        release_out(o);
+        return;
+    }
+    ERR_clear_error();
+    ok = SSL_write(c->ssl, o->data, (int)o->len) == (int)o->len;
+    release_out(o);
+    if (!ok) {
+        ERR_clear_error();
+        evmpm_close(rt, conn);
+    } else if (!keep) {
+        SSL_shutdown(c->ssl); /* close_notify */
+        ERR_clear_error();
+        evmpm_close(rt, conn);
+    } else {
+        evmpm_park_keepalive(rt, conn, tls_input_pending(c) ? EVMPM_PARK_BUFFERED : 0);
+    }
+}
+#endif
+
 /* Hands the response to the runtime and decides the connection's next step:
    keep-alive, close, or (when the next pipelined request is already in our
    buffer, where the socket will never announce it) run the handler again
@@ -578,6 +793,12 @@ static void send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struc
                      : head_length(c->buf, c->len) > 0 ? EVMPM_WRITE_BUFFERED
                                                              : EVMPM_WRITE_KEEPALIVE;
     int rc;
+#ifdef FILESERVER_TLS
+    if (c->ssl != NULL) {
+        tls_send_out(s, rt, conn, c, o, keep);
+        return;
+    }
+#endif
     atomic_fetch_add(&s->requests, 1);
     if (o->file_fd >= 0) {
         /* The head and the file in one call: one release for both. */
@@ -618,7 +839,7 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
                 evmpm_close(rt, conn);
             return;
         }
-        n = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
+        n = conn_read(c, c->buf + c->len, sizeof c->buf - c->len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) { /* closed, reset, or stalled for IO_TIMEOUT_S */
@@ -675,36 +896,95 @@ static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int wh
         return;
     }
     if (user == NULL) {
-        /* The connection's first request: its record, and socket timeouts
-           that bound how long a stalled client can hold this worker. */
-        struct timeval tv = {IO_TIMEOUT_S, 0};
-        int one_flag = 1;
-        struct conn *c = malloc(sizeof *c);
-        if (c != NULL) {
-            c->fd = fd;
-            c->len = 0;
-        }
+        /* The connection's first request (over TLS the handshake step made
+           the record already): its record, and socket timeouts that bound
+           how long a stalled client can hold this worker. */
+        struct conn *c = conn_new(fd);
         if (c == NULL || evmpm_conn_set_user(rt, conn, c) != EVMPM_OK) {
             free(c);
             evmpm_close(rt, conn);
             return;
         }
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        /* A response's last segment goes out at once instead of waiting
-           for the client's (delayed) ACK of the one before: without it a
-           keep-alive client waits up to 40 ms at the end of each file. */
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one_flag, sizeof one_flag);
+        conn_tune(fd);
         user = c;
     }
+#ifdef FILESERVER_TLS
+    if (((struct conn *)user)->ssl != NULL && ((struct conn *)user)->file_fd >= 0) {
+        /* The last chunk of a file body is sent: encrypt the next. */
+        tls_send_chunk(s, rt, conn, user, NULL, 0);
+        return;
+    }
+#endif
     serve_one_request(s, rt, conn, user);
 }
 
-/* The runtime closes the socket; the record is ours to free. */
+/* The runtime closes the socket; the record (and its SSL) is ours to free.
+   It runs for every connection, a failed or timed-out handshake too. */
 static void on_close(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, void *user) {
     (void)ud, (void)rt, (void)conn, (void)fd;
-    free(user);
+    conn_free(user);
 }
+
+#ifdef FILESERVER_TLS
+/* The TLS listener's handshake step, on a worker, with `fd` non-blocking:
+   one SSL_do_handshake, which does what the socket allows and says what
+   it waits for. The first call makes the connection's record and SSL
+   object and keeps them in the user pointer (on_close frees them whatever
+   happens next). */
+static int tls_handshake(void *listener_user, evmpm_runtime *rt, evmpm_conn conn, int fd,
+                         void *user) {
+    struct conn *c = user;
+    int r;
+    if (c == NULL) {
+        c = conn_new(fd);
+        if (c == NULL)
+            return EVMPM_HANDSHAKE_FAIL;
+        c->ssl = SSL_new(listener_user);
+        if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1 ||
+            evmpm_conn_set_user(rt, conn, c) != EVMPM_OK) {
+            conn_free(c);
+            ERR_clear_error();
+            return EVMPM_HANDSHAKE_FAIL;
+        }
+        SSL_set_accept_state(c->ssl);
+    }
+    ERR_clear_error();
+    r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        conn_tune(fd);
+        return EVMPM_HANDSHAKE_DONE;
+    }
+    switch (SSL_get_error(c->ssl, r)) {
+    case SSL_ERROR_WANT_READ: return EVMPM_HANDSHAKE_WANT_READ;
+    case SSL_ERROR_WANT_WRITE: return EVMPM_HANDSHAKE_WANT_WRITE;
+    default:
+        /* Not TLS (plain HTTP, garbage), a bad hello, a reset. */
+        ERR_clear_error();
+        return EVMPM_HANDSHAKE_FAIL;
+    }
+}
+
+/* The server's TLS context: its certificate chain and key, TLS 1.2 and
+   later, no buffers held while a connection idles. NULL (with the reason
+   on stderr) if they do not load. */
+static SSL_CTX *tls_context(const char *cert, const char *key) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+        SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        fprintf(stderr, "fileserver: cannot load %s and %s:\n", cert, key);
+        ERR_print_errors_fp(stderr);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    /* read_ahead stays off (the default): OpenSSL reads record by record,
+       so what follows the handshake stays on the socket, where epoll sees
+       it. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    return ctx;
+}
+#endif
 
 /* On the event thread, before a worker is woken: is a whole request head
    here? `data` is what waits on the socket. A connection parked with part
@@ -756,18 +1036,45 @@ static int listen_on(int port) {
 
 int main(int argc, char **argv) {
     static struct server srv;
-    int port = argc > 1 ? atoi(argv[1]) : 0;
-    int workers = argc > 3 ? atoi(argv[3]) : 16;
+    const char *prog = argv[0], *cert = NULL, *key = NULL, *env;
+    int port, workers, tls = argc > 1 && strcmp(argv[1], "--tls") == 0;
+    uint32_t header_timeout_ms = IO_TIMEOUT_S * 1000;
     char text[2048];
     struct stat st;
     evmpm_config cfg;
+    evmpm_listener_config lc;
     sigset_t sigs;
     int lfd, sig, rc;
+#ifdef FILESERVER_TLS
+    SSL_CTX *tls_ctx = NULL;
+#endif
 
+    if (tls) {
+#ifndef FILESERVER_TLS
+        fprintf(stderr, "%s: --tls is not available: built without OpenSSL (its headers "
+                        "were not found; install libssl-dev and rebuild)\n", prog);
+        return 2;
+#endif
+        if (argc < 4) {
+            fprintf(stderr, "usage: %s --tls CERT KEY PORT DOCROOT [WORKERS]\n", prog);
+            return 2;
+        }
+        cert = argv[2];
+        key = argv[3];
+        argv += 3;
+        argc -= 3;
+    }
+    port = argc > 1 ? atoi(argv[1]) : 0;
+    workers = argc > 3 ? atoi(argv[3]) : 16;
     if (argc < 3 || argc > 4 || port < 1 || port > 65535 || workers < 1 || workers > 4096) {
-        fprintf(stderr, "usage: %s PORT DOCROOT [WORKERS]\n", argv[0]);
+        fprintf(stderr, "usage: %s PORT DOCROOT [WORKERS]\n"
+                        "       %s --tls CERT KEY PORT DOCROOT [WORKERS]\n", prog, prog);
         return 2;
     }
+    /* For tests: how long a client may take over its request head, or over
+       its TLS handshake from the accept. */
+    if ((env = getenv("FILESERVER_HEADER_TIMEOUT_MS")) != NULL && atoi(env) > 0)
+        header_timeout_ms = (uint32_t)atoi(env);
     if (realpath(argv[2], srv.root) == NULL || stat(srv.root, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "%s: not a directory\n", argv[2]);
         return 2;
@@ -782,6 +1089,16 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    /* OpenSSL writes to the socket with plain send(): a client that reset
+       must not kill the server. */
+    signal(SIGPIPE, SIG_IGN);
+
+#ifdef FILESERVER_TLS
+    if (tls && (tls_ctx = tls_context(cert, key)) == NULL)
+        return 1;
+#else
+    (void)cert, (void)key;
+#endif
 
     if ((lfd = listen_on(port)) < 0) {
         fprintf(stderr, "cannot listen on 127.0.0.1:%d: %s\n", port, strerror(errno));
@@ -794,18 +1111,29 @@ int main(int argc, char **argv) {
     cfg.user_data = &srv;
     cfg.request_ready = request_ready;
     cfg.request_peek_bytes = HEAD_MAX; /* a full window means "431" */
-    cfg.header_timeout_ms = IO_TIMEOUT_S * 1000;
+    cfg.header_timeout_ms = header_timeout_ms;
+    evmpm_listener_config_init(&lc, sizeof lc);
+#ifdef FILESERVER_TLS
+    if (tls) {
+        /* The handshake without a worker; no request_ready: it would see
+           ciphertext. */
+        lc.flags = EVMPM_LISTEN_NO_REQUEST_READY;
+        lc.user_data = tls_ctx;
+        lc.handshake = tls_handshake;
+    }
+#endif
     if ((rc = evmpm_create(&cfg, &srv.rt)) != EVMPM_OK ||
-        (rc = evmpm_register_listener(srv.rt, lfd)) != EVMPM_OK ||
+        (rc = evmpm_register_listener_ex(srv.rt, lfd, &lc)) != EVMPM_OK ||
         (rc = evmpm_start(srv.rt)) != EVMPM_OK) {
         fprintf(stderr, "evmpm: %s\n", evmpm_strerror(rc));
         return 1;
     }
     fprintf(stderr,
-            "fileserver: serving %s on http://127.0.0.1:%d/ with %d workers\n"
-            "fileserver: counters at http://127.0.0.1:%d" STATUS_PATH
+            "fileserver: serving %s on %s://127.0.0.1:%d/ with %d workers\n"
+            "fileserver: counters at %s://127.0.0.1:%d" STATUS_PATH
             ", or on stderr: kill -USR1 %ld\n",
-            srv.root, port, workers, port, (long)getpid());
+            srv.root, tls ? "https" : "http", port, workers, tls ? "https" : "http", port,
+            (long)getpid());
 
     for (;;) {
         if (sigwait(&sigs, &sig) != 0)
@@ -818,6 +1146,9 @@ int main(int argc, char **argv) {
     fwrite(text, 1, format_status(&srv, text, sizeof text), stderr);
     evmpm_destroy(srv.rt);
     close(lfd);
+#ifdef FILESERVER_TLS
+    SSL_CTX_free(tls_ctx);
+#endif
     fprintf(stderr, "fileserver: stopped by signal %d%s\n", sig,
             rc == EVMPM_ETIMEDOUT ? " (connections closed at the deadline)" : "");
     return 0;

@@ -435,7 +435,8 @@ impl EventLoop {
             let Some(listener) = self.rt.listeners.get(index) else {
                 continue;
             };
-            let nonblocking = listener.nonblocking();
+            // A handshake step runs on a non-blocking descriptor.
+            let nonblocking = listener.nonblocking() || listener.has_handshake();
             for _ in 0..ACCEPT_BATCH {
                 if self.rt.is_stopping() || !self.rt.admits() {
                     return;
@@ -472,8 +473,15 @@ impl EventLoop {
         };
         let peer_bytes = peer_bytes(peer);
         let close_how = listener.close_how() as u32;
+        let handshake = listener.has_handshake();
         let allocated = self.rt.table.allocate_with(fd, State::Reading, |slot| {
-            slot.set_accept_facts(index, peer_bytes, listener.timeouts_ms, close_how);
+            slot.set_accept_facts(
+                index,
+                peer_bytes,
+                listener.timeouts_ms,
+                close_how,
+                handshake,
+            );
         });
         let Some(h) = allocated else {
             sys::close(fd);
@@ -487,6 +495,22 @@ impl EventLoop {
         if listener.on_accept.is_some() && !self.rt.accept_hook(h, slot, listener, peer) {
             Counters::bump(&self.rt.counters.denied);
             self.close(h, State::Reading, CloseHow::Abort);
+            return;
+        }
+        if handshake {
+            // The handshake first, under the header timeout from now; the
+            // client speaks first in it. A server-first handler runs once
+            // it is done (see the poller).
+            let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+            if self.rt.workers.poll.add(fd, interest, h.0).is_err() {
+                Counters::bump(&self.rt.counters.refused);
+                self.close(h, State::Reading, CloseHow::Abort);
+                return;
+            }
+            slot.set_header_since(self.now);
+            let timeout = self.rt.conn_timeout_ns(slot, Kind::Header);
+            self.timeouts
+                .insert(Kind::Header, h.index(), self.now, timeout);
             return;
         }
         if listener.server_first() {
@@ -635,6 +659,12 @@ impl EventLoop {
                     continue;
                 };
                 if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
+                    if slot.handshake_pending() {
+                        // No request can have come: idle, whatever waits,
+                        // and nothing is owed to it: no lingering close.
+                        self.close(h, state, CloseHow::Abort);
+                        continue;
+                    }
                     candidates.push((h, state, kind, slot.fd()));
                 }
             }

@@ -133,6 +133,17 @@ impl Runtime {
     /// after `h` was put (or seen) waiting: the CAS makes one party the
     /// owner (see `take_for_notify`).
     pub fn deliver_notify(&self, h: Handle, slot: &Slot, state: State) -> bool {
+        // Dekker with the worker whose handshake step says done: it clears
+        // the mark, then puts the connection back to waiting, which calls
+        // this; either this load sees the mark cleared, or that call sees
+        // the notifier's flag.
+        fence(Ordering::SeqCst);
+        if slot.handshake_pending() {
+            // The handler never runs before the handshake is done; the
+            // worker whose step says done hands the connection back to
+            // wait, and that hand-over delivers the notify.
+            return false;
+        }
         if !take_for_notify(h, slot, state) {
             return false;
         }
@@ -221,7 +232,9 @@ impl Runtime {
             // fence above orders the store of the waiting state before this
             // look at the flag (see `take_for_notify`), so the common case
             // (no notify) costs one load.
-            let Some(slot) = self.table.slot(h) else { return };
+            let Some(slot) = self.table.slot(h) else {
+                return;
+            };
             if slot.notify_flag().load(Ordering::SeqCst) {
                 if let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) {
                     self.deliver_notify(h, slot, state);

@@ -25,7 +25,10 @@
 //! - `failure.rs`: what an internal panic does (fail-stop);
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
 //! - `listener.rs`: the listeners and what each says about its connections
-//!   (accept hook, readiness check, descriptor mode, timeouts);
+//!   (accept hook, handshake step, readiness check, descriptor mode,
+//!   timeouts);
+//! - `handshake.rs`: the optional non-blocking handshake step (TLS, a
+//!   preamble) before a connection's first request;
 //! - `readiness.rs`: the optional check that a whole request has arrived;
 //! - `sys/`: every system call;
 //! - `wake.rs`: when another thread must wake the event thread;
@@ -44,6 +47,7 @@ pub(crate) mod failure;
 mod failure_tests;
 pub mod ffi;
 pub(crate) mod handoff;
+pub(crate) mod handshake;
 pub(crate) mod listener;
 pub(crate) mod message;
 pub(crate) mod readiness;

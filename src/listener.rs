@@ -1,7 +1,7 @@
 //! Listeners: the sockets the event thread accepts on, and what each one
 //! says about the connections it brings: the host's pointer, the accept
-//! hook, the readiness check, the descriptor mode, how they close and their
-//! timeouts (`evmpm_register_listener_ex`).
+//! hook, the handshake step, the readiness check, the descriptor mode, how
+//! they close and their timeouts (`evmpm_register_listener_ex`).
 //!
 //! The table is append-only and fixed in size, so any thread reads an entry
 //! by index without a lock: a connection's slot keeps its listener's index,
@@ -11,9 +11,9 @@
 use crate::config::{timeout_ms, Config, HostPtr};
 use crate::error::Error;
 use crate::ffi::types::{
-    evmpm_accept_fn, evmpm_conn_info, evmpm_listener_config, evmpm_request_ready_fn,
-    EVMPM_LISTEN_NONBLOCK, EVMPM_LISTEN_NO_LINGER, EVMPM_LISTEN_NO_REQUEST_READY,
-    EVMPM_LISTEN_SERVER_FIRST, EVMPM_MAX_LISTENERS,
+    evmpm_accept_fn, evmpm_conn_info, evmpm_handshake_fn, evmpm_listener_config,
+    evmpm_request_ready_fn, EVMPM_LISTEN_NONBLOCK, EVMPM_LISTEN_NO_LINGER,
+    EVMPM_LISTEN_NO_REQUEST_READY, EVMPM_LISTEN_SERVER_FIRST, EVMPM_MAX_LISTENERS,
 };
 use crate::message::CloseHow;
 use crate::sys::socket::{self, Address};
@@ -34,6 +34,9 @@ pub struct Listener {
     /// `evmpm_listener_config.user_data`.
     pub user: HostPtr,
     pub on_accept: evmpm_accept_fn,
+    /// The handshake step of its connections (None: none), called with
+    /// `user`.
+    pub handshake: evmpm_handshake_fn,
     /// The readiness check of its connections (None: off), and the pointer
     /// it is called with (the listener's for its own check, the runtime's
     /// for the runtime's).
@@ -75,6 +78,7 @@ impl Listener {
             fd,
             user: HostPtr(lc.user_data),
             on_accept: lc.on_accept,
+            handshake: lc.handshake,
             request_ready,
             ready_user,
             flags: lc.flags,
@@ -85,6 +89,12 @@ impl Listener {
 
     pub fn nonblocking(&self) -> bool {
         self.flags & EVMPM_LISTEN_NONBLOCK != 0
+    }
+
+    /// Its connections go through a handshake step before their first
+    /// request (and are accepted non-blocking for it).
+    pub fn has_handshake(&self) -> bool {
+        self.handshake.is_some()
     }
 
     pub fn server_first(&self) -> bool {
@@ -187,6 +197,7 @@ pub fn defaults() -> evmpm_listener_config {
         keepalive_timeout_ms: 0,
         write_timeout_ms: 0,
         header_timeout_ms: 0,
+        handshake: None,
     }
 }
 

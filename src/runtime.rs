@@ -73,6 +73,8 @@ pub struct Runtime {
     host_calls: AtomicUsize,
     /// Host mistakes already logged (one line per kind and runtime).
     pub logged_bad_verdict: AtomicBool,
+    /// Set once a handshake step returned a value it may not (logged once).
+    pub logged_bad_handshake: AtomicBool,
     /// Where a test makes evmpm panic (see `failure`).
     pub faults: FaultPoint,
 }
@@ -182,6 +184,7 @@ impl Runtime {
             sealed: AtomicBool::new(false),
             host_calls: AtomicUsize::new(0),
             logged_bad_verdict: AtomicBool::new(false),
+            logged_bad_handshake: AtomicBool::new(false),
             faults: FaultPoint::default(),
         }))
     }

@@ -24,6 +24,8 @@ pub struct Counters {
     pub accept_backoffs: AtomicU64,
     pub internal_errors: AtomicU64,
     pub denied: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub handshakes_failed: AtomicU64,
 }
 
 impl Counters {
@@ -50,11 +52,16 @@ pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_sta
     let mut waiting = Vec::new();
     for (_, slot) in table.iter() {
         let state = slot.raw_state();
-        if matches!(state, State::Reading | State::Keepalive) {
+        // One still in its handshake counts there whether bytes of it
+        // wait or not.
+        if matches!(state, State::Reading | State::Keepalive) && !slot.handshake_pending() {
             waiting.push((slot.fd(), state == State::Reading));
         }
         let gauge = match state {
             State::Free => continue,
+            State::Reading | State::ReadingCheck if slot.handshake_pending() => {
+                &mut s.conns_handshake
+            }
             State::Reading | State::ReadingCheck => &mut s.conns_reading,
             State::Queued => &mut s.conns_queued,
             State::Suspended => &mut s.conns_suspended,
@@ -97,5 +104,7 @@ pub fn snapshot(table: &Table, counters: &Counters, gauges: Gauges) -> evmpm_sta
     s.handlers_blocked = gauges.handlers_blocked as u64;
     s.blocked_replaced = gauges.blocked_replaced;
     s.denied = c.denied.load(Relaxed);
+    s.handshakes = c.handshakes.load(Relaxed);
+    s.handshakes_failed = c.handshakes_failed.load(Relaxed);
     s
 }

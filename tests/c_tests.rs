@@ -18,6 +18,13 @@ fn ready() {
     c_test("test_ready");
 }
 
+/// The handshake step: a preamble before the first request, off the
+/// workers, under the header timeout; failures counted and closed once.
+#[test]
+fn handshake() {
+    c_test("test_handshake");
+}
+
 #[test]
 fn write() {
     c_test("test_write");

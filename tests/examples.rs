@@ -43,7 +43,10 @@ fn built(name: &str) -> PathBuf {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     map.entry(name.to_string())
-        .or_insert_with(|| support::build_c(name, &[&format!("examples-c/{name}.c")], &[]))
+        .or_insert_with(|| match name {
+            "fileserver" => support::build_fileserver(),
+            _ => support::build_c(name, &[&format!("examples-c/{name}.c")], &[]),
+        })
         .clone()
 }
 
@@ -1175,6 +1178,487 @@ fn fileserver_serves_the_shipped_docroot() {
         "index.html should point at the status page"
     );
     server.terminate();
+}
+
+// ---- the file server over HTTPS ---------------------------------------------------
+
+/// A self-signed certificate and key for 127.0.0.1, made now with the
+/// openssl command; None (the test says it is skipped) where the file
+/// server could not be built with OpenSSL or the command is missing,
+/// unless `EVMPM_REQUIRE_TLS=1` (CI) makes that a failure.
+fn tls_files(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let required = std::env::var_os("EVMPM_REQUIRE_TLS").is_some_and(|v| v == "1");
+    if !support::openssl_present() {
+        assert!(!required, "{test}: OpenSSL 3 is missing (libssl-dev)");
+        eprintln!("skipped: {test}: OpenSSL 3's headers or libraries are missing (libssl-dev)");
+        return None;
+    }
+    let dir = scratch(&format!("{test}-tls"));
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match made {
+        Ok(s) if s.success() => Some((cert, key)),
+        _ => {
+            assert!(
+                !required,
+                "{test}: the openssl command cannot make a certificate"
+            );
+            eprintln!("skipped: {test}: the openssl command cannot make a certificate");
+            None
+        }
+    }
+}
+
+/// The file server over HTTPS on `root`, with these environment variables.
+fn start_tls_fileserver(
+    root: &Path,
+    workers: u32,
+    (cert, key): &(PathBuf, PathBuf),
+    env: &[(&str, &str)],
+) -> Server {
+    let args = [cert, key, root].map(|p| p.to_string_lossy().into_owned());
+    Server::start_with_env("fileserver", "fileserver: serving", env, move |port| {
+        vec![
+            "--tls".into(),
+            args[0].clone(),
+            args[1].clone(),
+            port.to_string(),
+            args[2].clone(),
+            workers.to_string(),
+        ]
+    })
+}
+
+/// An HTTPS client: `openssl s_client` does TLS, and this test talks plain
+/// HTTP to it over a loopback TCP pair, so `Conn` reads the responses as
+/// it does for plain HTTP. s_client stops reading the server when this
+/// side stops reading it: a slow reader here is a slow TLS reader there.
+struct Tls {
+    conn: Conn,
+    child: Child,
+}
+
+impl Tls {
+    fn connect(port: u16) -> Tls {
+        let relay = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let ours = TcpStream::connect(relay.local_addr().expect("relay addr")).expect("connect");
+        let (theirs, _) = relay.accept().expect("accept relay");
+        let child = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(
+                theirs.try_clone().expect("dup relay"),
+            )))
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run openssl s_client");
+        Tls {
+            conn: Conn::wrap(ours),
+            child,
+        }
+    }
+}
+
+impl std::ops::Deref for Tls {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tls {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_status_page(server: &Server) -> String {
+    let mut c = Tls::connect(server.port);
+    let r = c.request("GET /server-status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status(), 200);
+    r.text()
+}
+
+/// Lets this process and its children (the server) open more descriptors,
+/// up to the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a live rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Built without OpenSSL (as where its headers are missing), the file
+/// server says `--tls` is not available, and serves plain HTTP as ever.
+#[test]
+fn fileserver_without_openssl_refuses_tls() {
+    let exe = support::build_c("fileserver-no-tls", &["examples-c/fileserver.c"], &[]);
+    let out = support::command(&exe)
+        .args(["--tls", "cert.pem", "key.pem", "8443", "."])
+        .output()
+        .expect("run the file server");
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("--tls is not available"), "{text}");
+}
+
+#[test]
+fn fileserver_https_requests_keepalive_pipelining_close() {
+    let Some(tls) = tls_files("fileserver_https_requests") else {
+        return;
+    };
+    let www = docroot("fileserver_https_requests");
+    let server = start_tls_fileserver(&www, 4, &tls, &[]);
+    let mut c = Tls::connect(server.port);
+    check_ok(&c.request(&get("/a.txt")), TEXT, b"alpha\n", true);
+    let index = fs::read(www.join("index.html")).unwrap();
+    check_ok(&c.request(&get("/")), HTML, &index, true);
+    // HEAD: the head only, on the same connection.
+    let r = c.request("HEAD /style.css HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.header("Content-Length"), Some("20"));
+    assert_eq!(c.request(&get("/missing")).status(), 404);
+    // Pipelined: 50 requests in one write, answered in order; those after
+    // the first are already read (or decrypted) when the one before is
+    // answered, so the connection parks buffered between them.
+    let mut batch = String::new();
+    for i in 0..50 {
+        batch.push_str(&get(if i % 2 == 0 { "/a.txt" } else { "/data.json" }));
+    }
+    c.send(&batch);
+    for i in 0..50 {
+        let r = c.response(false);
+        if i % 2 == 0 {
+            check_ok(&r, TEXT, b"alpha\n", true);
+        } else {
+            check_ok(&r, JSON, b"{\"k\": 1}\n", true);
+        }
+    }
+    // Connection: close: the answer, then the end.
+    let r = c.request("GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    check_ok(&r, TEXT, b"alpha\n", false);
+    c.expect_eof();
+    // All of that was one handshake (the status page is the second). The
+    // one failure is `Server::start`'s probe, which connects and closes.
+    let page = tls_status_page(&server);
+    assert_eq!(stat(&page, "Handshakes"), 2, "{page}");
+    assert_eq!(stat(&page, "HandshakesFailed"), 1, "{page}");
+    // The status request counts itself once answered.
+    assert_eq!(stat(&page, "Requests"), 55, "{page}");
+    server.terminate();
+}
+
+#[test]
+fn fileserver_https_large_file_to_a_slow_reader() {
+    let Some(tls) = tls_files("fileserver_https_large_file") else {
+        return;
+    };
+    let www = docroot("fileserver_https_large_file");
+    let size = 10 << 20;
+    let data = pseudo_random(size);
+    fs::write(www.join("big.bin"), &data).unwrap();
+    let server = start_tls_fileserver(&www, 4, &tls, &[]);
+    let mut c = Tls::connect(server.port);
+    c.send(get("/big.bin"));
+    let head = String::from_utf8(c.read_through(b"\r\n\r\n")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("\r\nContent-Length: {size}\r\n")),
+        "{head}"
+    );
+    let mut got = c.read_exact_n(64 * 1024);
+    // The runtime sends the ciphertext; once the reader stalls it, no
+    // worker waits for this reader (the one busy worker is the one
+    // answering the status request). A worker encrypts the next megabyte
+    // for a moment after each is sent.
+    wait_for("a stalled write and no busy worker", limit(10), || {
+        let page = tls_status_page(&server);
+        stat(&page, "ConnsWriting") >= 1 && stat(&page, "BusyWorkers") == 1
+    });
+    let mut chunk = vec![0u8; 16 * 1024];
+    while got.len() < size {
+        if !c.buf.is_empty() {
+            got.append(&mut c.buf);
+            continue;
+        }
+        let n = c.s.read(&mut chunk).expect("read body");
+        assert!(
+            n > 0,
+            "connection ended after {} of {size} bytes",
+            got.len()
+        );
+        got.extend_from_slice(&chunk[..n]);
+        if got.len() < 1 << 20 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(got == data, "the body differs from the file");
+    // Kept alive after the body; a pipelined pair behind a big body too.
+    check_ok(&c.request(&get("/a.txt")), TEXT, b"alpha\n", true);
+    c.send(format!("{}{}", get("/big.bin"), get("/a.txt")));
+    assert!(c.response(false).body == data, "pipelined big body differs");
+    check_ok(&c.response(false), TEXT, b"alpha\n", true);
+    // Connection: close after a big body: all of it, then the end.
+    c.send("GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(c.response(false).body == data, "last big body differs");
+    c.expect_eof();
+    server.terminate();
+}
+
+/// A TLS record header and the start of a ClientHello: what a client
+/// that sends its hello slowly has sent so far (OpenSSL waits for the
+/// whole 512-byte record before it looks inside).
+const HELLO_START: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x11, 0x22, 0x33, 0x44, 0x55,
+    0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+];
+
+#[test]
+fn fileserver_https_slow_and_silent_handshakes_hold_no_worker() {
+    let Some(tls) = tls_files("fileserver_https_slow_handshakes") else {
+        return;
+    };
+    // 200 clients send their hello a byte a second and 500 send nothing,
+    // for an 8 s header timeout (the server's default is 10 s); four
+    // workers. An ordinary HTTPS client is answered throughout.
+    const SLOW: usize = 200;
+    const SILENT: usize = 500;
+    let header_ms = 8000 * u64::from(support::slowdown());
+    raise_fd_limit();
+    let www = docroot("fileserver_https_slow_handshakes");
+    let header = header_ms.to_string();
+    let server = start_tls_fileserver(
+        &www,
+        4,
+        &tls,
+        &[("FILESERVER_HEADER_TIMEOUT_MS", header.as_str())],
+    );
+    let started = Instant::now();
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        s.set_nonblocking(true).expect("nonblocking");
+        s
+    };
+    let mut slow: Vec<Option<TcpStream>> = (0..SLOW).map(|_| Some(connect())).collect();
+    let mut silent: Vec<Option<TcpStream>> = (0..SILENT).map(|_| Some(connect())).collect();
+    let mut sent = 0;
+    let mut worst = Duration::ZERO;
+    let mut probes = 0;
+    let mut next_byte = Instant::now();
+    let deadline = started + Duration::from_millis(header_ms) + limit(15);
+    // Until every one of them has been closed by the server.
+    loop {
+        if Instant::now() >= next_byte && sent < HELLO_START.len() {
+            for s in slow.iter_mut().flatten() {
+                let _ = s.write(&HELLO_START[sent..sent + 1]);
+            }
+            sent += 1;
+            next_byte += Duration::from_secs(1);
+        }
+        // An ordinary client: a new handshake and a request, timed.
+        let t = Instant::now();
+        let mut c = Tls::connect(server.port);
+        let r = c.request("GET /server-status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let took = t.elapsed();
+        worst = worst.max(took);
+        probes += 1;
+        let page = r.text();
+        assert_eq!(stat(&page, "BusyWorkers"), 1, "{page}");
+        drop(c);
+        // Who has been closed? (A closed one reads its end, or a reset.)
+        let mut open = 0;
+        for group in [&mut slow, &mut silent] {
+            for entry in group.iter_mut() {
+                let Some(s) = entry else { continue };
+                let mut byte = [0u8; 64];
+                match s.read(&mut byte) {
+                    Ok(0) => *entry = None,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => open += 1,
+                    Err(_) => *entry = None,
+                    Ok(n) => panic!("a stalled handshake got {n} bytes"),
+                }
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        let elapsed = started.elapsed();
+        if elapsed < Duration::from_millis(header_ms).saturating_sub(limit(2)) {
+            assert_eq!(open, SLOW + SILENT, "closed before the header timeout");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} still open at the deadline"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(header_ms), "{elapsed:?}");
+    eprintln!(
+        "figure: {SLOW} slow + {SILENT} silent handshakes closed after {} ms \
+         (header timeout {header_ms} ms); {probes} HTTPS probes, slowest {} ms \
+         (handshake, request and an openssl process start)",
+        elapsed.as_millis(),
+        worst.as_millis()
+    );
+    assert!(worst < limit(1), "a probe took {worst:?}");
+    let page = tls_status_page(&server);
+    assert!(stat(&page, "TimedOut") >= (SLOW + SILENT) as u64, "{page}");
+    // Only `Server::start`'s probe, which connects and closes, failed.
+    assert_eq!(stat(&page, "HandshakesFailed"), 1, "{page}");
+    assert_eq!(stat(&page, "ConnsHandshake"), 0, "{page}");
+    // Every connection but this status request's is closed, once each
+    // (a second close callback would free a record twice: the sanitizer
+    // runs of this test catch that).
+    wait_for("every connection closed", limit(10), || {
+        let page = tls_status_page(&server);
+        stat(&page, "Closed") + 1 >= stat(&page, "Accepted")
+    });
+    server.terminate();
+}
+
+#[test]
+fn fileserver_https_handshake_failures_close_and_count() {
+    let Some(tls) = tls_files("fileserver_https_failures") else {
+        return;
+    };
+    let www = docroot("fileserver_https_failures");
+    let server = start_tls_fileserver(&www, 2, &tls, &[]);
+    // Plain HTTP to the TLS port: closed (after a TLS alert, at most).
+    let mut plain = server.conn();
+    plain.send(get("/a.txt"));
+    while plain.fill() {}
+    assert!(
+        !String::from_utf8_lossy(&plain.buf).contains("HTTP/1.1"),
+        "answered plain HTTP"
+    );
+    // Garbage.
+    let mut junk = server.conn();
+    junk.send(pseudo_random(300));
+    while junk.fill() {}
+    // A reset in the middle of the hello.
+    let mut reset = server.conn();
+    reset.send(HELLO_START);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&reset.s);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a live socket with a live linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    // The server has the hello's start before the reset.
+    std::thread::sleep(Duration::from_millis(100));
+    drop(reset);
+    // A half close in the middle of the hello.
+    let mut half = server.conn();
+    half.send(HELLO_START);
+    half.s.shutdown(std::net::Shutdown::Write).unwrap();
+    while half.fill() {}
+    let mut page = String::new();
+    // These four, and `Server::start`'s probe, which connects and closes.
+    wait_for("5 failed handshakes", limit(10), || {
+        page = tls_status_page(&server);
+        stat(&page, "HandshakesFailed") == 5
+    });
+    // None served (the status request counts itself once answered).
+    assert_eq!(stat(&page, "Requests"), 0, "{page}");
+    // The server still serves.
+    let mut c = Tls::connect(server.port);
+    check_ok(&c.request(&get("/a.txt")), TEXT, b"alpha\n", true);
+    drop(c);
+    // Exit status 0, and under the sanitizers or valgrind no leak: each
+    // failed handshake's SSL object was freed by its close callback.
+    server.terminate();
+}
+
+#[test]
+fn fileserver_https_graceful_stop_loses_no_request() {
+    let Some(tls) = tls_files("fileserver_https_stop") else {
+        return;
+    };
+    let www = docroot("fileserver_https_stop");
+    let size = 4 << 20;
+    let data = pseudo_random(size);
+    fs::write(www.join("big.bin"), &data).unwrap();
+    let server = start_tls_fileserver(&www, 4, &tls, &[]);
+    // Clients with a big response under way (read slowly), one with a
+    // small request in flight, and handshakes not finished.
+    let mut big: Vec<Tls> = (0..6).map(|_| Tls::connect(server.port)).collect();
+    for c in big.iter_mut() {
+        c.send(get("/big.bin"));
+        let head = String::from_utf8(c.read_through(b"\r\n\r\n")).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    }
+    let mut idle = Tls::connect(server.port);
+    check_ok(&idle.request(&get("/a.txt")), TEXT, b"alpha\n", true);
+    let mut pending: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    for s in pending.iter_mut() {
+        s.write_all(&HELLO_START[..5]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGTERM);
+    // Every response under way arrives whole; then each connection ends.
+    for c in big.iter_mut() {
+        let body = c.read_exact_n(size);
+        assert!(body == data, "a body cut by the stop");
+        c.expect_eof();
+    }
+    idle.expect_eof();
+    for s in pending.iter_mut() {
+        s.set_read_timeout(Some(limit(10))).unwrap();
+        let mut b = [0u8; 16];
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("a pending handshake got {n} bytes at the stop"),
+        }
+    }
+    let mut server = server;
+    let mut child = server.child.take().expect("running");
+    let status = support::wait_with_deadline(&mut child, limit(15));
+    let text = server.log_text();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{text}");
+    assert!(!text.contains("closed at the deadline"), "{text}");
 }
 
 // ---- the key-value store ------------------------------------------------------

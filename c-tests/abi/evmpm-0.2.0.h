@@ -147,8 +147,15 @@
 
 /*
  Listener flag: no readiness check on this listener even though
- `evmpm_config.request_ready` is set (a TLS listener beside a plain one:
- the check cannot read ciphertext).
+ `evmpm_config.request_ready` is set. For a TLS listener beside a plain
+ one: the check sees the bytes waiting on the socket, which are
+ ciphertext there, and only the TLS library can turn them into the
+ request, by reading (consuming) whole records from the socket, which a
+ check that only peeks cannot do. On a TLS listener a client that
+ completes its handshake and then sends its request slowly holds the
+ worker its handler runs on, for as long as the host's own read timeout
+ allows (`SO_RCVTIMEO`), as with Apache's mod_ssl; the handshake itself
+ holds none (`evmpm_listener_config.handshake`).
  */
 #define EVMPM_LISTEN_NO_REQUEST_READY 4
 
@@ -173,6 +180,31 @@
  dropped.
  */
 #define EVMPM_CLOSE_RESET 2
+
+/*
+ Handshake step verdict (`evmpm_listener_config.handshake`): the
+ handshake (or preamble) is complete; the connection goes on to its
+ first request.
+ */
+#define EVMPM_HANDSHAKE_DONE 0
+
+/*
+ Handshake step verdict: the step needs to read more: call it again when
+ the descriptor is readable (`SSL_ERROR_WANT_READ`).
+ */
+#define EVMPM_HANDSHAKE_WANT_READ 1
+
+/*
+ Handshake step verdict: the step needs to write and the socket is full:
+ call it again when the descriptor is writable (`SSL_ERROR_WANT_WRITE`).
+ */
+#define EVMPM_HANDSHAKE_WANT_WRITE 2
+
+/*
+ Handshake step verdict: the handshake failed: close the connection
+ (counted in `handshakes_failed`) without running the handler.
+ */
+#define EVMPM_HANDSHAKE_FAIL -1
 
 /*
  Accept hook verdict: keep the connection.
@@ -386,7 +418,10 @@ typedef void (*evmpm_close_fn)(void *user_data,
  Runs on a worker thread, between handlers, never at the same time as a
  handler for the same connection: it must be fast and must not block or
  call evmpm functions. `user_data` is `evmpm_config.user_data`. Not
- useful for protocols evmpm cannot read (TLS): leave it NULL there.
+ useful for protocols evmpm cannot read: on a TLS listener leave it off
+ (`EVMPM_LISTEN_NO_REQUEST_READY` says why); its handshake step
+ (`evmpm_listener_config.handshake`) is what keeps slow TLS clients off
+ the workers there.
  */
 typedef int (*evmpm_request_ready_fn)(void *user_data,
                                       evmpm_conn conn,
@@ -714,6 +749,24 @@ typedef struct evmpm_stats {
    Connections a listener's accept hook refused (closed at once).
    */
   uint64_t denied;
+  /*
+   Connections whose listener's handshake step has not said
+   `EVMPM_HANDSHAKE_DONE` yet (waiting for the client, or being
+   stepped). Not counted in `conns_reading`.
+   */
+  uint64_t conns_handshake;
+  /*
+   Handshakes done (`EVMPM_HANDSHAKE_DONE`), since start.
+   */
+  uint64_t handshakes;
+  /*
+   Handshakes that failed, since start: the step said
+   `EVMPM_HANDSHAKE_FAIL` (or a value it may not return), or the client
+   reset or closed the connection mid-handshake (a client that
+   connects and closes without a byte, a port probe, counts here too).
+   Handshakes that ran out of time are in `timed_out` instead.
+   */
+  uint64_t handshakes_failed;
 } evmpm_stats;
 
 /*
@@ -780,6 +833,67 @@ typedef int (*evmpm_accept_fn)(void *listener_user,
                                const struct evmpm_conn_info *info);
 
 /*
+ The handshake step (optional, `evmpm_listener_config.handshake`): a TLS
+ handshake, or any preamble (a PROXY-protocol header), taken off the
+ workers' blocking path. With it, a client that is slow to handshake, or
+ never does, holds no worker.
+
+ Each connection the listener accepts is put in non-blocking mode
+ (`O_NONBLOCK`) and waits without a worker. Whenever it is ready for
+ what the step last asked for (readable at first), a worker calls the
+ step, which does what it can without blocking (for OpenSSL:
+ `SSL_do_handshake` on the non-blocking socket) and returns:
+ - `EVMPM_HANDSHAKE_WANT_READ` or `EVMPM_HANDSHAKE_WANT_WRITE`: call it
+   again when `fd` is readable, or writable; the connection waits
+   meanwhile, holding no worker;
+ - `EVMPM_HANDSHAKE_DONE`: `fd` goes back to blocking mode (unless the
+   listener has `EVMPM_LISTEN_NONBLOCK`) and the connection goes on as
+   any new connection does: the handler runs (`EVMPM_WAKE_NEW`) once
+   input waits on the socket, at once if some does already, after the
+   listener's readiness check if any; with `EVMPM_LISTEN_SERVER_FIRST`
+   it runs at once with `EVMPM_WAKE_ACCEPTED`. While it waits for that
+   first request the read timeout applies. The step is never called
+   again for the connection;
+ - `EVMPM_HANDSHAKE_FAIL`: the connection is closed (its close callback
+   runs) without a handler run, counted in `handshakes_failed`. Any
+   other value is taken as `EVMPM_HANDSHAKE_FAIL`.
+
+ The whole handshake, from the accept, must end within the listener's
+ header timeout (`header_timeout_ms`): a client that takes longer is
+ closed and counted in `timed_out`. A client that resets or closes the
+ connection mid-handshake is closed at once, counted in
+ `handshakes_failed`. When the runtime stops, connections still in their
+ handshake are closed as idle ones are.
+
+ Runs on a worker thread, never at the same time as another step or a
+ handler for the same connection, and is not counted as a busy worker:
+ it must not block (the descriptor is non-blocking; do no other blocking
+ call). `conn_user` is the pointer set with `evmpm_conn_set_user` (NULL
+ on the first call, unless the accept hook set one): the step may set
+ its per-connection state there on its first call (an `SSL *`), and
+ free it in the close callback, which runs for every connection,
+ whether its handshake finished or not. It may call
+ `evmpm_conn_set_user`, `evmpm_conn_get_user`, `evmpm_conn_get_info`,
+ `evmpm_conn_fd`, `evmpm_conn_set_timeouts`, `evmpm_notify` and
+ `evmpm_get_stats`; not `evmpm_park_keepalive`, the complete-writes,
+ `evmpm_close` or `evmpm_suspend` (`EVMPM_ESTATE`: no handler holds the
+ connection). An `evmpm_notify` while the handshake is not done is
+ delivered once it is (the handler then runs with
+ `EVMPM_WAKE_NOTIFIED`): a step that read past its preamble (input the
+ socket will not announce again) can ask for the handler's run that
+ way.
+
+ The step should leave on the socket what follows the handshake (TLS
+ libraries read record by record, so they do: keep OpenSSL's
+ `read_ahead` off). `listener_user` is the listener's `user_data`.
+ */
+typedef int (*evmpm_handshake_fn)(void *listener_user,
+                                  struct evmpm_runtime *rt,
+                                  evmpm_conn conn,
+                                  int fd,
+                                  void *conn_user);
+
+/*
  Per-listener settings for `evmpm_register_listener_ex`. Fill with
  `evmpm_listener_config_init(&lc, sizeof lc)` first: its defaults make
  the listener behave as one given to `evmpm_register_listener`. May gain
@@ -830,10 +944,17 @@ typedef struct evmpm_listener_config {
    */
   uint32_t write_timeout_ms;
   /*
-   This listener's header timeout (with a readiness check); 0: the
-   runtime's; `EVMPM_TIMEOUT_NONE`: never.
+   This listener's header timeout (with a readiness check, and for the
+   handshake); 0: the runtime's; `EVMPM_TIMEOUT_NONE`: never.
    */
   uint32_t header_timeout_ms;
+  /*
+   The handshake step of this listener's connections (a TLS handshake,
+   a PROXY-protocol header, any preamble), driven without blocking
+   before the handler first runs. Default NULL (none). See
+   `evmpm_handshake_fn`.
+   */
+  evmpm_handshake_fn handshake;
 } evmpm_listener_config;
 
 #ifdef __cplusplus
@@ -1214,9 +1335,10 @@ evmpm_error evmpm_listener_config_init(struct evmpm_listener_config *lc,
 
 /*
  `evmpm_register_listener` with per-listener settings: the host's pointer
- for the listener, an accept hook, its own readiness check (or none),
- non-blocking accepted descriptors, a server that speaks first, no
- lingering close, and its own timeouts (see `evmpm_listener_config`).
+ for the listener, an accept hook, a handshake step (TLS) that holds no
+ worker, its own readiness check (or none), non-blocking accepted
+ descriptors, a server that speaks first, no lingering close, and its
+ own timeouts (see `evmpm_listener_config`).
  Two listeners of one runtime may differ in all of them (an HTTPS port
  beside a plain one). Everything `evmpm_register_listener` says holds
  here too.

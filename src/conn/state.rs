@@ -26,7 +26,7 @@
 //! | state | owner | Apache event MPM equivalent |
 //! |---|---|---|
 //! | Reading | nobody acts until it is readable: armed in the workers' epoll set; the worker that gets the event takes it by CAS, and the event thread by CAS at its timeout | (accept) |
-//! | ReadingCheck, KeepaliveCheck | the worker checking for a whole request (`request_ready`) | |
+//! | ReadingCheck, KeepaliveCheck | the worker stepping the handshake (ReadingCheck only) or checking for a whole request (`request_ready`) | |
 //! | Queued | the run queue: handed back or holding buffered input, waiting for a worker | (worker queue) |
 //! | Handler | a worker, running the handler | CONN_STATE_READ_REQUEST_LINE/handler |
 //! | *Req | a worker, handler still running, next step recorded | |
@@ -66,9 +66,10 @@ pub enum State {
     Writing,
     Lingering,
     Closing,
-    /// A worker took a new connection that became readable and checks
-    /// whether a whole request is there (`request_ready`); it goes on to
-    /// Handler, or back to Reading.
+    /// A worker took a new connection that became readable (or, in its
+    /// handshake, writable), steps its handshake if it is not done, and
+    /// checks whether a whole request is there (`request_ready`); it goes
+    /// on to Handler, or back to Reading.
     ReadingCheck,
     /// As ReadingCheck, for a connection parked in keep-alive.
     KeepaliveCheck,

@@ -277,6 +277,11 @@ pub struct Slot {
     /// readiness may still be reported: the next readable event for it is
     /// checked with a peek before a handler runs. Owner only.
     recheck: AtomicBool,
+    /// The listener's handshake step has not said done yet: set at accept
+    /// for a listener with one, cleared by the worker whose step says done.
+    /// Read by any thread (a notify, the stop, a snapshot); written by the
+    /// event thread before the connection is published, then by its owner.
+    handshake_pending: AtomicBool,
 }
 
 /// The most bytes of a client's address a slot keeps: a `sockaddr_in6`
@@ -317,6 +322,7 @@ impl Slot {
             close_how: AtomicU32::new(0),
             notify_pending: AtomicBool::new(false),
             recheck: AtomicBool::new(false),
+            handshake_pending: AtomicBool::new(false),
         }
     }
 
@@ -475,6 +481,7 @@ impl Slot {
         peer: &[u8],
         timeouts_ms: [u32; 5],
         close_how: u32,
+        handshake: bool,
     ) {
         self.listener.store(listener, Ordering::Relaxed);
         let mut words = [0u64; PEER_WORDS];
@@ -492,6 +499,18 @@ impl Slot {
         self.close_how.store(close_how, Ordering::Relaxed);
         self.notify_pending.store(false, Ordering::Relaxed);
         self.recheck.store(false, Ordering::Relaxed);
+        self.handshake_pending.store(handshake, Ordering::Relaxed);
+    }
+
+    /// True until the listener's handshake step says done (false on a
+    /// listener without one).
+    pub fn handshake_pending(&self) -> bool {
+        self.handshake_pending.load(Ordering::Acquire)
+    }
+
+    /// The handshake is done (its owner, before handing it on).
+    pub fn handshake_done(&self) {
+        self.handshake_pending.store(false, Ordering::Release);
     }
 
     /// The listener index recorded at accept.

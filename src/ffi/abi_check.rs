@@ -97,6 +97,9 @@ fn struct_layouts_match() {
         handlers_blocked,
         blocked_replaced,
         denied,
+        conns_handshake,
+        handshakes,
+        handshakes_failed,
     });
     same_layout!(evmpm_listener_config {
         size,
@@ -108,6 +111,7 @@ fn struct_layouts_match() {
         keepalive_timeout_ms,
         write_timeout_ms,
         header_timeout_ms,
+        handshake,
     });
     same_layout!(evmpm_conn_info {
         listener_fd,
@@ -164,6 +168,10 @@ fn constants_match() {
         EVMPM_CLOSE_RESET,
         EVMPM_ACCEPT_CONTINUE,
         EVMPM_ACCEPT_REFUSE,
+        EVMPM_HANDSHAKE_DONE,
+        EVMPM_HANDSHAKE_WANT_READ,
+        EVMPM_HANDSHAKE_WANT_WRITE,
+        EVMPM_HANDSHAKE_FAIL,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,

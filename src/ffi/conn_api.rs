@@ -35,9 +35,10 @@ pub unsafe extern "C" fn evmpm_listener_config_init(
 }
 
 /// `evmpm_register_listener` with per-listener settings: the host's pointer
-/// for the listener, an accept hook, its own readiness check (or none),
-/// non-blocking accepted descriptors, a server that speaks first, no
-/// lingering close, and its own timeouts (see `evmpm_listener_config`).
+/// for the listener, an accept hook, a handshake step (TLS) that holds no
+/// worker, its own readiness check (or none), non-blocking accepted
+/// descriptors, a server that speaks first, no lingering close, and its
+/// own timeouts (see `evmpm_listener_config`).
 /// Two listeners of one runtime may differ in all of them (an HTTPS port
 /// beside a plain one). Everything `evmpm_register_listener` says holds
 /// here too.

@@ -289,6 +289,17 @@ pub fn set_rcvlowat(fd: i32, bytes: i32) -> io::Result<()> {
     .map(|_| ())
 }
 
+/// Bytes waiting in the socket's receive queue (FIONREAD); 0 if the query
+/// fails.
+pub fn queued_input(fd: i32) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the live pointer.
+    match syscall!(ioctl(fd, libc::FIONREAD, &mut queued as *mut libc::c_int)) {
+        Ok(_) => queued.max(0) as usize,
+        Err(_) => 0,
+    }
+}
+
 /// Bytes in the socket's send queue, not yet acknowledged by the peer
 /// (SIOCOUTQ). 0 if the query fails, which only makes a stalled write
 /// look stalled.
@@ -345,6 +356,16 @@ pub fn set_nonblocking(fd: i32) -> io::Result<()> {
     let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
     if flags & libc::O_NONBLOCK == 0 {
         syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// Clears O_NONBLOCK: a connection accepted non-blocking for its handshake
+/// step goes back to the blocking mode its handler expects.
+pub fn set_blocking(fd: i32) -> io::Result<()> {
+    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    if flags & libc::O_NONBLOCK != 0 {
+        syscall!(fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK))?;
     }
     Ok(())
 }

@@ -1,12 +1,14 @@
 //! A worker thread: waits in the pool's epoll set, takes the connection
-//! that became readable, checks it holds a whole request, runs the
-//! handler, and carries out what the handler decided.
+//! that became readable, steps its handshake (if its listener has one and
+//! it is not done), checks it holds a whole request, runs the handler, and
+//! carries out what the handler decided.
 
 use super::{Job, Work, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
-    EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
+    EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_ACCEPTED, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
 };
+use crate::handshake::Step;
 use crate::message::{CloseHow, Handoff};
 use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
@@ -93,6 +95,9 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
     let peer_closed = flags & (epoll::HANGUP | epoll::PEER_CLOSED) != 0;
     if flags & epoll::ERROR != 0 || (peer_closed && peer_gone(fd)) {
         // Nothing to serve.
+        if slot.handshake_pending() {
+            Counters::bump(&rt.counters.handshakes_failed);
+        }
         return close(rt, h, slot, checking, CloseHow::Abort);
     }
     if slot.take_recheck() && !peer_closed && !has_input(fd) {
@@ -103,6 +108,31 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
     let Some(listener) = rt.listeners.get(slot.listener()) else {
         return close(rt, h, slot, checking, CloseHow::Abort);
     };
+    if slot.handshake_pending() {
+        if rt.is_stopping() {
+            // No request yet: idle, and owed nothing (see `begin_stop`).
+            return close(rt, h, slot, checking, CloseHow::Abort);
+        }
+        match crate::handshake::step(rt, listener, slot, h, fd) {
+            Step::Done if listener.server_first() => {
+                if slot.transition(h, checking, State::Handler).is_ok() {
+                    run_handler(rt, id, h, slot, EVMPM_WAKE_ACCEPTED);
+                }
+                return;
+            }
+            // Its first request may have come with the handshake's end.
+            Step::Done if has_input(fd) => {}
+            Step::Done => return wait_more(rt, h, slot, checking, state, false),
+            Step::WantRead if peer_closed => {
+                // The rest can never arrive.
+                Counters::bump(&rt.counters.handshakes_failed);
+                return close(rt, h, slot, checking, CloseHow::Quick);
+            }
+            Step::WantRead => return wait_step(rt, h, slot, checking, false),
+            Step::WantWrite => return wait_step(rt, h, slot, checking, true),
+            Step::Fail => return close(rt, h, slot, checking, CloseHow::Quick),
+        }
+    }
     match readiness.check(
         listener.request_ready,
         listener.ready_user,
@@ -172,6 +202,29 @@ fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, checking: State, state: State
         // The timeout keeps counting from the stamp already in the slot.
         Ok(()) => Handoff::Watch(kind),
         Err(_) => match slot.transition(h, state, State::Closing) {
+            Ok(()) => rt.close_owned(h, slot, CloseHow::Abort),
+            Err(_) => Handoff::None,
+        },
+    };
+    rt.hand_over(h, handoff);
+}
+
+/// The handshake step wants to read (or, `write`, to write) and cannot
+/// yet: gives the connection back to the pool's set, armed for that, under
+/// the header timeout that runs from its accept.
+fn wait_step(rt: &Runtime, h: Handle, slot: &Slot, checking: State, write: bool) {
+    if slot.transition(h, checking, State::Reading).is_err() {
+        return;
+    }
+    let interest = if write {
+        epoll::WRITABLE | epoll::ONESHOT
+    } else {
+        epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT
+    };
+    // From here the connection is the pool's and the event thread's.
+    let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
+        Ok(()) => Handoff::Watch(Kind::Header),
+        Err(_) => match slot.transition(h, State::Reading, State::Closing) {
             Ok(()) => rt.close_owned(h, slot, CloseHow::Abort),
             Err(_) => Handoff::None,
         },

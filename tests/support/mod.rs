@@ -104,6 +104,58 @@ pub fn build_c(name: &str, sources: &[&str], extra: &[&str]) -> PathBuf {
 /// `build_c` with these include directories only (a program built against
 /// another header than `include/evmpm.h`, say).
 pub fn build_c_with(name: &str, sources: &[&str], extra: &[&str], includes: &[PathBuf]) -> PathBuf {
+    build_c_linked(name, sources, extra, includes, &[])
+}
+
+/// The file server example, built with HTTPS (`--tls`) where OpenSSL 3's
+/// headers and libraries are present, without it elsewhere.
+pub fn build_fileserver() -> PathBuf {
+    let includes = [repo().join("include"), repo().join("c-tests")];
+    let sources = ["examples-c/fileserver.c"];
+    if openssl_present() {
+        build_c_linked(
+            "fileserver",
+            &sources,
+            &["-DFILESERVER_TLS"],
+            &includes,
+            &["-lssl", "-lcrypto"],
+        )
+    } else {
+        build_c_with("fileserver", &sources, &[], &includes)
+    }
+}
+
+/// True when a C program can include OpenSSL 3's headers and link its
+/// libraries (libssl-dev on Debian): the TLS example and its tests need
+/// it; the library never does.
+pub fn openssl_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        let dir = out_dir();
+        let probe = dir.join("openssl_probe.c");
+        std::fs::write(
+            &probe,
+            "#include <openssl/ssl.h>\n\
+             #if OPENSSL_VERSION_NUMBER < 0x30000000L\n#error old\n#endif\n\
+             int main(void) { return OPENSSL_init_ssl(0, NULL) == 1 ? 0 : 1; }\n",
+        )
+        .expect("write the OpenSSL probe");
+        let mut cmd = compiler(false).to_command();
+        cmd.arg(&probe)
+            .args(["-lssl", "-lcrypto", "-o"])
+            .arg(dir.join("openssl_probe"));
+        cmd.output().is_ok_and(|o| o.status.success())
+    })
+}
+
+/// `build_c_with`, linking `libs` (`-lname`) after `libevmpm.a`.
+pub fn build_c_linked(
+    name: &str,
+    sources: &[&str],
+    extra: &[&str],
+    includes: &[PathBuf],
+    libs: &[&str],
+) -> PathBuf {
     let out = out_dir().join(name);
     let mut cmd = compiler(false).to_command();
     cmd.args([
@@ -126,6 +178,7 @@ pub fn build_c_with(name: &str, sources: &[&str], extra: &[&str], includes: &[Pa
         cmd.arg(repo().join(s));
     }
     cmd.arg(static_lib())
+        .args(libs)
         .args(native_libs())
         .arg("-o")
         .arg(&out);
