@@ -103,6 +103,13 @@
 #define EVMPM_LOG_WARNING 2
 
 /*
+ A timeout with no deadline: never. `evmpm_stop(rt, EVMPM_TIMEOUT_NONE)`
+ waits however long the connections take and never forces one closed;
+ a timeout field or argument documented to take it never expires.
+ */
+#define EVMPM_TIMEOUT_NONE UINT32_MAX
+
+/*
  The result of every evmpm function that can fail: `EVMPM_OK` (0) or a
  negative code. `evmpm_strerror` describes each. New codes may be added in
  later versions; treat an unknown negative value as a failure.
@@ -678,10 +685,13 @@ evmpm_error evmpm_start(struct evmpm_runtime *rt);
  Returns when every connection is closed, or at the deadline
  `timeout_ms` from now: then every remaining connection is closed by
  force (sockets of handlers still running are shut down so blocked reads
- return), and the call returns after at most ~100 ms more. Before it
- returns, every connection not held by a stuck handler is closed and its
- close callback has run, on this thread if no other closed it; host calls
- from then on return `EVMPM_ESTOPPED`.
+ return), and the call returns after at most ~100 ms more. With
+ `EVMPM_TIMEOUT_NONE` there is no deadline: the call returns only once
+ every connection is closed, however long its handler or the host (a
+ suspended connection) takes, and never forces one. Before it returns,
+ every connection not held by a stuck handler is closed and its close
+ callback has run, on this thread if no other closed it; host calls from
+ then on return `EVMPM_ESTOPPED`.
 
  Threads: any but the runtime's own, and not from inside any callback of
  this runtime on whatever thread it runs (a close callback run by a host

@@ -8,7 +8,7 @@ use crate::conn::{Handle, State, Table};
 use crate::error::Error;
 use crate::event_loop;
 use crate::failure::FaultPoint;
-use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR};
+use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR, EVMPM_TIMEOUT_NONE};
 use crate::message::{CloseHow, Msg};
 use crate::stats::Counters;
 use crate::sys::{self, epoll::Epoll, socket};
@@ -466,11 +466,12 @@ impl Runtime {
             }
             Phase::Running => {
                 self.set_phase(Phase::Stopping);
-                self.inbox.push(Msg::Stop {
-                    deadline_ns: self
-                        .now_ns()
-                        .saturating_add(u64::from(timeout_ms) * 1_000_000),
-                });
+                // No deadline: one the event thread never reaches.
+                let deadline_ns = match timeout_ms {
+                    EVMPM_TIMEOUT_NONE => u64::MAX,
+                    ms => self.now_ns().saturating_add(u64::from(ms) * 1_000_000),
+                };
+                self.inbox.push(Msg::Stop { deadline_ns });
                 self.waker.wake();
             }
             // Only a runtime that stopped itself after an internal error is
@@ -479,7 +480,8 @@ impl Runtime {
             Phase::Stopping if threads.event.is_some() || threads.workers_started => {}
             Phase::Stopping | Phase::Stopped => return Err(Error::Stopped),
         }
-        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        let deadline = (timeout_ms != EVMPM_TIMEOUT_NONE)
+            .then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)));
         let mut forced = false;
         if let Some(h) = threads.event.take() {
             // The event thread enforces the deadline itself, so this join
@@ -492,10 +494,16 @@ impl Runtime {
         // A worker outside any handler only has to be scheduled to exit, so
         // it is waited for however loaded the machine is: only a handler can
         // be stuck, and only a stuck handler makes the stop time out.
-        let grace = deadline.max(Instant::now()) + Duration::from_millis(100);
+        // Without a deadline every worker is waited for, however long its
+        // handler takes.
+        let grace = deadline.map(|d| d.max(Instant::now()) + Duration::from_millis(100));
         let (lock, cv) = &self.workers_running;
         let mut running = lock.lock().unwrap_or_else(|p| p.into_inner());
         while *running > 0 {
+            let Some(grace) = grace else {
+                running = cv.wait(running).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
             let now = Instant::now();
             if now >= grace && self.workers.busy() > 0 {
                 break;

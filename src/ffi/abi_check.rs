@@ -127,6 +127,7 @@ fn constants_match() {
         EVMPM_IOV_MAX,
         EVMPM_LOG_ERROR,
         EVMPM_LOG_WARNING,
+        EVMPM_TIMEOUT_NONE,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,

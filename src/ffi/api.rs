@@ -183,10 +183,13 @@ pub unsafe extern "C" fn evmpm_start(rt: *mut evmpm_runtime) -> evmpm_error {
 /// Returns when every connection is closed, or at the deadline
 /// `timeout_ms` from now: then every remaining connection is closed by
 /// force (sockets of handlers still running are shut down so blocked reads
-/// return), and the call returns after at most ~100 ms more. Before it
-/// returns, every connection not held by a stuck handler is closed and its
-/// close callback has run, on this thread if no other closed it; host calls
-/// from then on return `EVMPM_ESTOPPED`.
+/// return), and the call returns after at most ~100 ms more. With
+/// `EVMPM_TIMEOUT_NONE` there is no deadline: the call returns only once
+/// every connection is closed, however long its handler or the host (a
+/// suspended connection) takes, and never forces one. Before it returns,
+/// every connection not held by a stuck handler is closed and its close
+/// callback has run, on this thread if no other closed it; host calls from
+/// then on return `EVMPM_ESTOPPED`.
 ///
 /// Threads: any but the runtime's own, and not from inside any callback of
 /// this runtime on whatever thread it runs (a close callback run by a host

@@ -426,3 +426,8 @@ pub const EVMPM_IOV_MAX: c_int = 1024;
 pub const EVMPM_LOG_ERROR: c_int = 1;
 /// Log level: something an operator should know of.
 pub const EVMPM_LOG_WARNING: c_int = 2;
+
+/// A timeout with no deadline: never. `evmpm_stop(rt, EVMPM_TIMEOUT_NONE)`
+/// waits however long the connections take and never forces one closed;
+/// a timeout field or argument documented to take it never expires.
+pub const EVMPM_TIMEOUT_NONE: u32 = u32::MAX;
