@@ -33,8 +33,8 @@ pub enum Phase {
 }
 
 /// A runtime's shared state. The C side's `evmpm_runtime *` points at this
-/// (an `Arc` the host holds one count of), so callbacks from a handler that
-/// outlives `evmpm_destroy` still see a valid runtime.
+/// (an `Arc` the host holds one count of, each runtime thread another);
+/// `evmpm_destroy` joins every thread before it drops the host's count.
 pub struct Runtime {
     pub config: Config,
     pub table: Table,
@@ -519,12 +519,11 @@ impl Runtime {
         }
         let stuck = *running > 0;
         drop(running);
-        let handles = self.workers.take_handles();
         if !stuck {
-            for h in handles {
+            for h in self.workers.take_handles() {
                 let _ = h.join();
             }
-        } // else let go: those threads hold their own reference to the runtime
+        } // else kept for `evmpm_destroy`, which waits for them (`join_all`)
         threads.workers_started = false;
         if let Some(h) = threads.monitor.take() {
             let _ = h.join();
@@ -538,6 +537,35 @@ impl Runtime {
             Err(Error::TimedOut)
         } else {
             Ok(())
+        }
+    }
+
+    /// The end of `evmpm_destroy`, after its stop: waits for every worker
+    /// thread the stop gave up on (a handler stuck past the deadline) to
+    /// exit, then closes, with their callbacks, the connections those
+    /// handlers left open. When this returns no thread of the runtime runs
+    /// any more (the stop joined the event thread and the monitor), so none
+    /// of the host's callbacks runs again for this runtime.
+    pub fn join_all(&self) {
+        // Close callbacks the final sweep runs here are inside the runtime.
+        let _inside = InsideStop::enter(self);
+        let mut waited = false;
+        // A worker that started another thread kept its handle before it
+        // exited: joining it brings that handle into the next round.
+        loop {
+            let handles = self.workers.take_handles();
+            if handles.is_empty() {
+                break;
+            }
+            waited = true;
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+        if waited {
+            // The stop's sweep left their connections to them; what they
+            // did not close goes now, with no thread left to race.
+            self.sweep(false);
         }
     }
 

@@ -701,7 +701,7 @@ evmpm_error evmpm_start(struct evmpm_runtime *rt);
  `EVMPM_ESTOPPED` (already stopped), `EVMPM_ETIMEDOUT` (the deadline
  forced connections closed, or a handler had not returned; the runtime is
  stopped all the same, and such a handler's connection is closed when it
- returns), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
+ returns, which `evmpm_destroy` waits for), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
  internal error, as `evmpm_stats.internal_errors` and the log callback
  tell; it is stopped, every connection closed).
  */
@@ -711,14 +711,26 @@ evmpm_error evmpm_stop(struct evmpm_runtime *rt,
 /*
  Frees the runtime. If it is still running it is first stopped with a
  deadline of 0 (every connection closed at once, close callbacks run).
- NULL is accepted and ignored.
+ Then it waits for every thread of the runtime to exit. NULL is accepted
+ and ignored.
+
+ Once `evmpm_destroy` returns, no callback of this runtime runs or will
+ ever run, on any thread: no handler, `on_close`, `request_ready`,
+ `release` or `log`. The host may free `user_data` and whatever its
+ callbacks use.
+
+ It blocks until every handler has returned. A handler stuck past
+ `evmpm_stop`'s deadline holds it up: the forced stop shut that
+ handler's socket down, so one blocked on its own connection returns;
+ one blocked elsewhere (a lock, a backend, a sleep) must be released by
+ the host from another thread. Its connection is then closed and its
+ close callback run before this returns.
 
  Threads: any but the runtime's own, and not from inside any callback of
  this runtime on whatever thread it runs: such a call does nothing and
  returns `EVMPM_ETHREAD`. No other call with `rt` may be in progress or
  follow on any thread.
- Ownership: `rt` is invalid afterwards. A handler that was stuck past
- `evmpm_stop`'s deadline keeps the runtime's memory alive until it returns.
+ Ownership: `rt` is invalid afterwards.
  Errors: `EVMPM_ETHREAD`.
  */
 evmpm_error evmpm_destroy(struct evmpm_runtime *rt);
