@@ -110,6 +110,17 @@
 #define EVMPM_TIMEOUT_NONE UINT32_MAX
 
 /*
+ Thread hook kind: a worker thread, which runs handlers.
+ */
+#define EVMPM_THREAD_WORKER 1
+
+/*
+ Thread hook kind: the event thread, which accepts and watches idle
+ connections.
+ */
+#define EVMPM_THREAD_EVENT 2
+
+/*
  The result of every evmpm function that can fail: `EVMPM_OK` (0) or a
  negative code. `evmpm_strerror` describes each. New codes may be added in
  later versions; treat an unknown negative value as a failure.
@@ -330,6 +341,39 @@ typedef void (*evmpm_log_fn)(void *user_data,
                              const char *message);
 
 /*
+ A thread hook (optional: `evmpm_config.on_thread_start` and
+ `evmpm_config.on_thread_stop`). Where a server that ran a thread per
+ connection did its per-thread setup and teardown (thread-local state, a
+ database handle, a thread name, its thread-exit hook), it does them here.
+
+ `on_thread_start` runs on each new thread of the runtime before the
+ thread serves anything: before a worker takes its first connection,
+ before the event thread accepts. `on_thread_stop` runs on that thread as
+ it exits, whatever the reason: a spare worker leaving after 2 s without
+ work, `evmpm_stop`, `evmpm_destroy`, or an `evmpm_start` that failed
+ part-way. Each runs exactly once per thread, stop after start; a thread
+ that ran its start hook runs its stop hook, by the time `evmpm_destroy`
+ returns at the latest.
+
+ Threads: the runtime's worker threads (`kind` `EVMPM_THREAD_WORKER`,
+ `id` the worker's id, from 0; a thread started later may take the id
+ of one that left, only once that one's stop hook has returned) and its
+ event thread (`EVMPM_THREAD_EVENT`, `id` 0). The pool's monitor thread,
+ which runs no host code but the log callback after an internal error,
+ has none.
+
+ A hook may block briefly, but its thread waits meanwhile: a worker's
+ start hook delays the thread that was started for a blocked handler, the
+ event thread's delays accepting. It must not call `evmpm_stop` or
+ `evmpm_destroy` (they return `EVMPM_ETHREAD`). `user_data` is
+ `evmpm_config.user_data`; `rt` is the runtime.
+ */
+typedef void (*evmpm_thread_fn)(void *user_data,
+                                struct evmpm_runtime *rt,
+                                int kind,
+                                uint32_t id);
+
+/*
  Runtime settings. Fill with `evmpm_config_init(&cfg, sizeof cfg)` first,
  then change what you need.
 
@@ -356,6 +400,7 @@ typedef void (*evmpm_log_fn)(void *user_data,
  | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
  | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
  | log | NULL (silent) | ErrorLog |
+ | on_thread_start, on_thread_stop | NULL | (none per thread: child_init is per process) |
  */
 typedef struct evmpm_config {
   /*
@@ -460,6 +505,16 @@ typedef struct evmpm_config {
    `worker_threads` is used.
    */
   uint32_t running_threads;
+  /*
+   Runs on each new worker and event thread before it serves anything
+   (see `evmpm_thread_fn`). Optional (NULL).
+   */
+  evmpm_thread_fn on_thread_start;
+  /*
+   Runs on each worker and event thread as it exits, whatever the
+   reason (see `evmpm_thread_fn`). Optional (NULL).
+   */
+  evmpm_thread_fn on_thread_stop;
 } evmpm_config;
 
 /*
@@ -592,7 +647,10 @@ typedef struct evmpm_stats {
    */
   uint64_t internal_errors;
   /*
-   Worker threads started (they stay until the stop).
+   Worker threads alive: `running_threads`, and more while handlers
+   block; a spare not needed for 2 s leaves, and every one leaves at
+   the stop (one whose handler is stuck past the deadline once it
+   returns).
    */
   uint64_t worker_threads;
   /*
@@ -711,20 +769,20 @@ evmpm_error evmpm_stop(struct evmpm_runtime *rt,
 /*
  Frees the runtime. If it is still running it is first stopped with a
  deadline of 0 (every connection closed at once, close callbacks run).
- Then it waits for every thread of the runtime to exit. NULL is accepted
- and ignored.
+ Then it waits for every thread of the runtime to exit, each running its
+ `on_thread_stop` hook. NULL is accepted and ignored.
 
  Once `evmpm_destroy` returns, no callback of this runtime runs or will
  ever run, on any thread: no handler, `on_close`, `request_ready`,
- `release` or `log`. The host may free `user_data` and whatever its
- callbacks use.
+ `release`, `log`, `on_thread_start` or `on_thread_stop`. The host may
+ free `user_data` and whatever its callbacks use.
 
  It blocks until every handler has returned. A handler stuck past
  `evmpm_stop`'s deadline holds it up: the forced stop shut that
  handler's socket down, so one blocked on its own connection returns;
  one blocked elsewhere (a lock, a backend, a sleep) must be released by
- the host from another thread. Its connection is then closed and its
- close callback run before this returns.
+ the host from another thread. Its connection is then closed, its close
+ callback run, and its thread's stop hook run, all before this returns.
 
  Threads: any but the runtime's own, and not from inside any callback of
  this runtime on whatever thread it runs: such a call does nothing and

@@ -4,6 +4,7 @@
 use crate::error::Error;
 use crate::ffi::types::{
     evmpm_close_fn, evmpm_config, evmpm_log_fn, evmpm_request_ready_fn, evmpm_runtime,
+    evmpm_thread_fn,
 };
 use libc::{c_int, c_void};
 use std::mem::size_of;
@@ -45,6 +46,8 @@ pub fn defaults() -> evmpm_config {
         request_peek_bytes: 8192,
         log: None,
         running_threads: 0,
+        on_thread_start: None,
+        on_thread_stop: None,
     }
 }
 
@@ -123,6 +126,8 @@ pub struct Config {
     pub header_ns: u64,
     pub peek_bytes: usize,
     pub log: evmpm_log_fn,
+    pub thread_start: evmpm_thread_fn,
+    pub thread_stop: evmpm_thread_fn,
 }
 
 const MS: u64 = 1_000_000;
@@ -173,6 +178,8 @@ impl Config {
             header_ns: u64::from(c.header_timeout_ms) * MS,
             peek_bytes: c.request_peek_bytes as usize,
             log: c.log,
+            thread_start: c.on_thread_start,
+            thread_stop: c.on_thread_stop,
         })
     }
 }
@@ -196,6 +203,22 @@ mod tests {
         assert_eq!(c.workers, 256);
         assert!(c.running >= 1 && c.running <= 256);
         assert_eq!(c.keepalive_ns, 5_000 * MS);
+    }
+
+    unsafe extern "C" fn hook(_: *mut c_void, _: *mut evmpm_runtime, _: c_int, _: u32) {}
+
+    /// The thread hooks are off by default and carried over as set.
+    #[test]
+    fn thread_hooks_default_to_null_and_are_kept() {
+        let c = Config::from_c(&valid()).ok().unwrap();
+        assert!(c.thread_start.is_none() && c.thread_stop.is_none());
+        let set = evmpm_config {
+            on_thread_start: Some(hook),
+            on_thread_stop: Some(hook),
+            ..valid()
+        };
+        let c = Config::from_c(&set).ok().unwrap();
+        assert!(c.thread_start.is_some() && c.thread_stop.is_some());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use crate::conn::{Handle, State, Table};
 use crate::error::Error;
 use crate::event_loop;
 use crate::failure::FaultPoint;
-use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR, EVMPM_TIMEOUT_NONE};
+use crate::ffi::types::{
+    evmpm_runtime, evmpm_thread_fn, EVMPM_LOG_ERROR, EVMPM_THREAD_EVENT, EVMPM_TIMEOUT_NONE,
+};
 use crate::message::{CloseHow, Msg};
 use crate::stats::Counters;
 use crate::sys::{self, epoll::Epoll, socket};
@@ -180,6 +182,16 @@ impl Runtime {
         // SAFETY: the host's callback with the documented arguments; the
         // message lives until it returns.
         unsafe { log(self.config.user_data.0, level, text.as_ptr()) };
+    }
+
+    /// Runs the host's thread hook `hook` (`on_thread_start` or
+    /// `on_thread_stop`), if it set one, on the calling thread: `kind` is an
+    /// `EVMPM_THREAD_*` value, `id` the worker's id (0 for the event thread).
+    pub fn thread_hook(&self, hook: evmpm_thread_fn, kind: libc::c_int, id: usize) {
+        let Some(hook) = hook else { return };
+        // SAFETY: the host's callback with the arguments the header
+        // documents; the runtime outlives the call (the caller holds it).
+        unsafe { hook(self.config.user_data.0, self.as_c_ptr(), kind, id as u32) };
     }
 
     /// An internal panic was caught: count it, say so, and stop the runtime
@@ -397,7 +409,13 @@ impl Runtime {
         let rt = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("evmpm-event".into())
-            .spawn(move || event_loop::run(rt));
+            .spawn(move || {
+                mark_current_thread(&rt);
+                rt.thread_hook(rt.config.thread_start, EVMPM_THREAD_EVENT, 0);
+                let forced = event_loop::run(Arc::clone(&rt));
+                rt.thread_hook(rt.config.thread_stop, EVMPM_THREAD_EVENT, 0);
+                forced
+            });
         match spawned {
             Ok(h) => threads.event = Some(h),
             Err(e) => {

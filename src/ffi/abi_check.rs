@@ -68,6 +68,9 @@ fn struct_layouts_match() {
         header_timeout_ms,
         request_peek_bytes,
         log,
+        running_threads,
+        on_thread_start,
+        on_thread_stop,
     });
     same_layout!(evmpm_stats {
         connections,
@@ -91,6 +94,9 @@ fn struct_layouts_match() {
         accept_backoffs,
         accepting_paused,
         internal_errors,
+        worker_threads,
+        handlers_blocked,
+        blocked_replaced,
     });
     same_layout!(evmpm_iovec { base, len });
     // The fields of `struct iovec`, in its order: a host's iovec array
@@ -128,6 +134,8 @@ fn constants_match() {
         EVMPM_LOG_ERROR,
         EVMPM_LOG_WARNING,
         EVMPM_TIMEOUT_NONE,
+        EVMPM_THREAD_WORKER,
+        EVMPM_THREAD_EVENT,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,

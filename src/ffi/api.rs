@@ -212,20 +212,20 @@ pub unsafe extern "C" fn evmpm_stop(rt: *mut evmpm_runtime, timeout_ms: u32) -> 
 
 /// Frees the runtime. If it is still running it is first stopped with a
 /// deadline of 0 (every connection closed at once, close callbacks run).
-/// Then it waits for every thread of the runtime to exit. NULL is accepted
-/// and ignored.
+/// Then it waits for every thread of the runtime to exit, each running its
+/// `on_thread_stop` hook. NULL is accepted and ignored.
 ///
 /// Once `evmpm_destroy` returns, no callback of this runtime runs or will
 /// ever run, on any thread: no handler, `on_close`, `request_ready`,
-/// `release` or `log`. The host may free `user_data` and whatever its
-/// callbacks use.
+/// `release`, `log`, `on_thread_start` or `on_thread_stop`. The host may
+/// free `user_data` and whatever its callbacks use.
 ///
 /// It blocks until every handler has returned. A handler stuck past
 /// `evmpm_stop`'s deadline holds it up: the forced stop shut that
 /// handler's socket down, so one blocked on its own connection returns;
 /// one blocked elsewhere (a lock, a backend, a sleep) must be released by
-/// the host from another thread. Its connection is then closed and its
-/// close callback run before this returns.
+/// the host from another thread. Its connection is then closed, its close
+/// callback run, and its thread's stop hook run, all before this returns.
 ///
 /// Threads: any but the runtime's own, and not from inside any callback of
 /// this runtime on whatever thread it runs: such a call does nothing and

@@ -242,6 +242,7 @@ pub type evmpm_log_fn =
 /// | header_timeout_ms | 20000 | RequestReadTimeout header=20 |
 /// | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
 /// | log | NULL (silent) | ErrorLog |
+/// | on_thread_start, on_thread_stop | NULL | (none per thread: child_init is per process) |
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct evmpm_config {
@@ -311,6 +312,12 @@ pub struct evmpm_config {
     /// one per CPU the process may run on. 0 to 4096; at most
     /// `worker_threads` is used.
     pub running_threads: u32,
+    /// Runs on each new worker and event thread before it serves anything
+    /// (see `evmpm_thread_fn`). Optional (NULL).
+    pub on_thread_start: evmpm_thread_fn,
+    /// Runs on each worker and event thread as it exits, whatever the
+    /// reason (see `evmpm_thread_fn`). Optional (NULL).
+    pub on_thread_stop: evmpm_thread_fn,
 }
 
 /// A snapshot of a runtime's counters, as mod_status shows them and more.
@@ -370,7 +377,10 @@ pub struct evmpm_stats {
     /// Internal errors (bugs in evmpm) caught. After the first the runtime
     /// stops itself; the log callback has the details.
     pub internal_errors: u64,
-    /// Worker threads started (they stay until the stop).
+    /// Worker threads alive: `running_threads`, and more while handlers
+    /// block; a spare not needed for 2 s leaves, and every one leaves at
+    /// the stop (one whose handler is stuck past the deadline once it
+    /// returns).
     pub worker_threads: u64,
     /// Handlers counted as blocked right now: sleeping in the kernel for
     /// more than 100 µs while another thread runs in their place.
@@ -431,3 +441,39 @@ pub const EVMPM_LOG_WARNING: c_int = 2;
 /// waits however long the connections take and never forces one closed;
 /// a timeout field or argument documented to take it never expires.
 pub const EVMPM_TIMEOUT_NONE: u32 = u32::MAX;
+
+/// A thread hook (optional: `evmpm_config.on_thread_start` and
+/// `evmpm_config.on_thread_stop`). Where a server that ran a thread per
+/// connection did its per-thread setup and teardown (thread-local state, a
+/// database handle, a thread name, its thread-exit hook), it does them here.
+///
+/// `on_thread_start` runs on each new thread of the runtime before the
+/// thread serves anything: before a worker takes its first connection,
+/// before the event thread accepts. `on_thread_stop` runs on that thread as
+/// it exits, whatever the reason: a spare worker leaving after 2 s without
+/// work, `evmpm_stop`, `evmpm_destroy`, or an `evmpm_start` that failed
+/// part-way. Each runs exactly once per thread, stop after start; a thread
+/// that ran its start hook runs its stop hook, by the time `evmpm_destroy`
+/// returns at the latest.
+///
+/// Threads: the runtime's worker threads (`kind` `EVMPM_THREAD_WORKER`,
+/// `id` the worker's id, from 0; a thread started later may take the id
+/// of one that left, only once that one's stop hook has returned) and its
+/// event thread (`EVMPM_THREAD_EVENT`, `id` 0). The pool's monitor thread,
+/// which runs no host code but the log callback after an internal error,
+/// has none.
+///
+/// A hook may block briefly, but its thread waits meanwhile: a worker's
+/// start hook delays the thread that was started for a blocked handler, the
+/// event thread's delays accepting. It must not call `evmpm_stop` or
+/// `evmpm_destroy` (they return `EVMPM_ETHREAD`). `user_data` is
+/// `evmpm_config.user_data`; `rt` is the runtime.
+pub type evmpm_thread_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, rt: *mut evmpm_runtime, kind: c_int, id: u32),
+>;
+
+/// Thread hook kind: a worker thread, which runs handlers.
+pub const EVMPM_THREAD_WORKER: c_int = 1;
+/// Thread hook kind: the event thread, which accepts and watches idle
+/// connections.
+pub const EVMPM_THREAD_EVENT: c_int = 2;

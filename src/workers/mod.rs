@@ -152,7 +152,8 @@ pub struct Workers {
     /// The most worker threads there may be.
     pub(crate) max: usize,
     active: CachePadded<AtomicUsize>,
-    /// Worker threads alive (a spare idle for `SPARE_IDLE` exits).
+    /// Worker threads alive, counted from their reservation to their exit
+    /// (a spare idle for `SPARE_IDLE` exits, and every thread at the stop).
     spawned: AtomicUsize,
     /// Ids (record indices) no live thread has, lowest last.
     free_ids: Mutex<Vec<usize>>,
@@ -285,8 +286,10 @@ impl Workers {
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// A spare idle for `SPARE_IDLE` leaves: its id is free again. (It was
-    /// not counted active while a spare.)
+    /// Worker `id` exits (a spare idle for `SPARE_IDLE`, or the pool's
+    /// exit): its id is free again, and it is no longer counted alive. (A
+    /// spare was not counted active; at the exit the count no longer
+    /// matters.)
     fn thread_left(&self, id: usize) {
         self.records[id].tid.store(0, Ordering::Release);
         self.spawned.fetch_sub(1, Ordering::AcqRel);

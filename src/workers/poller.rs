@@ -5,7 +5,7 @@
 use super::{Job, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
-    EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
+    EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_THREAD_WORKER, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
 };
 use crate::message::{CloseHow, Handoff};
 use crate::readiness::{Readiness, Verdict};
@@ -21,22 +21,37 @@ use std::sync::Arc;
 /// handler calls in a row before it goes to the back of the queue.
 const MAX_CONSECUTIVE_RUNS: u32 = 16;
 
-/// The body of worker thread `id`. `spare`: it was started to sleep until
-/// released (never: every thread starts active).
+/// The body of worker thread `id`, which starts active. The host's thread
+/// hooks run first and last on it, whatever makes it exit.
 pub fn worker_main(rt: Arc<Runtime>, id: usize) {
     mark_current_thread(&rt);
     let w = &rt.workers;
     let rec = &w.records[id];
     rec.tid.store(sys::thread::current_tid(), Ordering::Release);
     *rec.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current());
+    rt.thread_hook(rt.config.thread_start, EVMPM_THREAD_WORKER, id);
+    serve(&rt, id);
+    rt.thread_hook(rt.config.thread_stop, EVMPM_THREAD_WORKER, id);
+    // Only now, after the stop hook, may another thread take the id.
+    w.thread_left(id);
+    let (lock, cv) = &rt.workers_running;
+    *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    cv.notify_all();
+}
+
+/// Worker `id` takes and runs jobs until the pool exits, or until, a spare
+/// without work for `SPARE_IDLE`, it leaves.
+fn serve(rt: &Arc<Runtime>, id: usize) {
+    let w = &rt.workers;
+    let rec = &w.records[id];
     let mut readiness = Readiness::new(&rt.config);
     let mut events = Vec::with_capacity(1);
     while !w.exiting() {
         // Between jobs: if another handler has run long, see whether it
         // blocked (cheap when none has).
-        super::look_if_due(&rt);
+        super::look_if_due(rt);
         if let Some(job) = w.take_job() {
-            guarded(&rt, || run_job(&rt, id, job));
+            guarded(rt, || run_job(rt, id, job));
         } else {
             if rt.workers.poll.wait(&mut events, -1).is_err() {
                 continue;
@@ -46,21 +61,17 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
                 match token {
                     DOORBELL_TOKEN => w.doorbell.reset(),
                     EXIT_TOKEN => {}
-                    _ => guarded(&rt, || {
-                        on_ready(&rt, id, &mut readiness, Handle(token), flags)
+                    _ => guarded(rt, || {
+                        on_ready(rt, id, &mut readiness, Handle(token), flags)
                     }),
                 }
             }
         }
         if rec.leaving.swap(false, Ordering::AcqRel) {
-            // A spare idle for too long: its id goes back to the pool.
-            w.thread_left(id);
+            // A spare idle for too long leaves.
             break;
         }
     }
-    let (lock, cv) = &rt.workers_running;
-    *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-    cv.notify_all();
 }
 
 /// Runs one piece of a worker's work, turning a panic into the fail-stop.
