@@ -121,6 +121,29 @@
 #define EVMPM_THREAD_EVENT 2
 
 /*
+ Worker state (`evmpm_worker_info.state`): waiting for work, for a
+ connection to become readable or a job to be queued.
+ */
+#define EVMPM_WORKER_IDLE 1
+
+/*
+ Worker state: running a handler.
+ */
+#define EVMPM_WORKER_HANDLER 2
+
+/*
+ Worker state: running a handler counted blocked (its thread slept in
+ the kernel for more than 100 µs); another thread runs in its place.
+ */
+#define EVMPM_WORKER_BLOCKED 3
+
+/*
+ Worker state: asleep as a spare, until a handler blocks (it then runs
+ in that one's place) or 2 s pass (it then leaves).
+ */
+#define EVMPM_WORKER_SPARE 4
+
+/*
  The result of every evmpm function that can fail: `EVMPM_OK` (0) or a
  negative code. `evmpm_strerror` describes each. New codes may be added in
  later versions; treat an unknown negative value as a failure.
@@ -356,8 +379,9 @@ typedef void (*evmpm_log_fn)(void *user_data,
  returns at the latest.
 
  Threads: the runtime's worker threads (`kind` `EVMPM_THREAD_WORKER`,
- `id` the worker's id, from 0; a thread started later may take the id
- of one that left, only once that one's stop hook has returned) and its
+ `id` the worker's id, from 0, as `evmpm_get_workers` shows it; a thread
+ started later may take the id of one that left, only once that one's
+ stop hook has returned) and its
  event thread (`EVMPM_THREAD_EVENT`, `id` 0). The pool's monitor thread,
  which runs no host code but the log callback after an internal error,
  has none.
@@ -664,6 +688,40 @@ typedef struct evmpm_stats {
    */
   uint64_t blocked_replaced;
 } evmpm_stats;
+
+/*
+ One worker thread in `evmpm_get_workers`'s snapshot: a row of a status
+ page, as Apache's scoreboard has one per worker. May gain fields at its
+ end in later versions: pass `sizeof` your copy to `evmpm_get_workers`.
+ */
+typedef struct evmpm_worker_info {
+  /*
+   The worker's id, from 0 to `worker_threads` - 1: the `id` its
+   thread hooks get. A thread started after another left may have
+   that one's id.
+   */
+  uint32_t id;
+  /*
+   What it does: an `EVMPM_WORKER_*` value.
+   */
+  int32_t state;
+  /*
+   The connection whose handler it runs (`EVMPM_WORKER_HANDLER`,
+   `EVMPM_WORKER_BLOCKED`); 0 otherwise.
+   */
+  evmpm_conn conn;
+  /*
+   How long it has been in `state`, in microseconds: in a handler,
+   since that handler call began; blocked, since it was counted
+   blocked.
+   */
+  uint64_t state_us;
+  /*
+   The label the running handler set with `evmpm_set_label`,
+   NUL-terminated; empty when it set none, and outside a handler.
+   */
+  char label[64];
+} evmpm_worker_info;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1037,6 +1095,54 @@ const char *evmpm_strerror(int code);
  Threads: any.
  */
 const char *evmpm_version(void);
+
+/*
+ Takes a snapshot of the worker threads alive, for a status page (as
+ Apache's scoreboard shows one row per worker): writes up to `capacity`
+ entries at `out`, in id order, and sets `*count` to how many threads are
+ alive, which may be more than `capacity` (ask again with more room, or
+ ask with `capacity` 0 and `out` NULL first). Each entry is read at a
+ moment of its own, without stopping the workers: a snapshot is a close
+ view, not an instant.
+
+ `info_size` is `sizeof(evmpm_worker_info)` as your header declares it:
+ entry `i` is written at `(char *)out + i * info_size`, and only its
+ first `info_size` bytes, as `evmpm_get_stats` does: fields this library
+ does not have (a newer header's) read 0, fields your header does not
+ have are left out.
+
+ Threads: any, at any time until `evmpm_destroy` (also before start and
+ after stop, when no thread, or only one whose handler outlived the
+ stop's deadline, is alive), and from callbacks.
+ Ownership: `out` and `count` are the caller's; `capacity * info_size`
+ bytes at `out` are written, nothing past them.
+ Errors: `EVMPM_EINVAL` (NULL `rt` or `count`; NULL `out`, or
+ `info_size` 0, with `capacity` above 0; `capacity * info_size` above
+ `SIZE_MAX`). On error nothing is written.
+ */
+evmpm_error evmpm_get_workers(struct evmpm_runtime *rt,
+                              struct evmpm_worker_info *out,
+                              size_t info_size,
+                              size_t capacity,
+                              size_t *count);
+
+/*
+ Labels the calling handler's worker in `evmpm_get_workers`' snapshot,
+ as httpd's server-status shows each worker's request line: a request's
+ method and path, a backend it waits for. The label is copied (its first
+ 63 bytes, up to its NUL) and shown until the handler returns, when it
+ is cleared; a later call replaces it. A handler that sets no label costs
+ nothing for it.
+
+ Threads: a handler of `rt`, on its worker, while it runs. Anywhere else
+ (another thread, a thread hook, `request_ready`, a handler of another
+ runtime) it returns `EVMPM_ETHREAD` and changes nothing.
+ Ownership: `label` stays the caller's; it is read during the call only.
+ Errors: `EVMPM_EINVAL` (NULL `rt` or `label`), `EVMPM_ETHREAD` (see
+ Threads).
+ */
+evmpm_error evmpm_set_label(struct evmpm_runtime *rt,
+                            const char *label);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -431,7 +431,7 @@ impl Runtime {
     /// Starts one more worker thread, counted active. Fails at the most
     /// threads there may be, or when the OS refuses a thread.
     fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
-        let Some(id) = self.workers.reserve_thread() else {
+        let Some(id) = self.workers.reserve_thread(self.now_ns()) else {
             return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
         };
         *self

@@ -99,6 +99,13 @@ fn struct_layouts_match() {
         blocked_replaced,
     });
     same_layout!(evmpm_iovec { base, len });
+    same_layout!(evmpm_worker_info {
+        id,
+        state,
+        conn,
+        state_us,
+        label,
+    });
     // The fields of `struct iovec`, in its order: a host's iovec array
     // converts entry by entry without surprises.
     assert_eq!(size_of::<c::evmpm_iovec>(), size_of::<libc::iovec>());
@@ -136,6 +143,10 @@ fn constants_match() {
         EVMPM_TIMEOUT_NONE,
         EVMPM_THREAD_WORKER,
         EVMPM_THREAD_EVENT,
+        EVMPM_WORKER_IDLE,
+        EVMPM_WORKER_HANDLER,
+        EVMPM_WORKER_BLOCKED,
+        EVMPM_WORKER_SPARE,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,
@@ -213,6 +224,22 @@ fn calls_through_the_header_declarations_work() {
         )
     };
     assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
+    // The snapshot's struct as the header declares it, one entry's room:
+    // a NULL runtime is refused and nothing written.
+    let mut info = std::mem::MaybeUninit::<c::evmpm_worker_info>::zeroed();
+    let mut count = 7usize;
+    // SAFETY: one writable entry of the header's size, a writable count.
+    let rc = unsafe {
+        c::evmpm_get_workers(
+            std::ptr::null_mut(),
+            info.as_mut_ptr(),
+            size_of::<c::evmpm_worker_info>(),
+            1,
+            &mut count,
+        )
+    };
+    assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
+    assert_eq!(count, 7);
     // SAFETY: any code is accepted; the result is a static C string.
     let text = unsafe { std::ffi::CStr::from_ptr(c::evmpm_strerror(c::evmpm_error_EVMPM_ESTALE)) };
     assert!(text.to_str().unwrap().contains("stale"));

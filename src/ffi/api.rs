@@ -33,7 +33,7 @@ fn result_code(r: Result<(), Error>) -> evmpm_error {
 ///
 /// # Safety
 /// `rt` is NULL or a pointer from `evmpm_create` not yet destroyed.
-unsafe fn runtime<'a>(rt: *mut evmpm_runtime) -> Result<&'a Runtime, Error> {
+pub(super) unsafe fn runtime<'a>(rt: *mut evmpm_runtime) -> Result<&'a Runtime, Error> {
     // SAFETY: per this function's contract.
     unsafe { rt.cast::<Runtime>().as_ref() }.ok_or(Error::Invalid)
 }

@@ -457,8 +457,9 @@ pub const EVMPM_TIMEOUT_NONE: u32 = u32::MAX;
 /// returns at the latest.
 ///
 /// Threads: the runtime's worker threads (`kind` `EVMPM_THREAD_WORKER`,
-/// `id` the worker's id, from 0; a thread started later may take the id
-/// of one that left, only once that one's stop hook has returned) and its
+/// `id` the worker's id, from 0, as `evmpm_get_workers` shows it; a thread
+/// started later may take the id of one that left, only once that one's
+/// stop hook has returned) and its
 /// event thread (`EVMPM_THREAD_EVENT`, `id` 0). The pool's monitor thread,
 /// which runs no host code but the log callback after an internal error,
 /// has none.
@@ -477,3 +478,39 @@ pub const EVMPM_THREAD_WORKER: c_int = 1;
 /// Thread hook kind: the event thread, which accepts and watches idle
 /// connections.
 pub const EVMPM_THREAD_EVENT: c_int = 2;
+
+/// One worker thread in `evmpm_get_workers`'s snapshot: a row of a status
+/// page, as Apache's scoreboard has one per worker. May gain fields at its
+/// end in later versions: pass `sizeof` your copy to `evmpm_get_workers`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct evmpm_worker_info {
+    /// The worker's id, from 0 to `worker_threads` - 1: the `id` its
+    /// thread hooks get. A thread started after another left may have
+    /// that one's id.
+    pub id: u32,
+    /// What it does: an `EVMPM_WORKER_*` value.
+    pub state: i32,
+    /// The connection whose handler it runs (`EVMPM_WORKER_HANDLER`,
+    /// `EVMPM_WORKER_BLOCKED`); 0 otherwise.
+    pub conn: evmpm_conn,
+    /// How long it has been in `state`, in microseconds: in a handler,
+    /// since that handler call began; blocked, since it was counted
+    /// blocked.
+    pub state_us: u64,
+    /// The label the running handler set with `evmpm_set_label`,
+    /// NUL-terminated; empty when it set none, and outside a handler.
+    pub label: [c_char; 64],
+}
+
+/// Worker state (`evmpm_worker_info.state`): waiting for work, for a
+/// connection to become readable or a job to be queued.
+pub const EVMPM_WORKER_IDLE: i32 = 1;
+/// Worker state: running a handler.
+pub const EVMPM_WORKER_HANDLER: i32 = 2;
+/// Worker state: running a handler counted blocked (its thread slept in
+/// the kernel for more than 100 µs); another thread runs in its place.
+pub const EVMPM_WORKER_BLOCKED: i32 = 3;
+/// Worker state: asleep as a spare, until a handler blocks (it then runs
+/// in that one's place) or 2 s pass (it then leaves).
+pub const EVMPM_WORKER_SPARE: i32 = 4;

@@ -2,7 +2,7 @@
 //! that became readable, checks it holds a whole request, runs the
 //! handler, and carries out what the handler decided.
 
-use super::{Job, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
+use super::{Job, DOORBELL_TOKEN, EXIT_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
     EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_THREAD_WORKER, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
@@ -29,6 +29,7 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
     let rec = &w.records[id];
     rec.tid.store(sys::thread::current_tid(), Ordering::Release);
     *rec.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current());
+    super::status::enter(w, id);
     rt.thread_hook(rt.config.thread_start, EVMPM_THREAD_WORKER, id);
     serve(&rt, id);
     rt.thread_hook(rt.config.thread_stop, EVMPM_THREAD_WORKER, id);
@@ -207,7 +208,7 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             break;
         }
         w.started.fetch_add(1, Ordering::Relaxed);
-        rec.begin_handler(rt.now_ns());
+        rec.begin_handler(rt.now_ns(), h);
         // SAFETY: the handler is the host's, called with the arguments the
         // header documents; `rt` outlives the call (the caller holds an Arc).
         unsafe { (rt.config.handler)(rt.config.user_data.0, rt.as_c_ptr(), h.0, fd, reason) };
@@ -218,15 +219,17 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             w.active.fetch_add(1, Ordering::AcqRel);
             was_blocked = true;
         }
+        rec.clear_label();
         match rt.finish_handler(h, slot) {
             Some(next) => reason = next,
             None => break,
         }
     }
     w.busy.fetch_sub(1, Ordering::AcqRel);
+    rec.idle_since(rt.now_ns());
     rt.capacity_freed();
     if was_blocked {
-        retire_if_surplus(w, id);
+        retire_if_surplus(rt, id);
     }
 }
 
@@ -235,7 +238,8 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
 /// not above the target, or sleeps as a spare until it is needed (LIFO:
 /// the most recent spare is released first, so the same few threads stay
 /// warm).
-fn retire_if_surplus(w: &Workers, id: usize) {
+fn retire_if_surplus(rt: &Runtime, id: usize) {
+    let w = &rt.workers;
     let mut active = w.active.load(Ordering::Acquire);
     loop {
         if active <= w.target {
@@ -251,6 +255,7 @@ fn retire_if_surplus(w: &Workers, id: usize) {
     }
     let rec = &w.records[id];
     rec.released.store(false, Ordering::SeqCst);
+    rec.set_life(super::status::LIFE_SPARE, rt.now_ns());
     w.spares.lock().unwrap_or_else(|p| p.into_inner()).push(id);
     // A release between the push and the park leaves `released` set and
     // the thread's park token too: park returns at once. The releaser
@@ -273,6 +278,7 @@ fn retire_if_surplus(w: &Workers, id: usize) {
         drop(spares);
         std::thread::park();
     }
+    rec.set_life(super::status::LIFE_IDLE, rt.now_ns());
 }
 
 /// True when a peek shows the peer closed with nothing left to read.
