@@ -51,6 +51,9 @@ static int hook_args_ok(evmpm_runtime *rt, void *user, int kind, uint32_t id) {
     /* Hooks run on the runtime's own threads: stop and destroy refuse. */
     if (evmpm_stop(rt, 0) != EVMPM_ETHREAD || evmpm_destroy(rt) != EVMPM_ETHREAD)
         hook_fault("stop or destroy accepted in a hook", kind, id);
+    /* Not in a handler: no label. */
+    if (evmpm_set_label(rt, "hook") != EVMPM_ETHREAD)
+        hook_fault("evmpm_set_label accepted in a hook", kind, id);
     return 1;
 }
 
@@ -412,6 +415,273 @@ static void destroy_waits_for_a_stuck_handler(void) {
     close(s.listen_fd);
 }
 
+/* ---- the per-worker snapshot ------------------------------------------------ */
+
+enum { MAX_WORKERS = 16 };
+
+static atomic_int label_release, label_faults;
+
+/* LABEL m text: labels the handler "first", then `text`, answers
+ * "ID <worker id>" and waits until the test releases it, spinning (m 'S':
+ * running, not blocked) or sleeping (m 'W': blocked), then "LABELLED". */
+static enum line_command_result label_command(struct line_server *s, evmpm_conn c, int fd,
+                                              const char *line) {
+    char reply[64];
+    (void)c;
+    if (strncmp(line, "LABEL ", 6) != 0 || strlen(line) < 8)
+        return who_command(s, c, fd, line);
+    if (evmpm_set_label(s->rt, NULL) != EVMPM_EINVAL)
+        atomic_fetch_add(&label_faults, 1);
+    if (evmpm_set_label(s->rt, "first") != EVMPM_OK || evmpm_set_label(s->rt, line + 8) != EVMPM_OK)
+        atomic_fetch_add(&label_faults, 1);
+    snprintf(reply, sizeof reply, "ID %d\n", tl_id);
+    line_reply(fd, reply);
+    while (!atomic_load(&label_release))
+        if (line[6] == 'W')
+            sleep_ms(1);
+    line_reply(fd, "LABELLED\n");
+    return LINE_PARK;
+}
+
+/* Sends `cmd` (a LABEL command) on `fd`; returns the worker id it runs on. */
+static int start_labelled(int fd, const char *cmd) {
+    char line[64];
+    int id = -1;
+    atomic_store(&label_release, 0);
+    send_str(fd, cmd);
+    recv_line(fd, line, sizeof line, 5000);
+    if (sscanf(line, "ID %d", &id) != 1 || id < 0 || id >= MAX_WORKERS)
+        harness_fail(__FILE__, __LINE__, "expected an ID line, got \"%s\"", line);
+    return id;
+}
+
+/* The snapshot: entries in `out` (up to MAX_WORKERS), threads alive in
+ * `*alive`. Returns how many entries were written. */
+static size_t snapshot(struct line_server *s, evmpm_worker_info *out, size_t *alive) {
+    size_t n;
+    CHECK_OK(evmpm_get_workers(s->rt, out, sizeof *out, MAX_WORKERS, &n));
+    *alive = n;
+    return n < MAX_WORKERS ? n : MAX_WORKERS;
+}
+
+/* Worker `id` as the snapshot shows it; fails if it is not alive. */
+static evmpm_worker_info worker(struct line_server *s, int id) {
+    evmpm_worker_info all[MAX_WORKERS];
+    size_t alive, n = snapshot(s, all, &alive), i;
+    for (i = 0; i < n; i++) {
+        CHECK(all[i].label[sizeof all[i].label - 1] == '\0');
+        if (all[i].id == (uint32_t)id)
+            return all[i];
+    }
+    harness_fail(__FILE__, __LINE__, "worker %d is not in the snapshot", id);
+    return all[0];
+}
+
+static int worker_in(struct line_server *s, int id, int state) {
+    return worker(s, id).state == state;
+}
+
+static size_t alive_now(struct line_server *s) {
+    size_t n;
+    CHECK_OK(evmpm_get_workers(s->rt, NULL, sizeof(evmpm_worker_info), 0, &n));
+    return n;
+}
+
+/* While a handler runs, the snapshot shows its worker in a handler, with
+ * its connection and label, for a growing time; counted blocked when it
+ * sleeps; idle, with neither, once it returned. The count is the stats'
+ * worker threads. */
+static void snapshot_shows_a_handler_and_its_label(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_worker_info w, later;
+    evmpm_conn conn;
+    char long_cmd[160], want[64];
+    int fd, id, i;
+    hooked_config(&s, &cfg);
+    s.command = label_command;
+    cfg.running_threads = 2;
+    cfg.worker_threads = 4;
+    line_server_start(&s, &cfg);
+    /* Outside any handler. */
+    CHECK_EQ(evmpm_set_label(s.rt, "test thread"), EVMPM_ETHREAD);
+    CHECK_EQ(evmpm_set_label(s.rt, NULL), EVMPM_EINVAL);
+    CHECK_EQ(evmpm_set_label(NULL, "x"), EVMPM_EINVAL);
+    fd = line_client(&s);
+
+    /* Running (spinning): in a handler, not blocked. */
+    id = start_labelled(fd, "LABEL S GET /server-status HTTP/1.1\n");
+    conn = (evmpm_conn)atomic_load(&s.last_conn);
+    w = worker(&s, id);
+    /* Under valgrind a spinning thread that waits for its turn sleeps in
+     * the kernel, and may be counted blocked. */
+    if (harness_slowdown() == 1)
+        CHECK_EQ(w.state, EVMPM_WORKER_HANDLER);
+    else
+        CHECK(w.state == EVMPM_WORKER_HANDLER || w.state == EVMPM_WORKER_BLOCKED);
+    CHECK(w.conn == conn);
+    CHECK(strcmp(w.label, "GET /server-status HTTP/1.1") == 0);
+    sleep_ms(30); /* time passes in the state */
+    later = worker(&s, id);
+    CHECK(later.state_us >= w.state_us + 20000);
+    CHECK(later.conn == conn);
+    atomic_store(&label_release, 1);
+    EXPECT_LINE(fd, "LABELLED");
+    /* Returned: idle, no connection, no label. */
+    WAIT_UNTIL(worker_in(&s, id, EVMPM_WORKER_IDLE), 5000);
+    w = worker(&s, id);
+    CHECK(w.conn == 0);
+    CHECK_EQ(w.label[0], '\0');
+
+    /* Sleeping: counted blocked, with its connection and label. */
+    id = start_labelled(fd, "LABEL W waiting for the backend\n");
+    WAIT_UNTIL(worker_in(&s, id, EVMPM_WORKER_BLOCKED), 5000);
+    w = worker(&s, id);
+    CHECK(w.conn == conn);
+    CHECK(strcmp(w.label, "waiting for the backend") == 0);
+    CHECK(line_server_stats(&s).handlers_blocked >= 1);
+    atomic_store(&label_release, 1);
+    EXPECT_LINE(fd, "LABELLED");
+    WAIT_UNTIL(worker_in(&s, id, EVMPM_WORKER_IDLE) || worker_in(&s, id, EVMPM_WORKER_SPARE),
+               5000);
+    CHECK_EQ(worker(&s, id).label[0], '\0');
+
+    /* A long label is cut to 63 bytes. */
+    strcpy(long_cmd, "LABEL S ");
+    for (i = 0; i < 100; i++)
+        long_cmd[8 + i] = (char)('a' + i % 26);
+    strcpy(long_cmd + 108, "\n");
+    memcpy(want, long_cmd + 8, 63);
+    want[63] = '\0';
+    id = start_labelled(fd, long_cmd);
+    CHECK(strcmp(worker(&s, id).label, want) == 0);
+    atomic_store(&label_release, 1);
+    EXPECT_LINE(fd, "LABELLED");
+
+    /* A quiet runtime: the snapshot counts what the stats count. */
+    WAIT_UNTIL(alive_now(&s) == line_server_stats(&s).worker_threads, 5000);
+    CHECK_EQ(atomic_load(&label_faults), 0);
+    close(fd);
+    CHECK_OK(line_server_stop_only(&s, 5000));
+    /* After the stop, until destroy: answered, no thread alive. */
+    CHECK_EQ(alive_now(&s), 0);
+    line_server_destroy(&s);
+    check_hooks_balanced();
+}
+
+static int spares_in_snapshot(struct line_server *s) {
+    evmpm_worker_info all[MAX_WORKERS];
+    size_t alive, n = snapshot(s, all, &alive), i;
+    int spares = 0;
+    for (i = 0; i < n; i++)
+        spares += all[i].state == EVMPM_WORKER_SPARE;
+    return spares;
+}
+
+/* A spare shows as one until it leaves after 2 s idle; the snapshot's
+ * count follows the threads as the stats do. */
+static void spares_show_in_the_snapshot_until_they_leave(void) {
+    enum { CLIENTS = 4 };
+    struct line_server s;
+    evmpm_config cfg;
+    int fd[CLIENTS], i;
+    hooked_config(&s, &cfg);
+    s.command = who_command;
+    cfg.running_threads = 1;
+    cfg.worker_threads = 8;
+    line_server_start(&s, &cfg);
+    CHECK_EQ(alive_now(&s), 1);
+    for (i = 0; i < CLIENTS; i++)
+        fd[i] = line_client(&s);
+    for (i = 0; i < CLIENTS; i++)
+        send_str(fd[i], "WHOSLEEP 300\n");
+    for (i = 0; i < CLIENTS; i++)
+        expect_worker_reply(fd[i]);
+    /* The blocked handlers' threads, back, are more than the one running
+     * thread: all but one sleep as spares. */
+    WAIT_UNTIL(spares_in_snapshot(&s) >= 1 && alive_now(&s) >= CLIENTS, 1500);
+    WAIT_UNTIL(alive_now(&s) == 1 && line_server_stats(&s).worker_threads == 1, 10000);
+    for (i = 0; i < CLIENTS; i++)
+        close(fd[i]);
+    CHECK_OK(line_server_stop(&s, 5000));
+    check_hooks_balanced();
+}
+
+/* The caller's capacity and struct size: a small capacity gets that many
+ * entries and the full count; an older (smaller) struct gets its fields
+ * only, packed at its size; a newer (larger) one gets zeros past ours. */
+static void get_workers_fits_the_callers_room(void) {
+    enum { RUNNING = 3, OLD_SIZE = offsetof(evmpm_worker_info, label) };
+    struct newer {
+        evmpm_worker_info base;
+        uint64_t future;
+    } newer[RUNNING];
+    struct line_server s;
+    evmpm_config cfg;
+    evmpm_worker_info full[RUNNING];
+    unsigned char old[RUNNING * OLD_SIZE + 16];
+    size_t n, i;
+    line_server_config(&s, &cfg);
+    cfg.running_threads = RUNNING;
+    cfg.worker_threads = 8;
+    line_server_start(&s, &cfg);
+
+    CHECK_OK(evmpm_get_workers(s.rt, NULL, sizeof full[0], 0, &n));
+    CHECK_EQ(n, RUNNING);
+    CHECK_EQ(n, line_server_stats(&s).worker_threads);
+
+    /* Room for one: one written, the count says three. */
+    memset(full, 0xAB, sizeof full);
+    CHECK_OK(evmpm_get_workers(s.rt, full, sizeof full[0], 1, &n));
+    CHECK_EQ(n, RUNNING);
+    CHECK_EQ(full[0].id, 0);
+    CHECK_EQ(full[0].state, EVMPM_WORKER_IDLE);
+    CHECK(full[0].conn == 0);
+    CHECK_EQ(full[0].label[0], '\0');
+    for (i = sizeof full[0]; i < sizeof full; i++)
+        CHECK_EQ(((unsigned char *)full)[i], 0xAB);
+
+    /* Room for all: ids 0, 1, 2 (the running threads), idle. */
+    CHECK_OK(evmpm_get_workers(s.rt, full, sizeof full[0], RUNNING, &n));
+    CHECK_EQ(n, RUNNING);
+    for (i = 0; i < RUNNING; i++) {
+        CHECK_EQ(full[i].id, i);
+        CHECK_EQ(full[i].state, EVMPM_WORKER_IDLE);
+    }
+
+    /* An older header's struct, without the label. */
+    memset(old, 0xAB, sizeof old);
+    CHECK_OK(evmpm_get_workers(s.rt, (evmpm_worker_info *)(void *)old, OLD_SIZE, RUNNING, &n));
+    CHECK_EQ(n, RUNNING);
+    for (i = 0; i < RUNNING; i++) {
+        evmpm_worker_info e;
+        memcpy(&e, old + i * OLD_SIZE, OLD_SIZE);
+        CHECK_EQ(e.id, i);
+        CHECK_EQ(e.state, EVMPM_WORKER_IDLE);
+        CHECK(e.conn == 0);
+    }
+    for (i = RUNNING * OLD_SIZE; i < sizeof old; i++)
+        CHECK_EQ(old[i], 0xAB);
+
+    /* A newer header's struct, one field longer. */
+    memset(newer, 0xAB, sizeof newer);
+    CHECK_OK(evmpm_get_workers(s.rt, &newer[0].base, sizeof newer[0], RUNNING, &n));
+    for (i = 0; i < RUNNING; i++) {
+        CHECK_EQ(newer[i].base.id, i);
+        CHECK_EQ(newer[i].base.state, EVMPM_WORKER_IDLE);
+        CHECK(newer[i].future == 0);
+    }
+
+    /* What it refuses, writing nothing. */
+    n = 99;
+    CHECK_EQ(evmpm_get_workers(s.rt, full, sizeof full[0], 1, NULL), EVMPM_EINVAL);
+    CHECK_EQ(evmpm_get_workers(s.rt, NULL, sizeof full[0], 1, &n), EVMPM_EINVAL);
+    CHECK_EQ(evmpm_get_workers(s.rt, full, 0, 1, &n), EVMPM_EINVAL);
+    CHECK_EQ(evmpm_get_workers(NULL, full, sizeof full[0], 1, &n), EVMPM_EINVAL);
+    CHECK_EQ(n, 99);
+    CHECK_OK(line_server_stop(&s, 5000));
+}
+
 int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"hooks_run_once_per_thread", hooks_run_once_per_thread},
@@ -420,6 +690,10 @@ int main(int argc, char **argv) {
         {"stop_without_deadline_waits_for_the_handler",
          stop_without_deadline_waits_for_the_handler},
         {"destroy_waits_for_a_stuck_handler", destroy_waits_for_a_stuck_handler},
+        {"snapshot_shows_a_handler_and_its_label", snapshot_shows_a_handler_and_its_label},
+        {"spares_show_in_the_snapshot_until_they_leave",
+         spares_show_in_the_snapshot_until_they_leave},
+        {"get_workers_fits_the_callers_room", get_workers_fits_the_callers_room},
     };
     return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
