@@ -807,7 +807,9 @@ evmpm_error evmpm_start(struct evmpm_runtime *rt);
  suspended connection) takes, and never forces one. Before it returns,
  every connection not held by a stuck handler is closed and its close
  callback has run, on this thread if no other closed it; host calls from
- then on return `EVMPM_ESTOPPED`.
+ then on return `EVMPM_ESTOPPED`. Unless a handler was stuck, every
+ runtime thread has exited too, its `on_thread_stop` hook run; otherwise
+ `evmpm_destroy` waits for the rest.
 
  Threads: any but the runtime's own, and not from inside any callback of
  this runtime on whatever thread it runs (a close callback run by a host
