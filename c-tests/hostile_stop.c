@@ -10,8 +10,9 @@
  * client's count needs no guessing.
  *
  * Stuck handler: one handler blocks forever; the others are served, stop
- * gives up at its deadline with EVMPM_ETIMEDOUT, and once the handler is
- * let go its connection is closed and every runtime thread exits. */
+ * gives up at its deadline with EVMPM_ETIMEDOUT, and destroy waits for the
+ * handler: once the host lets it go, its connection is closed and every
+ * runtime thread exits before destroy returns. */
 #define _GNU_SOURCE
 #include "harness.h"
 #include "hostile_util.h"
@@ -300,6 +301,22 @@ static void graceful_stop_under_load(void) {
 
 /* ---- a handler that never returns --------------------------------------- */
 
+/* Lets the HOLDs of `s` go `ms` after it starts, from its own thread, while
+ * the test's thread waits in evmpm_destroy. */
+struct late_release {
+    struct line_server *s;
+    int ms;
+    atomic_int released;
+};
+
+static void *release_later(void *arg) {
+    struct late_release *r = arg;
+    sleep_ms(r->ms);
+    atomic_store(&r->released, 1);
+    line_server_release_holds(r->s);
+    return NULL;
+}
+
 static void stuck_handler_stop_times_out(void) {
     enum { OTHERS = 3, ROUNDS = 100 };
     struct line_server s;
@@ -341,17 +358,35 @@ static void stuck_handler_stop_times_out(void) {
     CHECK_EQ(st.accepted, OTHERS + 1);
     CHECK_EQ(atomic_load(&s.closes), OTHERS);
     CHECK_EQ(evmpm_stop(rt, 500), EVMPM_ESTOPPED);
-    /* Freed while the handler is still stuck: it keeps what it needs. */
-    CHECK_OK(evmpm_destroy(rt));
-    s.rt = NULL;
     CHECK_EQ(atomic_load(&s.in_handler), 1);
 
-    /* Let go: the handler's decision finds the runtime stopped, its
-     * connection is closed (the close callback runs once), and its worker,
-     * the last runtime thread, exits. */
-    line_server_release_holds(&s);
-    WAIT_UNTIL(atomic_load(&s.closes) == OTHERS + 1 && atomic_load(&s.in_handler) == 0, 5000);
-    WAIT_UNTIL(runtime_thread_count() == 0, 5000);
+    /* Destroy waits for the stuck handler. Let go from another thread, the
+     * handler's decision finds the runtime stopped, its connection is
+     * closed (the close callback runs once), and its worker, the last
+     * runtime thread, exits: all before destroy returns. */
+    {
+        struct late_release r;
+        pthread_t t;
+        int64_t destroy_ms;
+        r.s = &s;
+        r.ms = 300;
+        atomic_init(&r.released, 0);
+        CHECK(pthread_create(&t, NULL, release_later, &r) == 0);
+        watchdog_arm(5000, "evmpm_destroy did not return once the stuck handler was let go");
+        destroy_ms = now_ms();
+        CHECK_OK(evmpm_destroy(rt));
+        destroy_ms = now_ms() - destroy_ms;
+        watchdog_disarm();
+        s.rt = NULL;
+        CHECK(atomic_load(&r.released));
+        CHECK_EQ(atomic_load(&s.in_handler), 0);
+        CHECK_EQ(atomic_load(&s.closes), OTHERS + 1);
+        /* Joined; the kernel drops a joined thread from /proc a moment
+         * after the join can return. */
+        WAIT_UNTIL(runtime_thread_count() == 0, 1000);
+        CHECK(pthread_join(t, NULL) == 0);
+        figure("evmpm_destroy waited %lld ms for the stuck handler", (long long)destroy_ms);
+    }
     CHECK_EQ(atomic_load(&s.double_closes), 0);
     for (i = 0; i < OTHERS; i++)
         close(others[i]);

@@ -218,6 +218,40 @@
 #define EVMPM_ACCEPT_REFUSE -1
 
 /*
+ Thread hook kind: a worker thread, which runs handlers.
+ */
+#define EVMPM_THREAD_WORKER 1
+
+/*
+ Thread hook kind: the event thread, which accepts and watches idle
+ connections.
+ */
+#define EVMPM_THREAD_EVENT 2
+
+/*
+ Worker state (`evmpm_worker_info.state`): waiting for work, for a
+ connection to become readable or a job to be queued.
+ */
+#define EVMPM_WORKER_IDLE 1
+
+/*
+ Worker state: running a handler.
+ */
+#define EVMPM_WORKER_HANDLER 2
+
+/*
+ Worker state: running a handler counted blocked (its thread slept in
+ the kernel for more than 100 µs); another thread runs in its place.
+ */
+#define EVMPM_WORKER_BLOCKED 3
+
+/*
+ Worker state: asleep as a spare, until a handler blocks (it then runs
+ in that one's place) or 2 s pass (it then leaves).
+ */
+#define EVMPM_WORKER_SPARE 4
+
+/*
  The result of every evmpm function that can fail: `EVMPM_OK` (0) or a
  negative code. `evmpm_strerror` describes each. New codes may be added in
  later versions; treat an unknown negative value as a failure.
@@ -449,6 +483,40 @@ typedef void (*evmpm_log_fn)(void *user_data,
                              const char *message);
 
 /*
+ A thread hook (optional: `evmpm_config.on_thread_start` and
+ `evmpm_config.on_thread_stop`). Where a server that ran a thread per
+ connection did its per-thread setup and teardown (thread-local state, a
+ database handle, a thread name, its thread-exit hook), it does them here.
+
+ `on_thread_start` runs on each new thread of the runtime before the
+ thread serves anything: before a worker takes its first connection,
+ before the event thread accepts. `on_thread_stop` runs on that thread as
+ it exits, whatever the reason: a spare worker leaving after 2 s without
+ work, `evmpm_stop`, `evmpm_destroy`, or an `evmpm_start` that failed
+ part-way. Each runs exactly once per thread, stop after start; a thread
+ that ran its start hook runs its stop hook, by the time `evmpm_destroy`
+ returns at the latest.
+
+ Threads: the runtime's worker threads (`kind` `EVMPM_THREAD_WORKER`,
+ `id` the worker's id, from 0, as `evmpm_get_workers` shows it; a thread
+ started later may take the id of one that left, only once that one's
+ stop hook has returned) and its
+ event thread (`EVMPM_THREAD_EVENT`, `id` 0). The pool's monitor thread,
+ which runs no host code but the log callback after an internal error,
+ has none.
+
+ A hook may block briefly, but its thread waits meanwhile: a worker's
+ start hook delays the thread that was started for a blocked handler, the
+ event thread's delays accepting. It must not call `evmpm_stop` or
+ `evmpm_destroy` (they return `EVMPM_ETHREAD`). `user_data` is
+ `evmpm_config.user_data`; `rt` is the runtime.
+ */
+typedef void (*evmpm_thread_fn)(void *user_data,
+                                struct evmpm_runtime *rt,
+                                int kind,
+                                uint32_t id);
+
+/*
  Runtime settings. Fill with `evmpm_config_init(&cfg, sizeof cfg)` first,
  then change what you need.
 
@@ -476,6 +544,7 @@ typedef void (*evmpm_log_fn)(void *user_data,
  | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
  | log | NULL (silent) | ErrorLog |
  | close_on_worker | 0 (any thread) | (httpd closes on a worker) |
+ | on_thread_start, on_thread_stop | NULL | (none per thread: child_init is per process) |
 
  Timeouts: `EVMPM_TIMEOUT_NONE` means never (a chat or other non-HTTP
  server whose clients stay idle for long sets it for keep-alive and
@@ -599,6 +668,16 @@ typedef struct evmpm_config {
    connection, the event thread included, and must be short.
    */
   uint32_t close_on_worker;
+  /*
+   Runs on each new worker and event thread before it serves anything
+   (see `evmpm_thread_fn`). Optional (NULL).
+   */
+  evmpm_thread_fn on_thread_start;
+  /*
+   Runs on each worker and event thread as it exits, whatever the
+   reason (see `evmpm_thread_fn`). Optional (NULL).
+   */
+  evmpm_thread_fn on_thread_stop;
 } evmpm_config;
 
 /*
@@ -731,8 +810,10 @@ typedef struct evmpm_stats {
    */
   uint64_t internal_errors;
   /*
-   Worker threads alive now (spare threads leave after 2 s without
-   work).
+   Worker threads alive: `running_threads`, and more while handlers
+   block; a spare not needed for 2 s leaves, and every one leaves at
+   the stop (one whose handler is stuck past the deadline once it
+   returns).
    */
   uint64_t worker_threads;
   /*
@@ -957,6 +1038,40 @@ typedef struct evmpm_listener_config {
   evmpm_handshake_fn handshake;
 } evmpm_listener_config;
 
+/*
+ One worker thread in `evmpm_get_workers`'s snapshot: a row of a status
+ page, as Apache's scoreboard has one per worker. May gain fields at its
+ end in later versions: pass `sizeof` your copy to `evmpm_get_workers`.
+ */
+typedef struct evmpm_worker_info {
+  /*
+   The worker's id, from 0 to `worker_threads` - 1: the `id` its
+   thread hooks get. A thread started after another left may have
+   that one's id.
+   */
+  uint32_t id;
+  /*
+   What it does: an `EVMPM_WORKER_*` value.
+   */
+  int32_t state;
+  /*
+   The connection whose handler it runs (`EVMPM_WORKER_HANDLER`,
+   `EVMPM_WORKER_BLOCKED`); 0 otherwise.
+   */
+  evmpm_conn conn;
+  /*
+   How long it has been in `state`, in microseconds: in a handler,
+   since that handler call began; blocked, since it was counted
+   blocked.
+   */
+  uint64_t state_us;
+  /*
+   The label the running handler set with `evmpm_set_label`,
+   NUL-terminated; empty when it set none, and outside a handler.
+   */
+  char label[64];
+} evmpm_worker_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1036,10 +1151,15 @@ evmpm_error evmpm_start(struct evmpm_runtime *rt);
  Returns when every connection is closed, or at the deadline
  `timeout_ms` from now: then every remaining connection is closed by
  force (sockets of handlers still running are shut down so blocked reads
- return), and the call returns after at most ~100 ms more. Before it
- returns, every connection not held by a stuck handler is closed and its
- close callback has run, on this thread if no other closed it; host calls
- from then on return `EVMPM_ESTOPPED`.
+ return), and the call returns after at most ~100 ms more. With
+ `EVMPM_TIMEOUT_NONE` there is no deadline: the call returns only once
+ every connection is closed, however long its handler or the host (a
+ suspended connection) takes, and never forces one. Before it returns,
+ every connection not held by a stuck handler is closed and its close
+ callback has run, on this thread if no other closed it; host calls from
+ then on return `EVMPM_ESTOPPED`. Unless a handler was stuck, every
+ runtime thread has exited too, its `on_thread_stop` hook run; otherwise
+ `evmpm_destroy` waits for the rest.
 
  Threads: any but the runtime's own, and not from inside any callback of
  this runtime on whatever thread it runs (a close callback run by a host
@@ -1049,7 +1169,7 @@ evmpm_error evmpm_start(struct evmpm_runtime *rt);
  `EVMPM_ESTOPPED` (already stopped), `EVMPM_ETIMEDOUT` (the deadline
  forced connections closed, or a handler had not returned; the runtime is
  stopped all the same, and such a handler's connection is closed when it
- returns), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
+ returns, which `evmpm_destroy` waits for), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
  internal error, as `evmpm_stats.internal_errors` and the log callback
  tell; it is stopped, every connection closed).
  */
@@ -1059,14 +1179,26 @@ evmpm_error evmpm_stop(struct evmpm_runtime *rt,
 /*
  Frees the runtime. If it is still running it is first stopped with a
  deadline of 0 (every connection closed at once, close callbacks run).
- NULL is accepted and ignored.
+ Then it waits for every thread of the runtime to exit, each running its
+ `on_thread_stop` hook. NULL is accepted and ignored.
+
+ Once `evmpm_destroy` returns, no callback of this runtime runs or will
+ ever run, on any thread: no handler, `on_close`, `request_ready`,
+ `release`, `log`, `on_thread_start` or `on_thread_stop`. The host may
+ free `user_data` and whatever its callbacks use.
+
+ It blocks until every handler has returned. A handler stuck past
+ `evmpm_stop`'s deadline holds it up: the forced stop shut that
+ handler's socket down, so one blocked on its own connection returns;
+ one blocked elsewhere (a lock, a backend, a sleep) must be released by
+ the host from another thread. Its connection is then closed, its close
+ callback run, and its thread's stop hook run, all before this returns.
 
  Threads: any but the runtime's own, and not from inside any callback of
  this runtime on whatever thread it runs: such a call does nothing and
  returns `EVMPM_ETHREAD`. No other call with `rt` may be in progress or
  follow on any thread.
- Ownership: `rt` is invalid afterwards. A handler that was stuck past
- `evmpm_stop`'s deadline keeps the runtime's memory alive until it returns.
+ Ownership: `rt` is invalid afterwards.
  Errors: `EVMPM_ETHREAD`.
  */
 evmpm_error evmpm_destroy(struct evmpm_runtime *rt);
@@ -1450,6 +1582,54 @@ evmpm_error evmpm_conn_set_timeouts(struct evmpm_runtime *rt,
                                     evmpm_conn conn,
                                     uint32_t keepalive_timeout_ms,
                                     uint32_t write_timeout_ms);
+
+/*
+ Takes a snapshot of the worker threads alive, for a status page (as
+ Apache's scoreboard shows one row per worker): writes up to `capacity`
+ entries at `out`, in id order, and sets `*count` to how many threads are
+ alive, which may be more than `capacity` (ask again with more room, or
+ ask with `capacity` 0 and `out` NULL first). Each entry is read at a
+ moment of its own, without stopping the workers: a snapshot is a close
+ view, not an instant.
+
+ `info_size` is `sizeof(evmpm_worker_info)` as your header declares it:
+ entry `i` is written at `(char *)out + i * info_size`, and only its
+ first `info_size` bytes, as `evmpm_get_stats` does: fields this library
+ does not have (a newer header's) read 0, fields your header does not
+ have are left out.
+
+ Threads: any, at any time until `evmpm_destroy` (also before start and
+ after stop, when no thread, or only one whose handler outlived the
+ stop's deadline, is alive), and from callbacks.
+ Ownership: `out` and `count` are the caller's; `capacity * info_size`
+ bytes at `out` are written, nothing past them.
+ Errors: `EVMPM_EINVAL` (NULL `rt` or `count`; NULL `out`, or
+ `info_size` 0, with `capacity` above 0; `capacity * info_size` above
+ `SIZE_MAX`). On error nothing is written.
+ */
+evmpm_error evmpm_get_workers(struct evmpm_runtime *rt,
+                              struct evmpm_worker_info *out,
+                              size_t info_size,
+                              size_t capacity,
+                              size_t *count);
+
+/*
+ Labels the calling handler's worker in `evmpm_get_workers`' snapshot,
+ as httpd's server-status shows each worker's request line: a request's
+ method and path, a backend it waits for. The label is copied (its first
+ 63 bytes, up to its NUL) and shown until the handler returns, when it
+ is cleared; a later call replaces it. A handler that sets no label costs
+ nothing for it.
+
+ Threads: a handler of `rt`, on its worker, while it runs. Anywhere else
+ (another thread, a thread hook, `request_ready`, a handler of another
+ runtime) it returns `EVMPM_ETHREAD` and changes nothing.
+ Ownership: `label` stays the caller's; it is read during the call only.
+ Errors: `EVMPM_EINVAL` (NULL `rt` or `label`), `EVMPM_ETHREAD` (see
+ Threads).
+ */
+evmpm_error evmpm_set_label(struct evmpm_runtime *rt,
+                            const char *label);
 
 #ifdef __cplusplus
 }  // extern "C"

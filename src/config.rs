@@ -4,7 +4,7 @@
 use crate::error::Error;
 use crate::ffi::types::{
     evmpm_close_fn, evmpm_config, evmpm_log_fn, evmpm_request_ready_fn, evmpm_runtime,
-    EVMPM_TIMEOUT_NONE,
+    evmpm_thread_fn, EVMPM_TIMEOUT_NONE,
 };
 use libc::{c_int, c_void};
 use std::mem::size_of;
@@ -47,6 +47,8 @@ pub fn defaults() -> evmpm_config {
         log: None,
         running_threads: 0,
         close_on_worker: 0,
+        on_thread_start: None,
+        on_thread_stop: None,
     }
 }
 
@@ -152,6 +154,8 @@ pub struct Config {
     pub log: evmpm_log_fn,
     /// Close callbacks run on workers, never on the event thread.
     pub close_on_worker: bool,
+    pub thread_start: evmpm_thread_fn,
+    pub thread_stop: evmpm_thread_fn,
 }
 
 const MS: u64 = 1_000_000;
@@ -206,6 +210,8 @@ impl Config {
             peek_bytes: c.request_peek_bytes as usize,
             log: c.log,
             close_on_worker: c.close_on_worker != 0,
+            thread_start: c.on_thread_start,
+            thread_stop: c.on_thread_stop,
         })
     }
 }
@@ -330,6 +336,22 @@ mod tests {
         );
         assert_eq!(timeout_ms(timeout_ns(1234)), 1234);
         assert_eq!(timeout_ms(never), EVMPM_TIMEOUT_NONE);
+    }
+
+    unsafe extern "C" fn hook(_: *mut c_void, _: *mut evmpm_runtime, _: c_int, _: u32) {}
+
+    /// The thread hooks are off by default and carried over as set.
+    #[test]
+    fn thread_hooks_default_to_null_and_are_kept() {
+        let c = Config::from_c(&valid()).ok().unwrap();
+        assert!(c.thread_start.is_none() && c.thread_stop.is_none());
+        let set = evmpm_config {
+            on_thread_start: Some(hook),
+            on_thread_stop: Some(hook),
+            ..valid()
+        };
+        let c = Config::from_c(&set).ok().unwrap();
+        assert!(c.thread_start.is_some() && c.thread_stop.is_some());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use crate::conn::{Handle, State, Table};
 use crate::error::Error;
 use crate::event_loop;
 use crate::failure::FaultPoint;
-use crate::ffi::types::{evmpm_runtime, EVMPM_LOG_ERROR};
+use crate::ffi::types::{
+    evmpm_runtime, evmpm_thread_fn, EVMPM_LOG_ERROR, EVMPM_THREAD_EVENT, EVMPM_TIMEOUT_NONE,
+};
 use crate::listener::{Listener, Listeners};
 use crate::message::{CloseHow, Msg};
 use crate::stats::Counters;
@@ -34,8 +36,8 @@ pub enum Phase {
 }
 
 /// A runtime's shared state. The C side's `evmpm_runtime *` points at this
-/// (an `Arc` the host holds one count of), so callbacks from a handler that
-/// outlives `evmpm_destroy` still see a valid runtime.
+/// (an `Arc` the host holds one count of, each runtime thread another);
+/// `evmpm_destroy` joins every thread before it drops the host's count.
 pub struct Runtime {
     pub config: Config,
     pub table: Table,
@@ -197,6 +199,16 @@ impl Runtime {
         // SAFETY: the host's callback with the documented arguments; the
         // message lives until it returns.
         unsafe { log(self.config.user_data.0, level, text.as_ptr()) };
+    }
+
+    /// Runs the host's thread hook `hook` (`on_thread_start` or
+    /// `on_thread_stop`), if it set one, on the calling thread: `kind` is an
+    /// `EVMPM_THREAD_*` value, `id` the worker's id (0 for the event thread).
+    pub fn thread_hook(&self, hook: evmpm_thread_fn, kind: libc::c_int, id: usize) {
+        let Some(hook) = hook else { return };
+        // SAFETY: the host's callback with the arguments the header
+        // documents; the runtime outlives the call (the caller holds it).
+        unsafe { hook(self.config.user_data.0, self.as_c_ptr(), kind, id as u32) };
     }
 
     /// An internal panic was caught: count it, say so, and stop the runtime
@@ -467,7 +479,13 @@ impl Runtime {
         let rt = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("evmpm-event".into())
-            .spawn(move || event_loop::run(rt));
+            .spawn(move || {
+                mark_current_thread(&rt);
+                rt.thread_hook(rt.config.thread_start, EVMPM_THREAD_EVENT, 0);
+                let forced = event_loop::run(Arc::clone(&rt));
+                rt.thread_hook(rt.config.thread_stop, EVMPM_THREAD_EVENT, 0);
+                forced
+            });
         match spawned {
             Ok(h) => threads.event = Some(h),
             Err(e) => {
@@ -483,7 +501,7 @@ impl Runtime {
     /// Starts one more worker thread, counted active. Fails at the most
     /// threads there may be, or when the OS refuses a thread.
     fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
-        let Some(id) = self.workers.reserve_thread() else {
+        let Some(id) = self.workers.reserve_thread(self.now_ns()) else {
             return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
         };
         *self
@@ -536,11 +554,12 @@ impl Runtime {
             }
             Phase::Running => {
                 self.set_phase(Phase::Stopping);
-                self.inbox.push(Msg::Stop {
-                    deadline_ns: self
-                        .now_ns()
-                        .saturating_add(u64::from(timeout_ms) * 1_000_000),
-                });
+                // No deadline: one the event thread never reaches.
+                let deadline_ns = match timeout_ms {
+                    EVMPM_TIMEOUT_NONE => u64::MAX,
+                    ms => self.now_ns().saturating_add(u64::from(ms) * 1_000_000),
+                };
+                self.inbox.push(Msg::Stop { deadline_ns });
                 self.waker.wake();
             }
             // Only a runtime that stopped itself after an internal error is
@@ -549,7 +568,8 @@ impl Runtime {
             Phase::Stopping if threads.event.is_some() || threads.workers_started => {}
             Phase::Stopping | Phase::Stopped => return Err(Error::Stopped),
         }
-        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        let deadline = (timeout_ms != EVMPM_TIMEOUT_NONE)
+            .then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)));
         let mut forced = false;
         if let Some(h) = threads.event.take() {
             // The event thread enforces the deadline itself, so this join
@@ -562,10 +582,16 @@ impl Runtime {
         // A worker outside any handler only has to be scheduled to exit, so
         // it is waited for however loaded the machine is: only a handler can
         // be stuck, and only a stuck handler makes the stop time out.
-        let grace = deadline.max(Instant::now()) + Duration::from_millis(100);
+        // Without a deadline every worker is waited for, however long its
+        // handler takes.
+        let grace = deadline.map(|d| d.max(Instant::now()) + Duration::from_millis(100));
         let (lock, cv) = &self.workers_running;
         let mut running = lock.lock().unwrap_or_else(|p| p.into_inner());
         while *running > 0 {
+            let Some(grace) = grace else {
+                running = cv.wait(running).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
             let now = Instant::now();
             if now >= grace && self.workers.busy() > 0 {
                 break;
@@ -581,12 +607,11 @@ impl Runtime {
         }
         let stuck = *running > 0;
         drop(running);
-        let handles = self.workers.take_handles();
         if !stuck {
-            for h in handles {
+            for h in self.workers.take_handles() {
                 let _ = h.join();
             }
-        } // else let go: those threads hold their own reference to the runtime
+        } // else kept for `evmpm_destroy`, which waits for them (`join_all`)
         threads.workers_started = false;
         if let Some(h) = threads.monitor.take() {
             let _ = h.join();
@@ -600,6 +625,35 @@ impl Runtime {
             Err(Error::TimedOut)
         } else {
             Ok(())
+        }
+    }
+
+    /// The end of `evmpm_destroy`, after its stop: waits for every worker
+    /// thread the stop gave up on (a handler stuck past the deadline) to
+    /// exit, then closes, with their callbacks, the connections those
+    /// handlers left open. When this returns no thread of the runtime runs
+    /// any more (the stop joined the event thread and the monitor), so none
+    /// of the host's callbacks runs again for this runtime.
+    pub fn join_all(&self) {
+        // Close callbacks the final sweep runs here are inside the runtime.
+        let _inside = InsideStop::enter(self);
+        let mut waited = false;
+        // A worker that started another thread kept its handle before it
+        // exited: joining it brings that handle into the next round.
+        loop {
+            let handles = self.workers.take_handles();
+            if handles.is_empty() {
+                break;
+            }
+            waited = true;
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+        if waited {
+            // The stop's sweep left their connections to them; what they
+            // did not close goes now, with no thread left to race.
+            self.sweep(false);
         }
     }
 

@@ -54,6 +54,14 @@ fn pool() {
     c_test("test_pool");
 }
 
+/// Thread start and stop hooks, a stop with no deadline, and destroy
+/// waiting for a stuck handler, after which no callback runs.
+#[test]
+fn hooks() {
+    c_test("test_hooks");
+    support::show_figures("test_hooks");
+}
+
 #[test]
 fn stop() {
     c_test("test_stop");

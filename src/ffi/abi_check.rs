@@ -70,6 +70,8 @@ fn struct_layouts_match() {
         log,
         running_threads,
         close_on_worker,
+        on_thread_start,
+        on_thread_stop,
     });
     same_layout!(evmpm_stats {
         connections,
@@ -122,6 +124,13 @@ fn struct_layouts_match() {
         local_len,
     });
     same_layout!(evmpm_iovec { base, len });
+    same_layout!(evmpm_worker_info {
+        id,
+        state,
+        conn,
+        state_us,
+        label,
+    });
     // The fields of `struct iovec`, in its order: a host's iovec array
     // converts entry by entry without surprises.
     assert_eq!(size_of::<c::evmpm_iovec>(), size_of::<libc::iovec>());
@@ -172,6 +181,12 @@ fn constants_match() {
         EVMPM_HANDSHAKE_WANT_READ,
         EVMPM_HANDSHAKE_WANT_WRITE,
         EVMPM_HANDSHAKE_FAIL,
+        EVMPM_THREAD_WORKER,
+        EVMPM_THREAD_EVENT,
+        EVMPM_WORKER_IDLE,
+        EVMPM_WORKER_HANDLER,
+        EVMPM_WORKER_BLOCKED,
+        EVMPM_WORKER_SPARE,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,
@@ -250,6 +265,22 @@ fn calls_through_the_header_declarations_work() {
         )
     };
     assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
+    // The snapshot's struct as the header declares it, one entry's room:
+    // a NULL runtime is refused and nothing written.
+    let mut info = std::mem::MaybeUninit::<c::evmpm_worker_info>::zeroed();
+    let mut count = 7usize;
+    // SAFETY: one writable entry of the header's size, a writable count.
+    let rc = unsafe {
+        c::evmpm_get_workers(
+            std::ptr::null_mut(),
+            info.as_mut_ptr(),
+            size_of::<c::evmpm_worker_info>(),
+            1,
+            &mut count,
+        )
+    };
+    assert_eq!(rc, c::evmpm_error_EVMPM_EINVAL);
+    assert_eq!(count, 7);
     // SAFETY: any code is accepted; the result is a static C string.
     let text = unsafe { std::ffi::CStr::from_ptr(c::evmpm_strerror(c::evmpm_error_EVMPM_ESTALE)) };
     assert!(text.to_str().unwrap().contains("stale"));

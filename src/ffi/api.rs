@@ -184,10 +184,15 @@ pub unsafe extern "C" fn evmpm_start(rt: *mut evmpm_runtime) -> evmpm_error {
 /// Returns when every connection is closed, or at the deadline
 /// `timeout_ms` from now: then every remaining connection is closed by
 /// force (sockets of handlers still running are shut down so blocked reads
-/// return), and the call returns after at most ~100 ms more. Before it
-/// returns, every connection not held by a stuck handler is closed and its
-/// close callback has run, on this thread if no other closed it; host calls
-/// from then on return `EVMPM_ESTOPPED`.
+/// return), and the call returns after at most ~100 ms more. With
+/// `EVMPM_TIMEOUT_NONE` there is no deadline: the call returns only once
+/// every connection is closed, however long its handler or the host (a
+/// suspended connection) takes, and never forces one. Before it returns,
+/// every connection not held by a stuck handler is closed and its close
+/// callback has run, on this thread if no other closed it; host calls from
+/// then on return `EVMPM_ESTOPPED`. Unless a handler was stuck, every
+/// runtime thread has exited too, its `on_thread_stop` hook run; otherwise
+/// `evmpm_destroy` waits for the rest.
 ///
 /// Threads: any but the runtime's own, and not from inside any callback of
 /// this runtime on whatever thread it runs (a close callback run by a host
@@ -197,7 +202,7 @@ pub unsafe extern "C" fn evmpm_start(rt: *mut evmpm_runtime) -> evmpm_error {
 /// `EVMPM_ESTOPPED` (already stopped), `EVMPM_ETIMEDOUT` (the deadline
 /// forced connections closed, or a handler had not returned; the runtime is
 /// stopped all the same, and such a handler's connection is closed when it
-/// returns), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
+/// returns, which `evmpm_destroy` waits for), `EVMPM_EINTERNAL` (the runtime had stopped itself after an
 /// internal error, as `evmpm_stats.internal_errors` and the log callback
 /// tell; it is stopped, every connection closed).
 #[no_mangle]
@@ -210,14 +215,26 @@ pub unsafe extern "C" fn evmpm_stop(rt: *mut evmpm_runtime, timeout_ms: u32) -> 
 
 /// Frees the runtime. If it is still running it is first stopped with a
 /// deadline of 0 (every connection closed at once, close callbacks run).
-/// NULL is accepted and ignored.
+/// Then it waits for every thread of the runtime to exit, each running its
+/// `on_thread_stop` hook. NULL is accepted and ignored.
+///
+/// Once `evmpm_destroy` returns, no callback of this runtime runs or will
+/// ever run, on any thread: no handler, `on_close`, `request_ready`,
+/// `release`, `log`, `on_thread_start` or `on_thread_stop`. The host may
+/// free `user_data` and whatever its callbacks use.
+///
+/// It blocks until every handler has returned. A handler stuck past
+/// `evmpm_stop`'s deadline holds it up: the forced stop shut that
+/// handler's socket down, so one blocked on its own connection returns;
+/// one blocked elsewhere (a lock, a backend, a sleep) must be released by
+/// the host from another thread. Its connection is then closed, its close
+/// callback run, and its thread's stop hook run, all before this returns.
 ///
 /// Threads: any but the runtime's own, and not from inside any callback of
 /// this runtime on whatever thread it runs: such a call does nothing and
 /// returns `EVMPM_ETHREAD`. No other call with `rt` may be in progress or
 /// follow on any thread.
-/// Ownership: `rt` is invalid afterwards. A handler that was stuck past
-/// `evmpm_stop`'s deadline keeps the runtime's memory alive until it returns.
+/// Ownership: `rt` is invalid afterwards.
 /// Errors: `EVMPM_ETHREAD`.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_destroy(rt: *mut evmpm_runtime) -> evmpm_error {
@@ -230,7 +247,10 @@ pub unsafe extern "C" fn evmpm_destroy(rt: *mut evmpm_runtime) -> evmpm_error {
             return EVMPM_ETHREAD;
         }
         let _ = borrowed.stop(0);
-        // SAFETY: takes back the strong count Arc::into_raw gave the host.
+        borrowed.join_all();
+        // SAFETY: takes back the strong count Arc::into_raw gave the host;
+        // every runtime thread, holding the others, has been joined, so
+        // this drop frees the runtime here.
         drop(unsafe { Arc::from_raw(rt.cast::<Runtime>()) });
         EVMPM_OK
     })

@@ -4,16 +4,18 @@
 pub mod api;
 pub mod conn_api;
 pub mod types;
+pub mod workers_api;
 
 #[cfg(all(test, feature = "abi-check"))]
 mod abi_check;
 
 /// Runs an exported function's body, turning a panic into `$on_panic`.
 ///
-/// Every `extern "C"` function in `api.rs` goes through this, so no unwind
-/// ever reaches C (which would be undefined behaviour), and no panic
-/// message reaches the host's stderr (see `failure`). A call on a runtime
-/// also goes through `api::host_call`, which makes that runtime stop itself.
+/// Every `extern "C"` function in `api.rs` and `workers_api.rs` goes
+/// through this, so no unwind ever reaches C (which would be undefined
+/// behaviour), and no panic message reaches the host's stderr (see
+/// `failure`). A call on a runtime also goes through `api::host_call` (or,
+/// in `workers_api`, its own catch), which makes that runtime stop itself.
 macro_rules! ffi_guard {
     ($on_panic:expr, $body:block) => {
         match crate::failure::catch(|| $body) {

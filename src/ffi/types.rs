@@ -252,6 +252,7 @@ pub type evmpm_log_fn =
 /// | request_peek_bytes | 8192 | LimitRequestFieldSize (8190) |
 /// | log | NULL (silent) | ErrorLog |
 /// | close_on_worker | 0 (any thread) | (httpd closes on a worker) |
+/// | on_thread_start, on_thread_stop | NULL | (none per thread: child_init is per process) |
 ///
 /// Timeouts: `EVMPM_TIMEOUT_NONE` means never (a chat or other non-HTTP
 /// server whose clients stay idle for long sets it for keep-alive and
@@ -338,6 +339,12 @@ pub struct evmpm_config {
     /// 0 (the default): the callback runs on whichever thread closes the
     /// connection, the event thread included, and must be short.
     pub close_on_worker: u32,
+    /// Runs on each new worker and event thread before it serves anything
+    /// (see `evmpm_thread_fn`). Optional (NULL).
+    pub on_thread_start: evmpm_thread_fn,
+    /// Runs on each worker and event thread as it exits, whatever the
+    /// reason (see `evmpm_thread_fn`). Optional (NULL).
+    pub on_thread_stop: evmpm_thread_fn,
 }
 
 /// A snapshot of a runtime's counters, as mod_status shows them and more.
@@ -397,8 +404,10 @@ pub struct evmpm_stats {
     /// Internal errors (bugs in evmpm) caught. After the first the runtime
     /// stops itself; the log callback has the details.
     pub internal_errors: u64,
-    /// Worker threads alive now (spare threads leave after 2 s without
-    /// work).
+    /// Worker threads alive: `running_threads`, and more while handlers
+    /// block; a spare not needed for 2 s leaves, and every one leaves at
+    /// the stop (one whose handler is stuck past the deadline once it
+    /// returns).
     pub worker_threads: u64,
     /// Handlers counted as blocked right now: sleeping in the kernel for
     /// more than 100 µs while another thread runs in their place.
@@ -700,3 +709,76 @@ pub type evmpm_handshake_fn = Option<
         conn_user: *mut c_void,
     ) -> c_int,
 >;
+
+/// A thread hook (optional: `evmpm_config.on_thread_start` and
+/// `evmpm_config.on_thread_stop`). Where a server that ran a thread per
+/// connection did its per-thread setup and teardown (thread-local state, a
+/// database handle, a thread name, its thread-exit hook), it does them here.
+///
+/// `on_thread_start` runs on each new thread of the runtime before the
+/// thread serves anything: before a worker takes its first connection,
+/// before the event thread accepts. `on_thread_stop` runs on that thread as
+/// it exits, whatever the reason: a spare worker leaving after 2 s without
+/// work, `evmpm_stop`, `evmpm_destroy`, or an `evmpm_start` that failed
+/// part-way. Each runs exactly once per thread, stop after start; a thread
+/// that ran its start hook runs its stop hook, by the time `evmpm_destroy`
+/// returns at the latest.
+///
+/// Threads: the runtime's worker threads (`kind` `EVMPM_THREAD_WORKER`,
+/// `id` the worker's id, from 0, as `evmpm_get_workers` shows it; a thread
+/// started later may take the id of one that left, only once that one's
+/// stop hook has returned) and its
+/// event thread (`EVMPM_THREAD_EVENT`, `id` 0). The pool's monitor thread,
+/// which runs no host code but the log callback after an internal error,
+/// has none.
+///
+/// A hook may block briefly, but its thread waits meanwhile: a worker's
+/// start hook delays the thread that was started for a blocked handler, the
+/// event thread's delays accepting. It must not call `evmpm_stop` or
+/// `evmpm_destroy` (they return `EVMPM_ETHREAD`). `user_data` is
+/// `evmpm_config.user_data`; `rt` is the runtime.
+pub type evmpm_thread_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, rt: *mut evmpm_runtime, kind: c_int, id: u32),
+>;
+
+/// Thread hook kind: a worker thread, which runs handlers.
+pub const EVMPM_THREAD_WORKER: c_int = 1;
+/// Thread hook kind: the event thread, which accepts and watches idle
+/// connections.
+pub const EVMPM_THREAD_EVENT: c_int = 2;
+
+/// One worker thread in `evmpm_get_workers`'s snapshot: a row of a status
+/// page, as Apache's scoreboard has one per worker. May gain fields at its
+/// end in later versions: pass `sizeof` your copy to `evmpm_get_workers`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct evmpm_worker_info {
+    /// The worker's id, from 0 to `worker_threads` - 1: the `id` its
+    /// thread hooks get. A thread started after another left may have
+    /// that one's id.
+    pub id: u32,
+    /// What it does: an `EVMPM_WORKER_*` value.
+    pub state: i32,
+    /// The connection whose handler it runs (`EVMPM_WORKER_HANDLER`,
+    /// `EVMPM_WORKER_BLOCKED`); 0 otherwise.
+    pub conn: evmpm_conn,
+    /// How long it has been in `state`, in microseconds: in a handler,
+    /// since that handler call began; blocked, since it was counted
+    /// blocked.
+    pub state_us: u64,
+    /// The label the running handler set with `evmpm_set_label`,
+    /// NUL-terminated; empty when it set none, and outside a handler.
+    pub label: [c_char; 64],
+}
+
+/// Worker state (`evmpm_worker_info.state`): waiting for work, for a
+/// connection to become readable or a job to be queued.
+pub const EVMPM_WORKER_IDLE: i32 = 1;
+/// Worker state: running a handler.
+pub const EVMPM_WORKER_HANDLER: i32 = 2;
+/// Worker state: running a handler counted blocked (its thread slept in
+/// the kernel for more than 100 µs); another thread runs in its place.
+pub const EVMPM_WORKER_BLOCKED: i32 = 3;
+/// Worker state: asleep as a spare, until a handler blocks (it then runs
+/// in that one's place) or 2 s pass (it then leaves).
+pub const EVMPM_WORKER_SPARE: i32 = 4;

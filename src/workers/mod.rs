@@ -34,13 +34,15 @@
 
 mod monitor;
 mod poller;
+mod status;
 
 pub use monitor::{look_if_due, monitor_main};
 pub use poller::worker_main;
+pub(crate) use status::LABEL_SIZE;
 
 use crate::conn::Handle;
 use crate::message::CloseHow;
-use crate::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{ArrayQueue, Mutex};
 use crate::sys::epoll::{self, Epoll};
 use crate::sys::waker::EventFd;
@@ -103,12 +105,9 @@ const BLOCKED: u64 = 1;
 
 /// What the pool knows of one worker thread.
 struct Record {
-    /// 0 outside a handler; inside, when it started (ns since the
-    /// runtime's epoch) shifted left by one, with `BLOCKED` in the low bit
-    /// once the monitor counted it as blocked. One word, so the worker's
-    /// `swap(0)` at the handler's end and the monitor's CAS that marks it
-    /// agree on whether it was counted.
-    handler: CachePadded<AtomicU64>,
+    /// What the worker writes at every handler's start and end, on one
+    /// cache line.
+    handler: CachePadded<Running>,
     /// The thread's kernel id, once it runs (0 before).
     tid: AtomicI32,
     /// Set by whoever releases this thread from the spare stack.
@@ -117,42 +116,88 @@ struct Record {
     /// took itself off the stack to leave.
     leaving: AtomicBool,
     thread: Mutex<Option<Thread>>,
+    /// For `evmpm_get_workers` (see `status`): whether a thread has this
+    /// id, and whether it is a spare, as `status::LIFE_*`. Written as the
+    /// id is reserved and freed and as the thread becomes or stops being a
+    /// spare; never on the handler path.
+    life: AtomicU32,
+    /// When the thread last became idle or a spare (ns since the
+    /// runtime's epoch).
+    since_ns: AtomicU64,
+    /// When the current handler was counted blocked.
+    blocked_ns: AtomicU64,
+    /// The label the running handler set (`evmpm_set_label`), NUL-padded;
+    /// locked only by the label's writer and by snapshots, and by the
+    /// worker at a handler's end if that handler set one.
+    label: Mutex<[u8; status::LABEL_SIZE]>,
+}
+
+/// A worker's handler, as it runs.
+struct Running {
+    /// 0 outside a handler; inside, when it started (ns since the
+    /// runtime's epoch) shifted left by one, with `BLOCKED` in the low bit
+    /// once the monitor counted it as blocked. One word, so the worker's
+    /// `swap(0)` at the handler's end and the monitor's CAS that marks it
+    /// agree on whether it was counted.
+    word: AtomicU64,
+    /// The connection of the handler in `word`, stored before it.
+    conn: AtomicU64,
+    /// Set (by the worker) when the running handler set a label, which
+    /// the worker then clears as the handler returns. Only the worker
+    /// touches it.
+    labelled: AtomicBool,
 }
 
 impl Record {
     fn new() -> Record {
         Record {
-            handler: CachePadded::new(AtomicU64::new(0)),
+            handler: CachePadded::new(Running {
+                word: AtomicU64::new(0),
+                conn: AtomicU64::new(0),
+                labelled: AtomicBool::new(false),
+            }),
             tid: AtomicI32::new(0),
             released: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
             thread: Mutex::new(None),
+            life: AtomicU32::new(status::LIFE_NONE),
+            since_ns: AtomicU64::new(0),
+            blocked_ns: AtomicU64::new(0),
+            label: Mutex::new([0; status::LABEL_SIZE]),
         }
     }
 
-    /// The worker, as its handler starts at `now_ns`.
-    fn begin_handler(&self, now_ns: u64) {
-        self.handler.store(now_ns.max(1) << 1, Ordering::SeqCst);
+    /// The worker, as its handler for `conn` starts at `now_ns`.
+    fn begin_handler(&self, now_ns: u64, conn: Handle) {
+        // Release: a snapshot that reads this value also sees the end of
+        // the handler before (see `status`).
+        self.handler.conn.store(conn.0, Ordering::Release);
+        self.handler
+            .word
+            .store(now_ns.max(1) << 1, Ordering::SeqCst);
     }
 
     /// The worker, as its handler returns: true if the monitor counted it
     /// blocked (and released another thread in its place).
     fn end_handler(&self) -> bool {
-        self.handler.swap(0, Ordering::SeqCst) & BLOCKED != 0
+        self.handler.word.swap(0, Ordering::SeqCst) & BLOCKED != 0
     }
 
     /// The handler running now, as `(word, started_ns)`, if one runs and
     /// is not counted blocked yet.
     fn running_handler(&self) -> Option<(u64, u64)> {
-        let word = self.handler.load(Ordering::SeqCst);
+        let word = self.handler.word.load(Ordering::SeqCst);
         (word != 0 && word & BLOCKED == 0).then_some((word, word >> 1))
     }
 
-    /// Whoever looks: counts the handler it saw as `word` blocked. False
-    /// if that handler ended (or was counted) meanwhile: the worker's swap
-    /// and this CAS agree on whether it was counted.
-    fn mark_blocked(&self, word: u64) -> bool {
+    /// Whoever looks, at `now_ns`: counts the handler it saw as `word`
+    /// blocked. False if that handler ended (or was counted) meanwhile:
+    /// the worker's swap and this CAS agree on whether it was counted.
+    fn mark_blocked(&self, word: u64, now_ns: u64) -> bool {
+        // Before the CAS, which publishes it with the mark.
+        self.blocked_ns.store(now_ns, Ordering::Relaxed);
         self.handler
+            .word
             .compare_exchange(word, word | BLOCKED, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }
@@ -179,7 +224,8 @@ pub struct Workers {
     /// The most worker threads there may be.
     pub(crate) max: usize,
     active: CachePadded<AtomicUsize>,
-    /// Worker threads alive (a spare idle for `SPARE_IDLE` exits).
+    /// Worker threads alive, counted from their reservation to their exit
+    /// (a spare idle for `SPARE_IDLE` exits, and every thread at the stop).
     spawned: AtomicUsize,
     /// Ids (record indices) no live thread has, lowest last.
     free_ids: Mutex<Vec<usize>>,
@@ -275,8 +321,9 @@ impl Workers {
         Some(job)
     }
 
-    /// Reserves the id for a new thread, counted active; None at `max`.
-    pub(crate) fn reserve_thread(&self) -> Option<usize> {
+    /// Reserves the id for a new thread, counted active and, from `now_ns`,
+    /// idle; None at `max`.
+    pub(crate) fn reserve_thread(&self, now_ns: u64) -> Option<usize> {
         let mut n = self.spawned.load(Ordering::Acquire);
         loop {
             if n >= self.max {
@@ -295,6 +342,7 @@ impl Workers {
                         .unwrap_or_else(|p| p.into_inner())
                         .pop()
                         .expect("a free id below the thread limit");
+                    self.records[id].set_life(status::LIFE_IDLE, now_ns);
                     return Some(id);
                 }
                 Err(actual) => n = actual,
@@ -304,6 +352,7 @@ impl Workers {
 
     /// A thread could not be started: takes its reservation back.
     pub(crate) fn unreserve_thread(&self, id: usize) {
+        self.records[id].set_life(status::LIFE_NONE, 0);
         self.free_ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -312,10 +361,13 @@ impl Workers {
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// A spare idle for `SPARE_IDLE` leaves: its id is free again. (It was
-    /// not counted active while a spare.)
+    /// Worker `id` exits (a spare idle for `SPARE_IDLE`, or the pool's
+    /// exit): its id is free again, and it is no longer counted alive. (A
+    /// spare was not counted active; at the exit the count no longer
+    /// matters.)
     fn thread_left(&self, id: usize) {
         self.records[id].tid.store(0, Ordering::Release);
+        self.records[id].set_life(status::LIFE_NONE, 0);
         self.spawned.fetch_sub(1, Ordering::AcqRel);
         self.free_ids
             .lock()
@@ -403,14 +455,14 @@ mod loom_tests {
             let rec = Arc::new(Record::new());
             let active = Arc::new(AtomicUsize::new(1));
             let blocked = Arc::new(AtomicUsize::new(0));
-            rec.begin_handler(5);
+            rec.begin_handler(5, Handle(1 << 32));
 
             let (r, a, b) = (Arc::clone(&rec), Arc::clone(&active), Arc::clone(&blocked));
             let looker = thread::spawn(move || {
                 let Some((word, _)) = r.running_handler() else {
                     return false;
                 };
-                if !r.mark_blocked(word) {
+                if !r.mark_blocked(word, 7) {
                     return false;
                 }
                 a.fetch_sub(1, Ordering::AcqRel);

@@ -98,7 +98,7 @@ fn look(rt: &Arc<Runtime>, w: &Workers, now: u64) {
         }
         // Counted once: the worker's swap at the handler's end and this CAS
         // agree on whether it was.
-        if !rec.mark_blocked(word) {
+        if !rec.mark_blocked(word, now) {
             continue;
         }
         w.active.fetch_sub(1, Ordering::AcqRel);

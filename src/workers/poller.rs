@@ -3,10 +3,11 @@
 //! it is not done), checks it holds a whole request, runs the handler, and
 //! carries out what the handler decided.
 
-use super::{Job, Work, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
+use super::{Job, Work, DOORBELL_TOKEN, EXIT_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
-    EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_ACCEPTED, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
+    EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_THREAD_WORKER, EVMPM_WAKE_ACCEPTED,
+    EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
 };
 use crate::handshake::Step;
 use crate::message::{CloseHow, Handoff};
@@ -23,22 +24,38 @@ use std::sync::Arc;
 /// handler calls in a row before it goes to the back of the queue.
 const MAX_CONSECUTIVE_RUNS: u32 = 16;
 
-/// The body of worker thread `id`. `spare`: it was started to sleep until
-/// released (never: every thread starts active).
+/// The body of worker thread `id`, which starts active. The host's thread
+/// hooks run first and last on it, whatever makes it exit.
 pub fn worker_main(rt: Arc<Runtime>, id: usize) {
     mark_current_thread(&rt);
     let w = &rt.workers;
     let rec = &w.records[id];
     rec.tid.store(sys::thread::current_tid(), Ordering::Release);
     *rec.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current());
+    super::status::enter(w, id);
+    rt.thread_hook(rt.config.thread_start, EVMPM_THREAD_WORKER, id);
+    serve(&rt, id);
+    rt.thread_hook(rt.config.thread_stop, EVMPM_THREAD_WORKER, id);
+    // Only now, after the stop hook, may another thread take the id.
+    w.thread_left(id);
+    let (lock, cv) = &rt.workers_running;
+    *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    cv.notify_all();
+}
+
+/// Worker `id` takes and runs jobs until the pool exits, or until, a spare
+/// without work for `SPARE_IDLE`, it leaves.
+fn serve(rt: &Arc<Runtime>, id: usize) {
+    let w = &rt.workers;
+    let rec = &w.records[id];
     let mut readiness = Readiness::new(&rt.config);
     let mut events = Vec::with_capacity(1);
     while !w.exiting() {
         // Between jobs: if another handler has run long, see whether it
         // blocked (cheap when none has).
-        super::look_if_due(&rt);
+        super::look_if_due(rt);
         if let Some(job) = w.take_job() {
-            guarded(&rt, || run_job(&rt, id, job));
+            guarded(rt, || run_job(rt, id, job));
         } else {
             if rt.workers.poll.wait(&mut events, -1).is_err() {
                 continue;
@@ -48,21 +65,17 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
                 match token {
                     DOORBELL_TOKEN => w.doorbell.reset(),
                     EXIT_TOKEN => {}
-                    _ => guarded(&rt, || {
-                        on_ready(&rt, id, &mut readiness, Handle(token), flags)
+                    _ => guarded(rt, || {
+                        on_ready(rt, id, &mut readiness, Handle(token), flags)
                     }),
                 }
             }
         }
         if rec.leaving.swap(false, Ordering::AcqRel) {
-            // A spare idle for too long: its id goes back to the pool.
-            w.thread_left(id);
+            // A spare idle for too long leaves.
             break;
         }
     }
-    let (lock, cv) = &rt.workers_running;
-    *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-    cv.notify_all();
 }
 
 /// Runs one piece of a worker's work, turning a panic into the fail-stop.
@@ -271,7 +284,7 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             break;
         }
         w.started.fetch_add(1, Ordering::Relaxed);
-        rec.begin_handler(rt.now_ns());
+        rec.begin_handler(rt.now_ns(), h);
         // SAFETY: the handler is the host's, called with the arguments the
         // header documents; `rt` outlives the call (the caller holds an Arc).
         unsafe { (rt.config.handler)(rt.config.user_data.0, rt.as_c_ptr(), h.0, fd, reason) };
@@ -282,15 +295,17 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             w.active.fetch_add(1, Ordering::AcqRel);
             was_blocked = true;
         }
+        rec.clear_label();
         match rt.finish_handler(h, slot) {
             Some(next) => reason = next,
             None => break,
         }
     }
     w.busy.fetch_sub(1, Ordering::AcqRel);
+    rec.idle_since(rt.now_ns());
     rt.capacity_freed();
     if was_blocked {
-        retire_if_surplus(w, id);
+        retire_if_surplus(rt, id);
     }
 }
 
@@ -299,7 +314,8 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
 /// not above the target, or sleeps as a spare until it is needed (LIFO:
 /// the most recent spare is released first, so the same few threads stay
 /// warm).
-fn retire_if_surplus(w: &Workers, id: usize) {
+fn retire_if_surplus(rt: &Runtime, id: usize) {
+    let w = &rt.workers;
     let mut active = w.active.load(Ordering::Acquire);
     loop {
         if active <= w.target {
@@ -315,6 +331,7 @@ fn retire_if_surplus(w: &Workers, id: usize) {
     }
     let rec = &w.records[id];
     rec.released.store(false, Ordering::SeqCst);
+    rec.set_life(super::status::LIFE_SPARE, rt.now_ns());
     w.spares.lock().unwrap_or_else(|p| p.into_inner()).push(id);
     // A release between the push and the park leaves `released` set and
     // the thread's park token too: park returns at once. The releaser
@@ -337,6 +354,7 @@ fn retire_if_surplus(w: &Workers, id: usize) {
         drop(spares);
         std::thread::park();
     }
+    rec.set_life(super::status::LIFE_IDLE, rt.now_ns());
 }
 
 /// True when input waits to be read (or the peer closed, or the socket
