@@ -1995,3 +1995,141 @@ fn chat_member_idle_past_the_default_timeout_stays() {
     chat_stop(server, 2);
     quiet.expect_eof();
 }
+
+// ---- the hooks example ----------------------------------------------------------
+
+/// A connection to `port` on 127.0.0.1 from the local address `from`.
+fn connect_from(from: std::net::Ipv4Addr, port: u16) -> TcpStream {
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| {
+        // SAFETY: all-zero is a valid sockaddr_in, filled in below.
+        let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_port = port.to_be();
+        a.sin_addr.s_addr = u32::from(ip).to_be();
+        a
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns until
+    // from_raw_fd hands it to the TcpStream; the addresses are initialised.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let local = sockaddr(from, 0);
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let peer = sockaddr(std::net::Ipv4Addr::LOCALHOST, port);
+        let rc = libc::connect(fd, (&peer as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// examples-c/hooks.c: two listeners with their own settings, an access
+/// list at accept, thread hooks, a close path that blocks (on workers),
+/// per-connection timeouts and a status page of the workers.
+#[test]
+fn hooks_example_uses_every_hook() {
+    let server = Server::start("hooks", "hooks: public on", |port| {
+        vec![
+            port.to_string(),
+            (port + 1).to_string(),
+            "--deny".into(),
+            "127.0.0.2".into(),
+        ]
+    });
+    let admin = server.port + 1;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    // Each listener names itself; a connection counts its own requests.
+    let mut public = server.conn();
+    assert_eq!(
+        public.request(&get("/")).text(),
+        "hello from public, request 1\n"
+    );
+    assert_eq!(
+        public.request(&get("/")).text(),
+        "hello from public, request 2\n"
+    );
+    let mut status = Conn::new(admin);
+    assert_eq!(
+        status.request(&get("/")).text(),
+        "hello from admin, request 1\n"
+    );
+    // The status page is the admin listener's only.
+    assert!(public
+        .request(&get("/status"))
+        .text()
+        .starts_with("hello from public"));
+
+    // Refused at accept, before sending anything.
+    let mut denied = Conn::wrap(connect_from(
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+        server.port,
+    ));
+    denied.expect_eof();
+    let mut allowed = Conn::wrap(connect_from(
+        std::net::Ipv4Addr::new(127, 0, 0, 3),
+        server.port,
+    ));
+    assert_eq!(
+        allowed.request(&get("/")).text(),
+        "hello from public, request 1\n"
+    );
+
+    // A handler that blocks shows on the status page with its label.
+    let sleeper = std::thread::spawn(move || {
+        let mut c = Conn::new(admin - 1);
+        c.request("GET /sleep?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .text()
+    });
+    let mut page = String::new();
+    wait_for("the sleeping handler on the status page", limit(10), || {
+        page = status.request(&get("/status")).text();
+        page.lines().any(|l| {
+            (l.contains(" blocked ") || l.contains(" handler "))
+                && l.ends_with("GET /sleep?ms=1500 HTTP/1.1")
+        })
+    });
+    assert!(page.starts_with("threads started "), "{page}");
+    assert_eq!(sleeper.join().unwrap(), "slept 1500 ms\n");
+
+    // A connection's own keep-alive timeout closes it; another stays open.
+    let mut short = server.conn();
+    assert_eq!(
+        short.request(&get("/keepalive?ms=200")).text(),
+        "keep-alive 200 ms\n"
+    );
+    short.expect_eof();
+    assert_eq!(
+        public.request(&get("/")).text(),
+        "hello from public, request 4\n"
+    );
+
+    // Every closed connection went through the blocking close path.
+    drop((public, allowed, short, denied));
+    wait_for("the close callbacks", limit(10), || {
+        let page = status.request(&get("/status")).text();
+        let closes: usize = page
+            .split("closes ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        closes >= 5
+    });
+    drop(status);
+
+    // Each thread that ran its start hook ran its stop hook.
+    let out = server.terminate();
+    let last = out.lines().last().unwrap_or_default().to_string();
+    let counts: Vec<&str> = last
+        .split(' ')
+        .filter(|w| w.trim_end_matches(',').parse::<u32>().is_ok())
+        .collect();
+    assert!(
+        last.starts_with("stopped (success): threads started"),
+        "{out}"
+    );
+    assert_eq!(counts.len(), 2, "{last}");
+    assert_eq!(counts[0].trim_end_matches(','), counts[1], "{last}");
+}
