@@ -29,9 +29,19 @@ use crate::sys::socket;
 /// raise the receive low-water mark past them, as the readiness check does,
 /// so the connection stays quiet until more come. (A TLS library takes
 /// what it reads: nothing stays queued, and the mark stays at 1.)
-fn quiet_until_more(slot: &Slot, fd: i32) {
+///
+/// Only when no byte came while the step ran, and it left what was queued:
+/// bytes that arrived meanwhile (after a TLS library read what it could)
+/// are new to it, and a mark raised past them would keep the connection
+/// quiet while the client waits for an answer; the interest, re-armed,
+/// reports them and the step runs again. What arrived is told by the
+/// kernel's count of bytes received where it has one (TCP), else by the
+/// queue's length.
+fn quiet_until_more(slot: &Slot, fd: i32, before: (usize, Option<u64>)) {
     let queued = socket::queued_input(fd);
-    if queued == 0 || queued >= i32::MAX as usize {
+    let received = socket::bytes_received(fd);
+    let nothing_new = queued == before.0 && received == before.1;
+    if queued == 0 || !nothing_new || queued >= i32::MAX as usize {
         crate::readiness::lower_mark(slot, fd);
         return;
     }
@@ -62,6 +72,7 @@ pub(crate) fn step(rt: &Runtime, listener: &Listener, slot: &Slot, h: Handle, fd
         slot.handshake_done();
         return Step::Done;
     };
+    let before = (socket::queued_input(fd), socket::bytes_received(fd));
     // SAFETY: the host's callback with the documented arguments; `rt`
     // outlives the call (the caller holds it); this thread owns the
     // connection, so its user pointer is the one last set (published by
@@ -69,7 +80,7 @@ pub(crate) fn step(rt: &Runtime, listener: &Listener, slot: &Slot, h: Handle, fd
     let said = unsafe { step(listener.user.0, rt.as_c_ptr(), h.0, fd, slot.user()) };
     match said {
         EVMPM_HANDSHAKE_WANT_READ => {
-            quiet_until_more(slot, fd);
+            quiet_until_more(slot, fd, before);
             Step::WantRead
         }
         EVMPM_HANDSHAKE_WANT_WRITE => Step::WantWrite,

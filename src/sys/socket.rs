@@ -300,6 +300,27 @@ pub fn queued_input(fd: i32) -> usize {
     }
 }
 
+/// Bytes the kernel has received on a TCP socket since it opened
+/// (`TCP_INFO`'s `tcpi_bytes_received`, Linux 4.1 on), whether read or
+/// still queued; None for other sockets or older kernels.
+pub fn bytes_received(fd: i32) -> Option<u64> {
+    // SAFETY: all-zero is a valid tcp_info for the kernel to fill.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, and `len` is a live
+    // socklen_t the kernel updates.
+    syscall!(getsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_INFO,
+        (&mut info as *mut libc::tcp_info).cast(),
+        &mut len
+    ))
+    .ok()?;
+    let end = mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + mem::size_of::<u64>();
+    (len as usize >= end).then_some(info.tcpi_bytes_received)
+}
+
 /// Bytes in the socket's send queue, not yet acknowledged by the peer
 /// (SIOCOUTQ). 0 if the query fails, which only makes a stalled write
 /// look stalled.
