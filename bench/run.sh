@@ -583,15 +583,16 @@ rss_of() {
 # ---- load and idle connections ------------------------------------------------------
 
 # run_wrk OUTFILE PORT [wrk options]: one bounded wrk run, with WRK_CONNS
-# connections (CONNS when unset), for WRK_PATH (URL_PATH when unset), under
+# connections (CONNS when unset) on WRK_THREADS threads (1 when unset), for
+# WRK_PATH (URL_PATH when unset) over WRK_SCHEME (http when unset), under
 # the command in the array WRK_WRAP when set (a counter attached to the
 # server for exactly the length of the run).
 WRK_WRAP=()
 run_wrk() {
     local out=$1 port=$2
     shift 2
-    timeout -k 5 $((DUR + 30)) "${WRK_WRAP[@]+"${WRK_WRAP[@]}"}" wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
-        "http://127.0.0.1:$port${WRK_PATH:-$URL_PATH}" >"$out" 2>&1 || true
+    timeout -k 5 $((DUR + 30)) "${WRK_WRAP[@]+"${WRK_WRAP[@]}"}" wrk -t"${WRK_THREADS:-1}" -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
+        "${WRK_SCHEME:-http}://127.0.0.1:$port${WRK_PATH:-$URL_PATH}" >"$out" 2>&1 || true
 }
 
 # parse_wrk FILE: "rps p99_us requests errors" (errors: socket errors and
@@ -714,13 +715,14 @@ warm_up() { # PORT: a short run, not recorded
 
 # idle_open PORT N: opens N idle keep-alive connections and waits until they
 # are parked (or the set-up ends: 60 s at most, or 3 s without progress).
-# Sets IDLE_PID and IDLE_OUT.
+# With IDLE_TLS set, HTTPS ones (idle_clients --tls). Sets IDLE_PID and
+# IDLE_OUT.
 IDLE_SEQ=0
 idle_open() {
     local port=$1 n=$2 i
     IDLE_SEQ=$((IDLE_SEQ + 1))
     IDLE_OUT="$TMP/out/idle.$IDLE_SEQ"
-    "$TMP/bin/idle_clients" "$port" "$n" --path "$URL_PATH" --setup-timeout 60 \
+    "$TMP/bin/idle_clients${IDLE_TLS:+-tls}" "$port" "$n" ${IDLE_TLS:+--tls} --path "$URL_PATH" --setup-timeout 60 \
         --stall 3 --hold-max 600 </dev/null >"$IDLE_OUT" 2>>"$TMP/logs/idle_clients.log" &
     IDLE_PID=$!
     PIDS+=("$IDLE_PID")
@@ -1285,16 +1287,18 @@ wrk_bytes() {
     }
     END { if (b == "") print "nan"; else printf "%.0f\n", b }' "$1"
 }
-# i_gone KIND JOB SPID: true if the server has exited; sets I_FAILED to say
-# how (the job is reaped here: its exit status is only to be had once).
-i_gone() {
+# server_gone VAR KIND JOB SPID: true if the server has exited; sets the
+# variable VAR to say how (the job is reaped here: its exit status is only
+# to be had once). i_gone: the same for I_FAILED.
+server_gone() {
     local st=0
-    kill -0 "$3" 2>/dev/null && return 1
-    wait "$2" 2>/dev/null || st=$?
-    forget_pid "$2"
-    I_FAILED="$1 exited during the load, exit status $st$([ "$st" -gt 128 ] && echo " (killed by SIG$(kill -l $((st - 128)) 2>/dev/null || echo "nal $((st - 128))"))")"
+    kill -0 "$4" 2>/dev/null && return 1
+    wait "$3" 2>/dev/null || st=$?
+    forget_pid "$3"
+    printf -v "$1" '%s' "$2 exited during the load, exit status $st$([ "$st" -gt 128 ] && echo " (killed by SIG$(kill -l $((st - 128)) 2>/dev/null || echo "nal $((st - 128))"))")"
     return 0
 }
+i_gone() { server_gone I_FAILED "$@"; }
 # unrec SCEN ROUND KEY: forgets what was recorded for KEY (and KEY.*) in
 # that round.
 unrec() {
