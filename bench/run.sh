@@ -24,16 +24,24 @@
 #   i  static files over keep-alive: examples-c/fileserver (sendfile(2)
 #      through evmpm_complete_sendfile) against nginx with sendfile on,
 #      a 100 KiB and a 1 MiB file, at 10 and 100 connections
+#   j  HTTPS: examples-c/fileserver --tls against nginx with ssl, one
+#      certificate made for the run (EC P-256), TLSv1.3 and one cipher
+#      suite for both: keep-alive at 100 connections, full handshakes per
+#      second (bench/tls_handshakes.c) and wrk's connection per request
+#      (resumed handshakes), then 10,000 idle HTTPS keep-alive connections
+#      held (threads, RSS per idle connection, req/s with them ÷ without).
+#      Skipped, saying why, where OpenSSL 3's headers (libssl-dev), the
+#      openssl command, nginx's ssl module or wrk is missing
 # The report starts with the targets, each with its measured figure and
 # whether it is met. Timing never changes the exit status: 0 when it ran, 1
-# when i failed (a server answered its files wrong, or exited under load).
+# when i or j failed (a server answered wrong, or exited under load).
 #
 # usage: bench/run.sh [--quick] [--rounds N] [--only LIST] [--no-install] [--keep]
-#   --quick       1 s load runs, fewer idle connections (2,000 in b, 1,000
-#                 and 3,000 in d), f's system calls in total only; about 4.5
-#                 minutes
+#   --quick       1 s load runs, fewer idle connections (2,000 in b and j,
+#                 1,000 and 3,000 in d), f's system calls in total only;
+#                 about 5 minutes
 #   --rounds N    rounds per scenario (default 3, at least 3)
-#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g,h,i)
+#   --only LIST   run only these scenarios, comma-separated (default a,b,c,d,e,f,g,h,i,j)
 #   --no-install  do not apt-get missing tools; fail instead
 #   --keep        keep the temporary directory (configs, logs, raw numbers)
 #
@@ -48,8 +56,11 @@
 # the smoke-test knobs). The report's header says whether the machine was
 # quiet, and a table gives each scenario's load (see scenario_begin). Installs
 # wrk, nginx, apache2-bin, strace and (for i) curl with apt-get when missing
-# (as root), never starting their services. Raises its descriptor
-# limit to the hard limit (full mode needs about 15,500: 15,000 parked).
+# (as root), never starting their services; for j alone only wrk and nginx,
+# and j is skipped rather than the run failing when they cannot be had.
+# OpenSSL's headers and command are never installed: j says what is missing.
+# Raises its descriptor limit to the hard limit (full mode needs about
+# 15,500: 15,000 parked).
 set -euo pipefail
 
 usage() {
@@ -61,7 +72,7 @@ MODE=full
 ROUNDS=3
 INSTALL=1
 KEEP=0
-ONLY=a,b,c,d,e,f,g,h,i
+ONLY=a,b,c,d,e,f,g,h,i,j
 COMMAND_LINE="bench/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -94,10 +105,14 @@ for v in BENCH_DURATION BENCH_ROUNDS; do
     COMMAND_LINE="$v=${!v} $COMMAND_LINE"
 done
 ROUNDS=${BENCH_ROUNDS:-$ROUNDS}
-case ,$ONLY, in *[!a-i,]*) usage ;; esac
+case ,$ONLY, in *[!a-j,]*) usage ;; esac
 want() { case ,$ONLY, in *,$1,*) return 0 ;; esac; return 1; }
 ALL_SCENARIOS=0
-[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefghi ] && ALL_SCENARIOS=1
+[ "$(echo "$ONLY" | tr ',' '\n' | sort -u | tr -d '\n')" = abcdefghij ] && ALL_SCENARIOS=1
+# CORE: any of a to i, which need wrk, nginx and Apache (the run fails
+# without them); j alone only skips itself when what it needs is missing.
+CORE=0
+for x in a b c d e f g h i; do want $x && CORE=1; done
 
 # The machine's load before this script adds any (install, build, load).
 LOAD_LAUNCH=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -107,12 +122,14 @@ LOAD_LAUNCH=$(cut -d' ' -f1-3 /proc/loadavg)
 if [ "$MODE" = quick ]; then
     DUR=1                  # seconds per wrk run
     IDLE_B=2000            # idle connections in scenario b
+    IDLE_J=2000            # idle HTTPS connections in scenario j
     IDLE_D="0 1000 3000"   # idle connections in scenario d
     HANDOFF_N=20000        # round trips per hand-off measurement
     SYSC_DUR=1             # seconds of load while counting syscalls
 else
     DUR=5
     IDLE_B=10000
+    IDLE_J=10000
     IDLE_D="0 5000 15000"
     HANDOFF_N=100000
     SYSC_DUR=3
@@ -142,7 +159,10 @@ ALLSLOW_IDEAL=$((ALLSLOW_CONNS * 1000 / ALLSLOW_MS))
 URL_PATH=/hello.txt        # the 100-byte file; the hello servers answer any path
 FILE_SIZES="102400 1048576" # i: the files served (bytes): 100 KiB and 1 MiB
 FILE_LEVELS="10 100"        # i: wrk connections
-IDLE_TARGET=10000          # the idle connections the targets speak of (b)
+IDLE_TARGET=10000          # the idle connections the targets speak of (b, j)
+TLS_SUITE=TLS_AES_256_GCM_SHA384 # j: the one TLS 1.3 cipher suite of every server and client
+TLS_GROUP=X25519           # j: the one key exchange group
+TLS_HS_THREADS=$(nproc)    # j: client threads for the handshake loads (see scenario_j)
 PARKED_TARGET=15000        # the parked connections of the flatness target (d)
 BUSY_LOAD=1.0              # a 1-minute load average above this at a scenario's start: busy
 QUIET_OTHER=0.10           # CPUs of other work (average over a scenario) a quiet run stays under
@@ -242,12 +262,21 @@ perf_works() {
 
 install_missing() {
     local pkgs=()
-    command -v wrk >/dev/null || pkgs+=(wrk)
-    want i && { command -v curl >/dev/null || pkgs+=(curl); }
-    command -v nginx >/dev/null || pkgs+=(nginx)
-    command -v apache2 >/dev/null || [ -x /usr/lib/apache2/modules/mod_mpm_event.so ] || pkgs+=(apache2-bin)
-    perf_works || command -v strace >/dev/null || pkgs+=(strace)
+    if [ $CORE = 1 ]; then
+        command -v wrk >/dev/null || pkgs+=(wrk)
+        want i && { command -v curl >/dev/null || pkgs+=(curl); }
+        command -v nginx >/dev/null || pkgs+=(nginx)
+        command -v apache2 >/dev/null || [ -x /usr/lib/apache2/modules/mod_mpm_event.so ] || pkgs+=(apache2-bin)
+        perf_works || command -v strace >/dev/null || pkgs+=(strace)
+    else # j alone
+        command -v wrk >/dev/null || pkgs+=(wrk)
+        command -v nginx >/dev/null || pkgs+=(nginx)
+    fi
     [ ${#pkgs[@]} = 0 ] && return 0
+    if [ $CORE = 0 ] && { [ $INSTALL = 0 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; }; then
+        log "not installing ${pkgs[*]} (needs root, apt-get and no --no-install): scenario j will say it is skipped"
+        return 0
+    fi
     [ $INSTALL = 1 ] || die "missing: ${pkgs[*]} (run without --no-install, as root)"
     [ "$(id -u)" = 0 ] || die "missing: ${pkgs[*]}; run as root to have them installed"
     command -v apt-get >/dev/null || die "missing: ${pkgs[*]}, and no apt-get to install them"
@@ -272,10 +301,10 @@ PATH=$PATH:/usr/sbin:/sbin
 command -v cargo >/dev/null || die "cargo is needed to build the library (https://rustup.rs)"
 command -v "${CC:-cc}" >/dev/null || die "a C compiler is needed (\$CC or cc)"
 install_missing
-NGINX=$(command -v nginx)
-APACHE=$(command -v apache2)
+NGINX=$(command -v nginx || true)
+APACHE=$(command -v apache2 || true)
 APACHE_MODULES=/usr/lib/apache2/modules
-[ -f $APACHE_MODULES/mod_mpm_event.so ] || die "Apache's event MPM is not in $APACHE_MODULES"
+[ $CORE = 0 ] || [ -f $APACHE_MODULES/mod_mpm_event.so ] || die "Apache's event MPM is not in $APACHE_MODULES"
 # The user Apache's children run as: the distribution's web user if any.
 if id www-data >/dev/null 2>&1; then APACHE_USER=www-data APACHE_GROUP=www-data
 else APACHE_USER=nobody APACHE_GROUP=$(id -gn nobody 2>/dev/null || echo nogroup); fi
@@ -344,13 +373,45 @@ $CC "${CFLAGS[@]}" "$ROOT/examples-c/fileserver.c" \
 $CC "${CFLAGS[@]}" "$ROOT/bench/handoff.c" "$LIB" "${NATIVE[@]}" -o "$TMP/bin/handoff"
 $CC "${CFLAGS[@]}" "$ROOT/bench/idle_clients.c" -o "$TMP/bin/idle_clients"
 
+# j needs OpenSSL 3 (headers and libraries: Debian's libssl-dev) for its
+# programs, the openssl command for its certificate, nginx with its ssl
+# module, and wrk; J_SKIP says what is missing, and j is skipped.
+J_SKIP=""
+if want j; then
+    j_missing=()
+    command -v wrk >/dev/null || j_missing+=("wrk is missing")
+    if [ -z "$NGINX" ]; then
+        j_missing+=("nginx is missing")
+    elif ! "$NGINX" -V 2>&1 | grep -q -- '--with-http_ssl_module'; then
+        j_missing+=("nginx was built without its ssl module (http_ssl_module)")
+    fi
+    command -v openssl >/dev/null || j_missing+=("the openssl command is missing (Debian: openssl)")
+    printf '%s\n' '#include <openssl/ssl.h>' \
+        '#if OPENSSL_VERSION_NUMBER < 0x30000000L' '#error OpenSSL 3 is needed' '#endif' \
+        'int main(void) { return OPENSSL_init_ssl(0, NULL) == 1 ? 0 : 1; }' >"$TMP/openssl_probe.c"
+    $CC "$TMP/openssl_probe.c" -lssl -lcrypto -o "$TMP/openssl_probe" >/dev/null 2>&1 ||
+        j_missing+=("OpenSSL 3's headers or libraries are missing (Debian: libssl-dev)")
+    J_SKIP=$(printf '%s; ' "${j_missing[@]+"${j_missing[@]}"}" | sed 's/; $//')
+    if [ -z "$J_SKIP" ]; then
+        log "building the HTTPS programs (OpenSSL $(openssl version | cut -d' ' -f2))"
+        $CC "${CFLAGS[@]}" -DFILESERVER_TLS "$ROOT/examples-c/fileserver.c" \
+            -DWRAP_EVMPM_CONFIG_INIT "$ROOT/bench/idle_timeout_shim.c" -Wl,--wrap=evmpm_config_init \
+            "$LIB" -lssl -lcrypto "${NATIVE[@]}" -o "$TMP/bin/fileserver-tls"
+        $CC "${CFLAGS[@]}" -DIDLE_CLIENTS_TLS "$ROOT/bench/idle_clients.c" -lssl -lcrypto \
+            -o "$TMP/bin/idle_clients-tls"
+        $CC "${CFLAGS[@]}" "$ROOT/bench/tls_handshakes.c" -lssl -lcrypto -o "$TMP/bin/tls_handshakes"
+    else
+        log "scenario j will be skipped: $J_SKIP"
+    fi
+fi
+
 # ---- limits -------------------------------------------------------------------
 
 # Every process here (servers, wrk, idle_clients) inherits the soft limit
 # set here; idle_clients also raises its own to the hard limit. The most any
 # one process needs: the parked connections plus the load and some spare.
 max_idle=0
-for n in $IDLE_B $IDLE_D; do [ "$n" -gt $max_idle ] && max_idle=$n; done
+for n in $IDLE_B $IDLE_D $IDLE_J; do [ "$n" -gt $max_idle ] && max_idle=$n; done
 max_load=$ALLSLOW_CONNS
 for n in $CONNS $KA_LEVELS $MIX_LEVELS; do [ "$n" -gt $max_load ] && max_load=$n; done
 NEED_NOFILE=$((max_idle + max_load + 256))
@@ -390,7 +451,17 @@ next_port() {
 
 # NGINX_ROOT: the document root ($TMP/www when unset). NGINX_SENDFILE: on
 # or off; unset, off, nginx's default, which the hello scenarios measure.
+# NGINX_TLS: when set, HTTPS (scenario j): the listener with ssl, the run's
+# certificate, TLSv1.3, TLS_SUITE and TLS_GROUP only; session tickets and
+# the (absent) session cache at nginx's defaults.
 write_nginx_conf() { # port
+    local listen="listen 127.0.0.1:$1 backlog=511;"
+    [ -z "${NGINX_TLS:-}" ] || listen="listen 127.0.0.1:$1 ssl backlog=511;
+        ssl_certificate $TLS_DIR/cert.pem;
+        ssl_certificate_key $TLS_DIR/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites $TLS_SUITE;
+        ssl_ecdh_curve $TLS_GROUP;"
     mkdir -p "$TMP/nginx/tmp"
     cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes 2;
@@ -412,7 +483,7 @@ http {
     uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
     scgi_temp_path $TMP/nginx/tmp/scgi;
     server {
-        listen 127.0.0.1:$1 backlog=511;
+        $listen
         root ${NGINX_ROOT:-$TMP/www};
         location / { }
     }
@@ -493,8 +564,8 @@ start_server() {
         HELLO_KEEPALIVE_S=$KEEPALIVE_S HELLO_SLOW_MS=${SLOW_MS:-$MIX_SLOW_MS} "${WRAP[@]+"${WRAP[@]}"}" \
             "$TMP/bin/hello_$kind" "$port" ${workers:+"$workers"} >>"$logf" 2>&1 &
         ;;
-    nginx)
-        write_nginx_conf "$port"
+    nginx | nginx-tls) # nginx-tls: scenario j, HTTPS
+        NGINX_TLS=$([ "$kind" = nginx ] || echo 1) write_nginx_conf "$port"
         "${WRAP[@]+"${WRAP[@]}"}" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" \
             -e "$TMP/nginx/error.log" >>"$logf" 2>&1 &
         ;;
@@ -506,6 +577,11 @@ start_server() {
     fileserver) # scenario i: serves FILES_ROOT
         HELLO_KEEPALIVE_S=$KEEPALIVE_S "${WRAP[@]+"${WRAP[@]}"}" \
             "$TMP/bin/fileserver" "$port" "$FILES_ROOT" ${workers:+"$workers"} >>"$logf" 2>&1 &
+        ;;
+    fileserver-tls) # scenario j: HTTPS, serves $TMP/www
+        HELLO_KEEPALIVE_S=$KEEPALIVE_S "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/fileserver-tls" --tls \
+            "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" "$port" "$TMP/www" ${workers:+"$workers"} \
+            >>"$logf" 2>&1 &
         ;;
     handoff-evmpm)
         "${WRAP[@]+"${WRAP[@]}"}" "$TMP/bin/handoff" evmpm "$port" 0 >>"$logf" 2>&1 &
@@ -583,15 +659,16 @@ rss_of() {
 # ---- load and idle connections ------------------------------------------------------
 
 # run_wrk OUTFILE PORT [wrk options]: one bounded wrk run, with WRK_CONNS
-# connections (CONNS when unset), for WRK_PATH (URL_PATH when unset), under
+# connections (CONNS when unset) on WRK_THREADS threads (1 when unset), for
+# WRK_PATH (URL_PATH when unset) over WRK_SCHEME (http when unset), under
 # the command in the array WRK_WRAP when set (a counter attached to the
 # server for exactly the length of the run).
 WRK_WRAP=()
 run_wrk() {
     local out=$1 port=$2
     shift 2
-    timeout -k 5 $((DUR + 30)) "${WRK_WRAP[@]+"${WRK_WRAP[@]}"}" wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
-        "http://127.0.0.1:$port${WRK_PATH:-$URL_PATH}" >"$out" 2>&1 || true
+    timeout -k 5 $((DUR + 30)) "${WRK_WRAP[@]+"${WRK_WRAP[@]}"}" wrk -t"${WRK_THREADS:-1}" -c"${WRK_CONNS:-$CONNS}" -d"${DUR}"s --latency "$@" \
+        "${WRK_SCHEME:-http}://127.0.0.1:$port${WRK_PATH:-$URL_PATH}" >"$out" 2>&1 || true
 }
 
 # parse_wrk FILE: "rps p99_us requests errors" (errors: socket errors and
@@ -714,13 +791,14 @@ warm_up() { # PORT: a short run, not recorded
 
 # idle_open PORT N: opens N idle keep-alive connections and waits until they
 # are parked (or the set-up ends: 60 s at most, or 3 s without progress).
-# Sets IDLE_PID and IDLE_OUT.
+# With IDLE_TLS set, HTTPS ones (idle_clients --tls). Sets IDLE_PID and
+# IDLE_OUT.
 IDLE_SEQ=0
 idle_open() {
     local port=$1 n=$2 i
     IDLE_SEQ=$((IDLE_SEQ + 1))
     IDLE_OUT="$TMP/out/idle.$IDLE_SEQ"
-    "$TMP/bin/idle_clients" "$port" "$n" --path "$URL_PATH" --setup-timeout 60 \
+    "$TMP/bin/idle_clients${IDLE_TLS:+-tls}" "$port" "$n" ${IDLE_TLS:+--tls} --path "$URL_PATH" --setup-timeout 60 \
         --stall 3 --hold-max 600 </dev/null >"$IDLE_OUT" 2>>"$TMP/logs/idle_clients.log" &
     IDLE_PID=$!
     PIDS+=("$IDLE_PID")
@@ -1285,16 +1363,18 @@ wrk_bytes() {
     }
     END { if (b == "") print "nan"; else printf "%.0f\n", b }' "$1"
 }
-# i_gone KIND JOB SPID: true if the server has exited; sets I_FAILED to say
-# how (the job is reaped here: its exit status is only to be had once).
-i_gone() {
+# server_gone VAR KIND JOB SPID: true if the server has exited; sets the
+# variable VAR to say how (the job is reaped here: its exit status is only
+# to be had once). i_gone: the same for I_FAILED.
+server_gone() {
     local st=0
-    kill -0 "$3" 2>/dev/null && return 1
-    wait "$2" 2>/dev/null || st=$?
-    forget_pid "$2"
-    I_FAILED="$1 exited during the load, exit status $st$([ "$st" -gt 128 ] && echo " (killed by SIG$(kill -l $((st - 128)) 2>/dev/null || echo "nal $((st - 128))"))")"
+    kill -0 "$4" 2>/dev/null && return 1
+    wait "$3" 2>/dev/null || st=$?
+    forget_pid "$3"
+    printf -v "$1" '%s' "$2 exited during the load, exit status $st$([ "$st" -gt 128 ] && echo " (killed by SIG$(kill -l $((st - 128)) 2>/dev/null || echo "nal $((st - 128))"))")"
     return 0
 }
+i_gone() { server_gone I_FAILED "$@"; }
 # unrec SCEN ROUND KEY: forgets what was recorded for KEY (and KEY.*) in
 # that round.
 unrec() {
@@ -1390,9 +1470,256 @@ scenario_i() {
     for s in $FILE_SERVERS; do stop_server "${SPID_OF[$s]}" "${JOB_OF[$s]}"; done
 }
 
+# ---- j: HTTPS against nginx with ssl ---------------------------------------------------
+
+# examples-c/fileserver --tls (evmpm; the TLS handshake is the listener's
+# handshake step, run on a worker without ever blocking one) against nginx
+# with ssl (its 2 workers, the configuration of a otherwise), both serving
+# the 100-byte file of a from $TMP/www over HTTPS, with one certificate made
+# for this run (openssl req: EC P-256, self-signed). Every process of the
+# scenario, servers and clients, runs with OPENSSL_CONF naming a file whose
+# system_default section allows TLSv1.3, TLS_SUITE and TLS_GROUP only, so
+# that the clients offer nothing else; nginx's configuration says the same
+# (ssl_protocols, ssl_conf_command Ciphersuites, ssl_ecdh_curve). Both
+# servers are otherwise at their defaults: two session tickets per
+# handshake, no session cache. fileserver runs without a WORKERS argument
+# (the example's 16 worker_threads), as in i.
+#
+# Each round starts both servers fresh. Before any load each must answer
+# GET URL_PATH over HTTPS (openssl s_client) with a 200 and the file, on
+# TLSv1.3 with TLS_SUITE and TLS_GROUP, and accept that connection's
+# session on a second one (wrk's connection-per-request run resumes). If
+# not, nothing more is measured; a server that exits under load ends the
+# scenario the same way; either makes the script exit 1 once the report is
+# written (as i does). Then, the two servers taking turns in rotating order
+# at each step:
+#   keep-alive  wrk -t1 -cCONNS https://, the 100-byte file;
+#   full        bench/tls_handshakes: CONNS connections on TLS_HS_THREADS
+#               threads, each a full handshake (no session offered), one
+#               request with Connection: close, the whole answer and the
+#               server's close; the server's CPU time per handshake too;
+#   resumed     wrk -tTLS_HS_THREADS -cCONNS -H 'Connection: close': wrk
+#               offers each new connection the previous one's session, so
+#               these are TLS 1.3 resumptions (a new key exchange, no
+#               certificate, no signature);
+#   idle        as in b: a keep-alive run, then IDLE_J idle HTTPS
+#               keep-alive connections opened on the same process
+#               (idle_clients --tls: a full handshake, one request and its
+#               answer, then silence), RSS and threads looked at, and a
+#               keep-alive run with them held.
+# The handshake loads run their client on TLS_HS_THREADS threads: a full
+# handshake costs the client more than the server (it checks the
+# signature), and one client thread would cap both servers at its own pace.
+TLS_DIR=""
+J_FAILED=""
+J_SERVERS="fileserver-tls nginx-tls"
+declare -A J_NEG J_IDLE_NEG # what each server's connections negotiated
+
+# kv FILE KEY: KEY's value in FILE's "KEY=value" words (the last one); nan
+# when there is none.
+kv() {
+    awk -v k="$2" '{ for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) v = substr($i, length(k) + 2) }
+        END { print v == "" ? "nan" : v }' "$1"
+}
+
+# tls_setup: the run's certificate and the OpenSSL configuration; false,
+# with J_SKIP saying why, if the openssl command cannot make them.
+tls_setup() {
+    TLS_DIR=$TMP/tls
+    mkdir -p "$TLS_DIR"
+    if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=localhost -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" \
+        >"$TLS_DIR/req.log" 2>&1; then
+        J_SKIP="the openssl command could not make an EC P-256 certificate: $(tr '\n' ' ' <"$TLS_DIR/req.log" | head -c 300)"
+        return 1
+    fi
+    cat >"$TLS_DIR/openssl.cnf" <<EOF
+# OPENSSL_CONF of every process in scenario j: what each SSL_CTX starts
+# with, before the program's own settings.
+openssl_conf = bench_conf
+[bench_conf]
+ssl_conf = bench_ssl
+[bench_ssl]
+system_default = bench_tls
+[bench_tls]
+MinProtocol = TLSv1.3
+MaxProtocol = TLSv1.3
+Ciphersuites = $TLS_SUITE
+Groups = $TLS_GROUP
+EOF
+}
+
+# tls_get PORT [s_client options]: GET URL_PATH over HTTPS with
+# Connection: close; s_client's report and the answer on stdout.
+tls_get() {
+    local port=$1
+    shift
+    printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$URL_PATH" |
+        timeout 10 openssl s_client -connect "127.0.0.1:$port" -ign_eof "$@" 2>&1 || true
+}
+# tls_check PORT: nothing when the server answers right (see above); else
+# what was wrong.
+tls_check() {
+    local port=$1 out=$TMP/out/j.check.$1 why=""
+    tls_get "$port" -sess_out "$out.sess" >"$out.1"
+    grep -q '^HTTP/1\.1 200 ' "$out.1" || why="$why no 200 answer;"
+    grep -qxF "$(cat "$TMP/www/hello.txt")" "$out.1" || why="$why not the file's bytes;"
+    grep -qx "New, TLSv1.3, Cipher is $TLS_SUITE" "$out.1" ||
+        why="$why negotiated '$(grep -m1 -E '^(New|Reused), ' "$out.1" || echo nothing)', not TLSv1.3 with $TLS_SUITE;"
+    grep -qi "^Server Temp Key: $TLS_GROUP," "$out.1" ||
+        why="$why key exchange '$(sed -n 's/^Server Temp Key: //p' "$out.1" | head -n1)', not $TLS_GROUP;"
+    tls_get "$port" -sess_in "$out.sess" >"$out.2"
+    grep -q '^Reused, TLSv1.3' "$out.2" || why="$why a second connection did not resume the first's session;"
+    why=${why# }
+    echo "${why%;}"
+}
+
+# j_alive ROUND SERVER STEP: false, with J_FAILED set and the step's figures
+# of that round forgotten, if the server has exited.
+j_alive() {
+    local s=$2
+    server_gone J_FAILED "$s" "${JOB_OF[$s]}" "${SPID_OF[$s]}" || return 0
+    J_FAILED="$J_FAILED, in round $1 (its $3 run, or just after it)"
+    unrec j "$1" "$s.$3"
+    return 1
+}
+
+# j_full ROUND SERVER: one run of full handshakes, recorded as SERVER.full.
+j_full() {
+    local r=$1 s=$2 out=$TMP/out/j.$2.full.$1 c0 c1 n
+    SAMPLE_PID=${SPID_OF[$s]}
+    c0=$(cpu_tree "$SAMPLE_PID")
+    sampler_start "$out.sample"
+    timeout -k 5 $((DUR + 30)) "$TMP/bin/tls_handshakes" "${PORT_OF[$s]}" "$DUR" "$CONNS" \
+        --threads "$TLS_HS_THREADS" --path "$URL_PATH" >"$out" 2>&1 || true
+    sampler_end j "$r" "$s.full" "$out.sample"
+    c1=$(cpu_tree "$SAMPLE_PID")
+    SAMPLE_PID=""
+    n=$(kv "$out" handshakes)
+    rec j "$r" "$s.full.rps" "$(kv "$out" rate)"
+    rec j "$r" "$s.full.p99" "$(kv "$out" p99_us)"
+    rec j "$r" "$s.full.errors" "$(kv "$out" errors)"
+    rec j "$r" "$s.full.resumed" "$(kv "$out" resumed)"
+    rec j "$r" "$s.full.client_cpu" "$(awk -v v="$(kv "$out" client_cpu_us)" 'BEGIN { print v == "nan" ? "nan" : v * 1000 }')"
+    rec j "$r" "$s.full.cpu" "$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" -v n="$n" 'BEGIN { print (n != "nan" && n > 0 ? (b - a) * 1e9 / hz / n : "nan") }')"
+    J_NEG[$s]="$(kv "$out" protocol) $(kv "$out" cipher) $(kv "$out" group)"
+    log "  j r$r $s.full: $(kv "$out" rate) handshakes/s, p99 $(kv "$out" p99_us) us, $(kv "$out" errors) errors; the client's CPU $(kv "$out" client_cpu_us) us per handshake"
+}
+
+# j_idle ROUND SERVER: the keep-alive run without, then with IDLE_J idle
+# HTTPS connections held.
+j_idle() {
+    local r=$1 s=$2 port=${PORT_OF[$2]} spid=${SPID_OF[$2]} rss0 rss1 thr0 thr1 parked
+    SAMPLE_PID=$spid
+    WRK_SCHEME=https wrk_rec j "$r" "$s.noidle" "$port"
+    j_alive "$r" "$s" noidle || return 0
+    rss0=$(rss_of "$spid")
+    thr0=$(threads_of "$spid")
+    IDLE_TLS=1 idle_open "$port" "$IDLE_J"
+    sleep 0.5
+    rss1=$(rss_of "$spid")
+    thr1=$(threads_of "$spid")
+    parked=$(idle_field parked)
+    rec j "$r" "$s.rss_before" "$rss0"
+    rec j "$r" "$s.rss_idle" "$rss1"
+    rec j "$r" "$s.threads_before" "$thr0"
+    rec j "$r" "$s.threads_opened" "$thr1"
+    rec j "$r" "$s.attempted" "$(idle_field attempted)"
+    rec j "$r" "$s.parked" "$parked"
+    rec j "$r" "$s.idle_resumed" "$(idle_field resumed)"
+    J_IDLE_NEG[$s]=$(sed -n 's/^tls protocol=\([^ ]*\) cipher=\([^ ]*\) group=\([^ ]*\).*/\1 \2 \3/p' "$IDLE_OUT" | tail -n1)
+    if [ "${parked:-0}" -gt 0 ]; then
+        rec j "$r" "$s.rss_per_conn" "$(awk -v a="$rss0" -v b="$rss1" -v n="$parked" 'BEGIN { print (b - a) * 1024 / n }')"
+    fi
+    WRK_SCHEME=https wrk_rec j "$r" "$s.idle" "$port"
+    SAMPLE_PID=""
+    idle_close
+    rec j "$r" "$s.open_end" "$(idle_field open)"
+    # The most threads seen with the idle connections held: once they were
+    # opened, and half way through the run with them.
+    rec j "$r" "$s.threads_held" "$(awk -v a="$thr1" -v b="$(vals_round j "$r" "$s.idle.threads")" 'BEGIN { print (b == "nan" || a + 0 > b + 0) ? a : b }')"
+    log "  j r$r $s: $(idle_field parked) of $IDLE_J idle HTTPS connections served (attempted $(idle_field attempted)), open at end $(idle_field open), RSS ${rss0} -> ${rss1} KiB, threads $thr0 -> $thr1 -> $(vals_round j "$r" "$s.idle.threads") under load"
+    j_alive "$r" "$s" idle || return 0
+}
+
+# j_round ROUND: the loads on the round's two servers.
+j_round() {
+    local r=$1 s out
+    for s in $J_SERVERS; do
+        out=$TMP/out/j.$s.warm.$r
+        WRK_SCHEME=https DUR=1 run_wrk "$out" "${PORT_OF[$s]}"
+        j_alive "$r" "$s" warm-up || return 0
+        if [ "$(parse_wrk "$out" | cut -d' ' -f3)" = 0 ]; then
+            J_FAILED="wrk got no answer over HTTPS from $s in the warm-up of round $r: $(tr '\n' ' ' <"$out" | head -c 300)"
+            return 0
+        fi
+    done
+    for s in $(rotate "$J_SERVERS" "$r"); do
+        SAMPLE_PID=${SPID_OF[$s]}
+        WRK_SCHEME=https wrk_rec j "$r" "$s.ka" "${PORT_OF[$s]}"
+        SAMPLE_PID=""
+        j_alive "$r" "$s" ka || return 0
+    done
+    for s in $(rotate "$J_SERVERS" "$r"); do
+        j_full "$r" "$s"
+        j_alive "$r" "$s" full || return 0
+    done
+    for s in $(rotate "$J_SERVERS" "$r"); do
+        SAMPLE_PID=${SPID_OF[$s]}
+        WRK_SCHEME=https WRK_THREADS=$TLS_HS_THREADS wrk_rec j "$r" "$s.resumed" "${PORT_OF[$s]}" \
+            -H 'Connection: close'
+        SAMPLE_PID=""
+        j_alive "$r" "$s" resumed || return 0
+    done
+    for s in $(rotate "$J_SERVERS" "$r"); do
+        j_idle "$r" "$s"
+        [ -z "$J_FAILED" ] || return 0
+    done
+}
+
+scenario_j() {
+    local r s why failed
+    declare -A PORT_OF SPID_OF JOB_OF
+    [ -n "$J_SKIP" ] || tls_setup || true
+    if [ -n "$J_SKIP" ]; then
+        log "scenario j skipped: $J_SKIP"
+        return 0
+    fi
+    local -x OPENSSL_CONF=$TLS_DIR/openssl.cnf
+    log "scenario j: HTTPS, fileserver --tls against nginx with ssl; TLSv1.3, $TLS_SUITE, $TLS_GROUP, an EC P-256 certificate; $(fmt_int "$IDLE_J") idle connections"
+    for r in $(seq "$ROUNDS"); do
+        [ -z "$J_FAILED" ] || break
+        for s in $J_SERVERS; do
+            next_port
+            PORT_OF[$s]=$PORT
+            start_kind "$s" "$PORT"
+            SPID_OF[$s]=$SPID
+            JOB_OF[$s]=$JOB
+        done
+        failed=""
+        for s in $J_SERVERS; do
+            why=$(tls_check "${PORT_OF[$s]}")
+            [ -z "$why" ] || failed="$failed${failed:+; }$s: $why"
+        done
+        if [ -n "$failed" ]; then
+            J_FAILED="a server answered wrong before any load (round $r): $failed"
+        else
+            log "  j r$r: both servers answer GET $URL_PATH over HTTPS with a 200 and the file, on TLSv1.3, $TLS_SUITE and $TLS_GROUP, and resume a session"
+            j_round "$r"
+        fi
+        SAMPLE_PID=""
+        for s in $J_SERVERS; do stop_server "${SPID_OF[$s]}" "${JOB_OF[$s]}"; done
+    done
+    [ -z "$J_FAILED" ] || log "error: scenario j ENDED EARLY: $J_FAILED"
+}
+
 # a and c share their servers and time their load apart.
 if want a || want c; then scenarios_a_c; fi
-for x in b d e f g h i; do
+for x in b d e f g h i j; do
+    if [ $x = j ] && want j && [ -n "$J_SKIP" ]; then
+        log "scenario j skipped: $J_SKIP"
+        continue
+    fi
     if want $x; then
         scenario_begin $x
         scenario_$x
@@ -1412,6 +1739,8 @@ name_of() {
     nginx) echo nginx ;;
     apache) echo "Apache httpd (event)" ;;
     fileserver) echo fileserver ;;
+    fileserver-tls) echo "fileserver --tls" ;;
+    nginx-tls) echo "nginx (ssl)" ;;
     handoff-threads) echo "thread per connection" ;;
     handoff-evmpm) echo "evmpm" ;;
     handoff-ready) echo "evmpm + request_ready" ;;
@@ -1428,6 +1757,23 @@ fileserver_workers() {
     local n
     n=$(cat "$TMP"/logs/fileserver.*.log 2>/dev/null | sed -n 's/^fileserver: serving .* with \([0-9]*\) workers$/\1/p' | head -n1)
     echo "${n:-?}"
+}
+# The TLS file server's most workers, as it reported them on start.
+fileserver_tls_workers() {
+    local n
+    n=$(cat "$TMP"/logs/fileserver-tls.*.log 2>/dev/null | sed -n 's/^fileserver: serving .* with \([0-9]*\) workers$/\1/p' | head -n1)
+    echo "${n:-?}"
+}
+# The tools' versions, those present.
+tools_line() {
+    local t=()
+    [ -z "$NGINX" ] || t+=("$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')")
+    [ -z "$APACHE" ] || t+=("$("$APACHE" -v 2>/dev/null | sed -n 's/^Server version: //p')")
+    ! command -v wrk >/dev/null || t+=("$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)")
+    if want j && [ -z "$J_SKIP" ]; then
+        t+=("$(openssl version | cut -d' ' -f1-2) (the openssl command; nginx built with $("$NGINX" -V 2>&1 | sed -n 's/^built with //p' | head -n1))")
+    fi
+    printf '%s, ' "${t[@]+"${t[@]}"}" | sed 's/, $//'
 }
 fmt_mibs() { awk -v v="$1" 'BEGIN { if (v == "nan") print "n/a"; else printf "%.1f\n", v / 1048576 }'; }
 # and_list "1 10 1000": "1, 10 and 1,000".
@@ -1466,8 +1812,12 @@ target_row() {
     echo "| $text | $([ "$op" = ">=" ] && echo "≥" || echo "≤") $(fmt_unit "$unit" "$thr") | $shown | $range | $verdict |"
 }
 
+# jstats COMMAND...: the summary of what COMMAND prints (vals or ratios of
+# j), or nothing measured if j failed.
+jstats() { if [ -z "$J_FAILED" ]; then "$@" | summary; else echo nan nan nan 0; fi; }
+
 targets() {
-    local dmax=0 n c s sz
+    local dmax=0 n c s sz jf
     for n in $IDLE_D; do [ "$n" -gt $dmax ] && dmax=$n; done
     echo "## Targets"
     echo
@@ -1515,6 +1865,13 @@ targets() {
                 target_row "i. static $(fmt_size "$sz") file, keep-alive, $(fmt_int "$c") conn.: req/s, fileserver ÷ nginx (sendfile on)$([ -z "$I_FAILED" ] || echo " (scenario failed)")" "$(if [ -z "$I_FAILED" ]; then ratios i "fileserver.s$sz.c$c.rps" "nginx.s$sz.c$c.rps" | summary; else echo nan nan nan 0; fi)" med ">=" 1.0 x
             done
         done
+    fi
+    if want j && [ -z "$J_SKIP" ]; then
+        # A failed j judges nothing, as i: its figures stop where a server did.
+        jf=$([ -z "$J_FAILED" ] || echo " (scenario failed)")
+        target_row "j. HTTPS keep-alive req/s with $(fmt_int "$IDLE_J") idle HTTPS connections held ÷ without, fileserver --tls$jf" "$(jstats ratios j fileserver-tls.idle.rps fileserver-tls.noidle.rps)" med ">=" 0.95 x
+        target_row "j. threads with $(fmt_int "$IDLE_J") idle HTTPS held (opened, and under load), fileserver --tls: workers + 2 (one running worker per CPU, the event thread, the monitor) + the example's main thread$jf" "$(jstats vals j fileserver-tls.threads_held)" max "<=" $((NCPU + 3)) n
+        target_row "j. idle HTTPS connections still open at the end, fileserver --tls$jf" "$(jstats vals j fileserver-tls.open_end)" min ">=" "$IDLE_J" n
     fi
 }
 
@@ -1578,8 +1935,8 @@ report() {
     else
         echo "- evmpm: commit $GIT_COMMIT **with uncommitted changes** in: $GIT_DIRTY. Release build, C programs built with -O2."
     fi
-    echo "- Tools: $($NGINX -v 2>&1 | sed 's/^nginx version: //'), $($APACHE -v | sed -n 's/^Server version: //p'), $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
-    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g'); g's and i's loads are in their sections); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
+    echo "- Tools: $(tools_line); system calls counted with $([ $SYSCOUNT = perf ] && perf version 2>/dev/null || { [ $SYSCOUNT = strace ] && strace -V | head -n1; } || echo nothing)."
+    echo "- Load: \`wrk -t1 -c$CONNS -d${DUR}s --latency\` on 127.0.0.1, a 100-byte body (in a, -c$(echo "$KA_LEVELS" | sed 's/ /, -c/g'); g's, i's and j's loads are in their sections); $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s) per scenario, the servers in rotating order within each round. Each cell is the median over the rounds; each ratio is the median of the per-round ratios."
     echo "- Servers: hello_evmpm with evmpm's defaults ($(evmpm_defaults)); hello_blocking with $(fmt_int $BLOCKING_WORKERS) threads at most ($(fmt_int $BLOCKING_MAX_WORKERS) in b; a thread per connection, so as many as the largest load's connections); nginx with 2 worker processes, default file serving (no open_file_cache, no sendfile); Apache httpd event MPM with 2 processes × $APACHE_THREADS threads, AsyncRequestWorkerFactor at its default of 2 (with fewer threads than connections Apache closes keep-alive connections whenever every worker is busy). $(want i && echo "In i: examples-c/fileserver without a WORKERS argument (worker_threads $(fileserver_workers), the example's own default; evmpm's defaults otherwise: running_threads one per CPU), and nginx as above with \`sendfile on\`. ")Keep-alive timeout $KEEPALIVE_S s everywhere, the examples' through bench/idle_timeout_shim.c. Descriptor limit $NOFILE per process."
     echo "- Run time: $((T_END - T_START)) s."
     echo
@@ -1740,6 +2097,49 @@ report() {
             done
         fi
     fi
+    if want j; then
+        echo
+        echo "## j. HTTPS: fileserver --tls (evmpm) against nginx with ssl"
+        echo
+        if [ -n "$J_SKIP" ]; then
+            echo "**Skipped**: $J_SKIP."
+        else
+            echo "examples-c/fileserver --tls (evmpm: the TLS handshake is the listener's handshake step, on a worker, never blocking one; no OpenSSL buffers held while a connection idles) and nginx (2 workers, \`listen ... ssl\`) serve the 100-byte file of a over HTTPS with one certificate made for this run (\`openssl req\`, EC P-256, self-signed). Every process of the scenario, servers and clients, runs with an OPENSSL_CONF whose system_default allows TLSv1.3, $TLS_SUITE and $TLS_GROUP only (nginx's configuration says so too: \`ssl_protocols TLSv1.3\`, \`ssl_conf_command Ciphersuites\`, \`ssl_ecdh_curve\`); both servers are otherwise at their defaults (two session tickets per handshake, no session cache). fileserver without a WORKERS argument: worker_threads $(fileserver_tls_workers), the example's own, and evmpm's default running_threads, one per CPU."
+            echo
+            echo "Each round starts both servers fresh and checks that each answers \`GET $URL_PATH\` (openssl s_client) with a 200 and the file on TLSv1.3, $TLS_SUITE and $TLS_GROUP, and resumes that session on a second connection. Then, the two taking turns in rotating order at each step: **keep-alive**: \`wrk -t1 -c$CONNS -d${DUR}s https://\`; **full handshakes**: bench/tls_handshakes, $CONNS connections on $TLS_HS_THREADS client threads for ${DUR} s, each a full handshake (no session offered), one request with \`Connection: close\`, the whole answer and the server's close; **resumed handshakes**: \`wrk -t$TLS_HS_THREADS -c$CONNS -H 'Connection: close'\`, where wrk offers each new connection the previous one's session (TLS 1.3 resumption: a new key exchange, no certificate, no signature); **idle**: as in b, a keep-alive run, then $(fmt_int "$IDLE_J") idle HTTPS keep-alive connections opened on the same process (bench/idle_clients --tls: each a full handshake, one request and its answer, then silence), and a keep-alive run with them held. Each ratio is the median of the per-round ratios; each cell the median over the rounds. Threads and RSS under load: sampled half way through a run."
+            echo
+            echo "Client and servers share the $NCPU cores, and a handshake costs the client about as much as the server (for a full one more: it checks the server's signature), so handshake rates are each server's share of one machine; the server's CPU time per handshake does not depend on that share."
+            echo
+            [ -z "$J_FAILED" ] || { echo "**Failed**: $J_FAILED. No target is judged."; echo; }
+            [ -z "${J_NEG[*]:-}${J_IDLE_NEG[*]:-}" ] || echo "Negotiated, as the clients reported it: $(for s in $J_SERVERS; do printf '%s: %s (full handshakes), %s (idle connections); ' "$(name_of "$s")" "$(cell "${J_NEG[$s]:-}")" "$(cell "${J_IDLE_NEG[$s]:-}")"; done | sed 's/; $//'). Sessions resumed where none was offered (0 expected; the most in a round): full handshakes $(fmt_int "$(vals j fileserver-tls.full.resumed | summary | cut -d' ' -f3)") with fileserver, $(fmt_int "$(vals j nginx-tls.full.resumed | summary | cut -d' ' -f3)") with nginx; idle connections $(fmt_int "$(vals j fileserver-tls.idle_resumed | summary | cut -d' ' -f3)") and $(fmt_int "$(vals j nginx-tls.idle_resumed | summary | cut -d' ' -f3)")."
+            if [ -n "$(vals j fileserver-tls.ka.rps)" ]; then
+                echo
+                echo "| load | server | rate | p99 | fileserver rate ÷ this | fileserver p99 ÷ this | server CPU per request | threads under load | RSS under load | errors |"
+                echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+                for k in ka full resumed; do
+                    for s in $J_SERVERS; do
+                        [ -n "$(vals j "$s.$k.rps")" ] || continue
+                        echo "| $(case $k in ka) echo "keep-alive, $CONNS conn. (req/s)" ;; full) echo "full handshakes, $CONNS conn. (handshakes/s)" ;; resumed) echo "resumed handshakes, wrk, $CONNS conn. (req/s)" ;; esac) | $(name_of "$s") | $(fmt_int "$(med j "$s.$k.rps")") | $(fmt_ms "$(med j "$s.$k.p99")") | $(fmt_x "$(ratio j "fileserver-tls.$k.rps" "$s.$k.rps")") | $(fmt_x "$(ratio j "fileserver-tls.$k.p99" "$s.$k.p99")") | $(fmt_us "$(med j "$s.$k.cpu")") | $(fmt_int "$(med j "$s.$k.threads")") | $(fmt_mib "$(med j "$s.$k.rss")") | $(fmt_int "$(med j "$s.$k.errors")") |"
+                    done
+                done
+                echo
+                echo "Full handshakes: p99 from connect() to the answer's last byte. The client's own CPU time per full handshake: $(fmt_us "$(med j fileserver-tls.full.client_cpu)") against fileserver, $(fmt_us "$(med j nginx-tls.full.client_cpu)") against nginx."
+            fi
+            if [ -n "$(vals j fileserver-tls.noidle.rps)" ]; then
+                echo
+                echo "**$(fmt_int "$IDLE_J") idle HTTPS keep-alive connections held**, keep-alive load of $CONNS connections. \"Open at end\": those the server had not closed when the run with them ended. RSS per idle connection: the growth of the server's RSS (all its processes) when they were opened, divided by their number. Threads: before they were opened, once they were, and under load with them."
+                echo
+                echo "| server | idle attempted / served / open at end | req/s without → with | with ÷ without | p99 without → with | with ÷ without | threads: before → opened → under load | RSS before → with idle | RSS per idle conn | wrk errors with idle |"
+                echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+                for s in $J_SERVERS; do
+                    [ -n "$(vals j "$s.noidle.rps")" ] || continue
+                    echo "| $(name_of "$s") | $(fmt_int "$(med j "$s.attempted")") / $(fmt_int "$(med j "$s.parked")") / $(fmt_int "$(med j "$s.open_end")") | $(fmt_int "$(med j "$s.noidle.rps")") → $(fmt_int "$(med j "$s.idle.rps")") | $(fmt_x "$(ratio j "$s.idle.rps" "$s.noidle.rps")") | $(fmt_ms "$(med j "$s.noidle.p99")") → $(fmt_ms "$(med j "$s.idle.p99")") | $(fmt_x "$(ratio j "$s.idle.p99" "$s.noidle.p99")") | $(fmt_int "$(med j "$s.threads_before")") → $(fmt_int "$(med j "$s.threads_opened")") → $(fmt_int "$(med j "$s.idle.threads")") | $(fmt_mib "$(med j "$s.rss_before")") → $(fmt_mib "$(med j "$s.rss_idle")") | $(fmt_b "$(med j "$s.rss_per_conn")") | $(fmt_int "$(med j "$s.idle.errors")") |"
+                done
+                echo
+                echo "With the idle connections held, fileserver ÷ nginx: req/s $(fmt_x "$(ratio j fileserver-tls.idle.rps nginx-tls.idle.rps)"), p99 $(fmt_x "$(ratio j fileserver-tls.idle.p99 nginx-tls.idle.p99)"). RSS per idle HTTPS connection: fileserver $(fmt_b "$(med j fileserver-tls.rss_per_conn)"), nginx $(fmt_b "$(med j nginx-tls.rss_per_conn)"). fileserver's figure includes the example's own per-connection record (\`struct conn\`), which carries its request-head buffer (HEAD_MAX, $(sed -n 's/^#define HEAD_MAX \([0-9]*\).*/\1 bytes/p' "$ROOT/examples-c/fileserver.c" | head -n1)) inline, beside the connection's SSL object."
+            fi
+        fi
+    fi
 }
 
 mkdir -p "$ROOT/bench/results"
@@ -1749,7 +2149,6 @@ report >"$TMP/report.md"
 cat "$TMP/report.md"
 cp "$TMP/report.md" "$RESULT"
 log "written to ${RESULT#"$ROOT"/}"
-if [ -n "$I_FAILED" ]; then
-    log "error: scenario i failed: $I_FAILED"
-    exit 1
-fi
+if [ -n "$I_FAILED" ]; then log "error: scenario i failed: $I_FAILED"; fi
+if [ -n "$J_FAILED" ]; then log "error: scenario j failed: $J_FAILED"; fi
+[ -z "$I_FAILED$J_FAILED" ] || exit 1
