@@ -75,6 +75,8 @@ pub struct Runtime {
     pub logged_bad_verdict: AtomicBool,
     /// Where a test makes evmpm panic (see `failure`).
     pub faults: FaultPoint,
+    /// Timers and watched host descriptors.
+    pub timers: crate::timers::Timers,
 }
 
 #[derive(Default)]
@@ -160,6 +162,11 @@ impl Runtime {
             .map_err(|e| Error::from_io(&e))?;
         // More runtimes alive at once than handles can tell apart.
         let tag = RuntimeTags::take().ok_or(Error::Os(libc::EMFILE))?;
+        let timers = crate::timers::Timers::new(&workers.poll, tag, config.connection_limit)
+            .map_err(|e| {
+                RuntimeTags::give_back(tag);
+                Error::from_io(&e)
+            })?;
         Ok(Arc::new(Runtime {
             table: Table::tagged(config.connection_limit as u32, tag),
             workers,
@@ -183,6 +190,7 @@ impl Runtime {
             host_calls: AtomicUsize::new(0),
             logged_bad_verdict: AtomicBool::new(false),
             faults: FaultPoint::default(),
+            timers,
         }))
     }
 
@@ -241,7 +249,10 @@ impl Runtime {
             handlers_blocked: self.workers.blocked_now(),
             blocked_replaced: self.workers.replaced.load(Ordering::Relaxed),
         };
-        crate::stats::snapshot(&self.table, &self.counters, gauges)
+        let mut s = crate::stats::snapshot(&self.table, &self.counters, gauges);
+        s.timers = self.timers.live() as u64;
+        s.timer_runs = self.timers.runs();
+        s
     }
 
     pub fn has_failed(&self) -> bool {

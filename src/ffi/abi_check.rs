@@ -18,7 +18,11 @@ mod c {
     include!(concat!(env!("OUT_DIR"), "/header_bindings.rs"));
 }
 
-use super::types as rust;
+/// The Rust side of the header: its types and the timer module's.
+mod rust {
+    pub use crate::ffi::timer_api::*;
+    pub use crate::ffi::types::*;
+}
 use std::mem::{align_of, offset_of, size_of};
 
 /// Size, alignment and every listed field's offset agree. List every field:
@@ -97,6 +101,8 @@ fn struct_layouts_match() {
         handlers_blocked,
         blocked_replaced,
         denied,
+        timers,
+        timer_runs,
     });
     same_layout!(evmpm_listener_config {
         size,
@@ -164,6 +170,11 @@ fn constants_match() {
         EVMPM_CLOSE_RESET,
         EVMPM_ACCEPT_CONTINUE,
         EVMPM_ACCEPT_REFUSE,
+        EVMPM_WATCH_READABLE,
+        EVMPM_WATCH_WRITABLE,
+        EVMPM_WATCH_HANGUP,
+        EVMPM_WATCH_ERROR,
+        EVMPM_WATCH_TIMEOUT,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,
@@ -180,6 +191,7 @@ fn constants_match() {
         EVMPM_EVERSION => evmpm_error_EVMPM_EVERSION,
         EVMPM_EINTERNAL => evmpm_error_EVMPM_EINTERNAL,
         EVMPM_ELIMIT => evmpm_error_EVMPM_ELIMIT,
+        EVMPM_EBUSY => evmpm_error_EVMPM_EBUSY,
     );
 }
 

@@ -2,7 +2,7 @@
 //! that became readable, checks it holds a whole request, runs the
 //! handler, and carries out what the handler decided.
 
-use super::{Job, Work, Workers, DOORBELL_TOKEN, EXIT_TOKEN};
+use super::{Job, Work, Workers, DOORBELL_TOKEN, EXIT_TOKEN, WATCH_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
     EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
@@ -46,6 +46,7 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
                 match token {
                     DOORBELL_TOKEN => w.doorbell.reset(),
                     EXIT_TOKEN => {}
+                    WATCH_TOKEN => guarded(&rt, || crate::timers::on_watch_set(&rt, id)),
                     _ => guarded(&rt, || {
                         on_ready(&rt, id, &mut readiness, Handle(token), flags)
                     }),
@@ -188,6 +189,9 @@ fn close(rt: &Runtime, h: Handle, slot: &Slot, from: State, how: CloseHow) {
 
 /// A job from the run queue: the connection is Queued.
 fn run_job(rt: &Runtime, id: usize, job: Job) {
+    if job.work == Work::Timer {
+        return crate::timers::run_job(rt, id, job.conn.0);
+    }
     let h = job.conn;
     let Some(slot) = rt.table.slot(h) else { return };
     match job.work {
@@ -198,6 +202,7 @@ fn run_job(rt: &Runtime, id: usize, job: Job) {
             run_handler(rt, id, h, slot, reason);
         }
         Work::Close(how) => close(rt, h, slot, State::Queued, how),
+        Work::Timer => {} // not a connection: run above
     }
 }
 
@@ -233,6 +238,27 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             Some(next) => reason = next,
             None => break,
         }
+    }
+    w.busy.fetch_sub(1, Ordering::AcqRel);
+    rt.capacity_freed();
+    if was_blocked {
+        retire_if_surplus(w, id);
+    }
+}
+
+/// Runs a timer's or watch's callback `f` on worker `id` as a handler
+/// runs: counted busy, and replaced by another thread if it blocks.
+pub(crate) fn run_callback(rt: &Runtime, id: usize, f: impl FnOnce()) {
+    let w = &rt.workers;
+    let rec = &w.records[id];
+    w.busy.fetch_add(1, Ordering::AcqRel);
+    w.started.fetch_add(1, Ordering::Relaxed);
+    rec.begin_handler(rt.now_ns());
+    f();
+    let was_blocked = rec.end_handler();
+    if was_blocked {
+        w.blocked_now.fetch_sub(1, Ordering::AcqRel);
+        w.active.fetch_add(1, Ordering::AcqRel);
     }
     w.busy.fetch_sub(1, Ordering::AcqRel);
     rt.capacity_freed();
