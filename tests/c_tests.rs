@@ -81,6 +81,14 @@ fn timers() {
     support::show_figures("test_timers");
 }
 
+/// Watched host descriptors: readable, writable, timeout, re-arm, cancel
+/// answers, a descriptor closed while armed, thousands armed at once.
+#[test]
+fn watch() {
+    c_test("test_watch");
+    support::show_figures("test_watch");
+}
+
 /// The header compiles as strict C99 and as C++, as hosts of either kind
 /// include it.
 #[test]

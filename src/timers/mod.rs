@@ -441,9 +441,10 @@ fn run(rt: &Runtime, worker: usize, entry: &Entry, id: u64, generation: u32, rev
     rt.timers.runs.fetch_add(1, Ordering::Relaxed);
     let callback = entry.callback.load(Ordering::Relaxed);
     let arg = entry.arg.load(Ordering::Relaxed);
+    let settle = || settle(rt, entry, id, generation, watch);
     if watch {
         let fd = entry.fd.load(Ordering::Relaxed);
-        crate::workers::run_callback(rt, worker, || {
+        let call = || {
             // SAFETY: `callback` is the `evmpm_watch_fn` the host gave
             // `evmpm_watch_add` (stored as an address; watches have fd >=
             // 0), called with the documented arguments.
@@ -452,11 +453,12 @@ fn run(rt: &Runtime, worker: usize, entry: &Entry, id: u64, generation: u32, rev
                     std::mem::transmute::<usize, _>(callback);
                 f(arg, rt.as_c_ptr(), id, fd, revents);
             }
-        });
+        };
+        crate::workers::run_callback(rt, worker, call, settle);
     } else {
         // Its binding ends as it runs: the callback may bind another.
         rt.unbind_timer(entry.conn.load(Ordering::Relaxed), id);
-        crate::workers::run_callback(rt, worker, || {
+        let call = || {
             // SAFETY: `callback` is the `evmpm_timer_fn` the host gave
             // `evmpm_timer_add` (stored as an address; timers have fd -1),
             // called with the documented arguments.
@@ -465,8 +467,14 @@ fn run(rt: &Runtime, worker: usize, entry: &Entry, id: u64, generation: u32, rev
                     std::mem::transmute::<usize, _>(callback);
                 f(arg, rt.as_c_ptr(), id);
             }
-        });
+        };
+        crate::workers::run_callback(rt, worker, call, settle);
     }
+}
+
+/// After the callback of `entry` returned: a timer ends, a watch goes
+/// idle, or is armed again if it was re-armed meanwhile.
+fn settle(rt: &Runtime, entry: &Entry, id: u64, generation: u32, watch: bool) {
     match entry.word.after_run(generation, watch) {
         After::Free => rt.free_later(id),
         After::Idle => {}

@@ -246,20 +246,23 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
     }
 }
 
-/// Runs a timer's or watch's callback `f` on worker `id` as a handler
-/// runs: counted busy, and replaced by another thread if it blocks.
-pub(crate) fn run_callback(rt: &Runtime, id: usize, f: impl FnOnce()) {
+/// Runs a timer's or watch's callback `call` on worker `id` as a handler
+/// runs: counted busy, and replaced by another thread if it blocks. Then
+/// `settle` carries out what the callback decided, before this thread
+/// may retire as a spare (as `run_handler` settles before it does).
+pub(crate) fn run_callback(rt: &Runtime, id: usize, call: impl FnOnce(), settle: impl FnOnce()) {
     let w = &rt.workers;
     let rec = &w.records[id];
     w.busy.fetch_add(1, Ordering::AcqRel);
     w.started.fetch_add(1, Ordering::Relaxed);
     rec.begin_handler(rt.now_ns());
-    f();
+    call();
     let was_blocked = rec.end_handler();
     if was_blocked {
         w.blocked_now.fetch_sub(1, Ordering::AcqRel);
         w.active.fetch_add(1, Ordering::AcqRel);
     }
+    settle();
     w.busy.fetch_sub(1, Ordering::AcqRel);
     rt.capacity_freed();
     if was_blocked {
