@@ -440,3 +440,82 @@ fn tunnel_idle_tunnels_hold_no_thread() {
     let (opened, closed, twice) = tunnel_counts(&server.stop());
     assert_eq!((opened, closed, twice), (n as u64, n as u64, 0));
 }
+
+// ---- long polling -----------------------------------------------------------------
+
+fn read_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => line.push(b[0]),
+            other => panic!("line cut short ({other:?}) after {line:?}"),
+        }
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// 10,000 clients wait; a message posted wakes exactly its topic's
+/// subscribers; the rest time out on time.
+#[test]
+fn longpoll_wakes_exactly_the_subscribers_and_times_out_the_rest() {
+    let wait_s = 5u64;
+    let server = Server::start("longpoll", "longpoll: listening", |p| {
+        vec![p.to_string(), wait_s.to_string(), "8".into()]
+    });
+    let n = scaled(10_000);
+    let subscribers = (n / 100).max(2);
+    let mut clients: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let topic = if i % (n / subscribers) == 0 { "a" } else { "b" };
+        c.write_all(format!("WAIT {topic}\n").as_bytes()).unwrap();
+    }
+    let waits_sent = Instant::now();
+    for c in clients.iter_mut() {
+        assert_eq!(read_line(c), "WAITING");
+    }
+    let mut poster = server.connect();
+    poster.write_all(b"POST a hello there\n").unwrap();
+    let sent = read_line(&mut poster);
+    let expected: usize = (0..n).filter(|i| i % (n / subscribers) == 0).count();
+    assert_eq!(sent, format!("SENT {expected}"));
+    let posted_after = waits_sent.elapsed();
+    assert!(
+        posted_after < Duration::from_secs(wait_s),
+        "posted too late to test"
+    );
+    let (mut woken, mut timed_out, mut max_late) = (0, 0, 0u64);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let line = read_line(c);
+        if i % (n / subscribers) == 0 {
+            assert_eq!(line, "MSG hello there", "subscriber {i}");
+            woken += 1;
+        } else {
+            let ms: u64 = line
+                .strip_prefix("TIMEOUT ")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("client {i}: {line:?}"));
+            assert!(ms >= wait_s * 1000, "client {i} timed out early: {ms} ms");
+            max_late = max_late.max(ms - wait_s * 1000);
+            timed_out += 1;
+        }
+    }
+    assert_eq!((woken, timed_out), (expected, n - expected));
+    assert!(
+        max_late < 2000 * u64::from(support::slowdown()),
+        "timed out {max_late} ms late"
+    );
+    // Waiting again works, and a client gone while waiting is forgotten.
+    clients[1].write_all(b"WAIT b\n").unwrap();
+    assert_eq!(read_line(&mut clients[1]), "WAITING");
+    drop(clients);
+    poster.write_all(b"POST b late\n").unwrap();
+    let sent = read_line(&mut poster);
+    assert!(sent == "SENT 0" || sent == "SENT 1", "{sent}");
+    eprintln!(
+        "figure: {n} waiting clients, {wait_s} s: {woken} woken by a post {posted_after:?} after \
+         the waits, {timed_out} timed out at most {max_late} ms late"
+    );
+    server.stop();
+}
