@@ -160,6 +160,14 @@ fn tunnel_counts(log: &str) -> (u64, u64, u64) {
     (nums[0], nums[1], nums[2])
 }
 
+/// Held by the tests that use thousands of descriptors in this process,
+/// so that two of them never run at once (the tests of one binary run in
+/// parallel, under one descriptor limit).
+fn many_descriptors() -> std::sync::MutexGuard<'static, ()> {
+    static BIG: Mutex<()> = Mutex::new(());
+    BIG.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn rng(seed: &mut u64) -> u64 {
     *seed ^= *seed >> 12;
     *seed ^= *seed << 25;
@@ -383,6 +391,7 @@ fn tunnel_half_close_and_reset_close_both_ends() {
 fn tunnel_idle_tunnels_hold_no_thread() {
     // Two descriptors per tunnel in this process and in the server, under
     // a limit of 20,000 each: 9,800 tunnels leave room for the rest.
+    let _big = many_descriptors();
     let n = std::env::var("EVMPM_IDLE_TUNNELS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -460,6 +469,7 @@ fn read_line(s: &mut TcpStream) -> String {
 /// subscribers; the rest time out on time.
 #[test]
 fn longpoll_wakes_exactly_the_subscribers_and_times_out_the_rest() {
+    let _big = many_descriptors();
     let wait_s = 5u64;
     let server = Server::start("longpoll", "longpoll: listening", |p| {
         vec![p.to_string(), wait_s.to_string(), "8".into()]
