@@ -561,9 +561,9 @@ static void strerror_and_version(void) {
     static const int codes[] = {
         EVMPM_OK,      EVMPM_EINVAL,   EVMPM_ENOTSOCK, EVMPM_ENOTLISTENER, EVMPM_ESTALE,
         EVMPM_ESTATE,  EVMPM_ESTOPPED, EVMPM_ETIMEDOUT, EVMPM_ETHREAD,     EVMPM_EOS,
-        EVMPM_EEXIST,  EVMPM_EVERSION, EVMPM_EINTERNAL, EVMPM_ELIMIT,
+        EVMPM_EEXIST,  EVMPM_EVERSION, EVMPM_EINTERNAL, EVMPM_ELIMIT,      EVMPM_EBUSY,
     };
-    static const int unknown[] = {1, 2, -14, -100, 1000, INT_MIN, INT_MAX};
+    static const int unknown[] = {1, 2, -15, -100, 1000, INT_MIN, INT_MAX};
     const char *unknown_text = evmpm_strerror(INT_MIN);
     char version[32];
     size_t i, j;

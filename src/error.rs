@@ -19,6 +19,7 @@ pub enum Error {
     Version,
     Internal,
     Limit,
+    Busy,
 }
 
 impl Error {
@@ -37,6 +38,7 @@ impl Error {
             Error::Version => EVMPM_EVERSION,
             Error::Internal => EVMPM_EINTERNAL,
             Error::Limit => EVMPM_ELIMIT,
+            Error::Busy => EVMPM_EBUSY,
         }
     }
 
@@ -47,7 +49,7 @@ impl Error {
 
 /// The text for a code, as `evmpm_strerror` returns it. NUL-terminated.
 pub fn describe(code: c_int) -> &'static str {
-    const TEXTS: [(evmpm_error, &str); 14] = [
+    const TEXTS: [(evmpm_error, &str); 15] = [
         (EVMPM_OK, "success\0"),
         (
             EVMPM_EINVAL,
@@ -83,6 +85,10 @@ pub fn describe(code: c_int) -> &'static str {
             "internal error in evmpm; the runtime stopped itself\0",
         ),
         (EVMPM_ELIMIT, "a fixed limit was reached (listeners)\0"),
+        (
+            EVMPM_EBUSY,
+            "the timer's or watch's callback is running; that run completes, none follows\0",
+        ),
     ];
     TEXTS
         .iter()

@@ -54,6 +54,8 @@ struct EventLoop {
     /// `Runtime::nudge`); the timeout still counts from the hand-over.
     max_sleep_ns: u64,
     now: u64,
+    /// Timers' and watches' deadlines (see `timers`).
+    clock: crate::timers::Clock,
 }
 
 /// `max_sleep_ns` is at least this, so very short timeouts do not turn an
@@ -73,8 +75,9 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         .min()
         .unwrap_or(u64::MAX)
         .max(MIN_MAX_SLEEP_NS);
+    let rt_now = rt.now_ns();
     let mut ev = EventLoop {
-        now: rt.now_ns(),
+        now: rt_now,
         write_queued: vec![0; rt.table.capacity()],
         rt,
         timeouts,
@@ -85,6 +88,7 @@ pub fn run(rt: Arc<Runtime>) -> bool {
         stop_deadline: None,
         stall: None,
         max_sleep_ns,
+        clock: crate::timers::Clock::new(rt_now),
     };
     ev.sync_listeners();
     let forced = loop {
@@ -175,6 +179,7 @@ impl EventLoop {
             // blocks and the monitor cannot run.
             (self.rt.workers.busy() > 0).then(|| self.now + HANDLER_LOOK_NS),
             Some(self.now.saturating_add(self.max_sleep_ns)),
+            self.clock.next_deadline_ns(),
         ];
         match deadlines.iter().flatten().min() {
             None => -1,
@@ -371,11 +376,13 @@ impl EventLoop {
                     self.pause_listeners(false);
                 }
                 Msg::Stop { deadline_ns } => self.begin_stop(deadline_ns),
+                Msg::Timer(m) => self.clock.on_msg(&self.rt, m),
             }
         }
     }
 
     fn expire(&mut self) {
+        self.clock.expire(&self.rt, self.now);
         // Waiting connections that are due, for one look at which of them
         // are readable: those have a request and wait for a worker.
         let mut waiting_due = Vec::new();

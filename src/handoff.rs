@@ -380,6 +380,7 @@ impl Runtime {
         let fd = slot.fd();
         self.faults.hit(crate::failure::Site::Closing);
         slot.mark_notified();
+        self.conn_closing(h);
         if let Some(on_close) = self.config.on_close {
             // SAFETY: the host's callback, with the documented arguments;
             // runs once because only the owner of a Closing slot gets here

@@ -22,6 +22,8 @@
 //! - `conn/`: the connection table, handles, states and the transitions
 //!   between them (`transitions.rs`: who owns a connection next);
 //! - `timeouts.rs`: the timeout queues;
+//! - `timers/`: timers and watched host descriptors (a table of entries
+//!   with CAS state words, the event thread's timer wheel);
 //! - `failure.rs`: what an internal panic does (fail-stop);
 //! - `admission.rs`: the AsyncRequestWorkerFactor rule;
 //! - `listener.rs`: the listeners and what each says about its connections
@@ -56,8 +58,10 @@ pub(crate) mod stats;
 pub(crate) mod sync;
 pub(crate) mod sys;
 pub(crate) mod timeouts;
+pub(crate) mod timers;
 pub(crate) mod wake;
 pub(crate) mod workers;
 
 pub use ffi::api::*;
+pub use ffi::timer_api::*;
 pub use ffi::types::*;

@@ -19,6 +19,19 @@ pub enum Msg {
     /// `evmpm_stop`: stop accepting, close idle connections, finish the rest
     /// by this deadline (ns since the runtime's epoch).
     Stop { deadline_ns: u64 },
+    /// A timer or watch (see `timers`).
+    Timer(TimerMsg),
+}
+
+/// What a timer or watch needs from the event thread, by id.
+#[derive(Clone, Copy, Debug)]
+pub enum TimerMsg {
+    /// Armed, or armed again: put it in the wheel at the deadline its
+    /// entry holds (or take it out if it has none).
+    Link(u64),
+    /// Dead (cancelled, or a timer that ran): take it out of the wheel and
+    /// free its entry.
+    Free(u64),
 }
 
 /// What the event thread must take over after an owner acted.

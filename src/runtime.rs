@@ -79,6 +79,8 @@ pub struct Runtime {
     pub logged_bad_handshake: AtomicBool,
     /// Where a test makes evmpm panic (see `failure`).
     pub faults: FaultPoint,
+    /// Timers and watched host descriptors.
+    pub timers: crate::timers::Timers,
 }
 
 #[derive(Default)]
@@ -164,6 +166,11 @@ impl Runtime {
             .map_err(|e| Error::from_io(&e))?;
         // More runtimes alive at once than handles can tell apart.
         let tag = RuntimeTags::take().ok_or(Error::Os(libc::EMFILE))?;
+        let timers = crate::timers::Timers::new(&workers.poll, tag, config.connection_limit)
+            .map_err(|e| {
+                RuntimeTags::give_back(tag);
+                Error::from_io(&e)
+            })?;
         Ok(Arc::new(Runtime {
             table: Table::tagged(config.connection_limit as u32, tag),
             workers,
@@ -188,6 +195,7 @@ impl Runtime {
             logged_bad_verdict: AtomicBool::new(false),
             logged_bad_handshake: AtomicBool::new(false),
             faults: FaultPoint::default(),
+            timers,
         }))
     }
 
@@ -256,7 +264,10 @@ impl Runtime {
             handlers_blocked: self.workers.blocked_now(),
             blocked_replaced: self.workers.replaced.load(Ordering::Relaxed),
         };
-        crate::stats::snapshot(&self.table, &self.counters, gauges)
+        let mut s = crate::stats::snapshot(&self.table, &self.counters, gauges);
+        s.timers = self.timers.live() as u64;
+        s.timer_runs = self.timers.runs();
+        s
     }
 
     pub fn has_failed(&self) -> bool {

@@ -87,6 +87,23 @@ fn misuse() {
     support::show_figures("test_misuse");
 }
 
+/// Timers: deadline order within the resolution, cancelled ones never run,
+/// cancel racing the run from several threads, a timer bound to a
+/// connection. `-- --nocapture` shows the lateness figures.
+#[test]
+fn timers() {
+    c_test("test_timers");
+    support::show_figures("test_timers");
+}
+
+/// Watched host descriptors: readable, writable, timeout, re-arm, cancel
+/// answers, a descriptor closed while armed, thousands armed at once.
+#[test]
+fn watch() {
+    c_test("test_watch");
+    support::show_figures("test_watch");
+}
+
 /// The header compiles as strict C99 and as C++, as hosts of either kind
 /// include it.
 #[test]

@@ -24,7 +24,7 @@ fn generate() -> String {
     // Only the C boundary is parsed, so nothing internal leaks into the
     // header: the types, then every file of exported functions.
     let mut builder = cbindgen::Builder::new().with_src(root.join("src/ffi/types.rs"));
-    for file in ["api.rs", "conn_api.rs", "workers_api.rs"] {
+    for file in ["api.rs", "conn_api.rs", "workers_api.rs", "timer_api.rs"] {
         builder = builder.with_src(root.join("src/ffi").join(file));
     }
     let bindings = builder

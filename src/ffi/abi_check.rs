@@ -18,7 +18,11 @@ mod c {
     include!(concat!(env!("OUT_DIR"), "/header_bindings.rs"));
 }
 
-use super::types as rust;
+/// The Rust side of the header: its types and the timer module's.
+mod rust {
+    pub use crate::ffi::timer_api::*;
+    pub use crate::ffi::types::*;
+}
 use std::mem::{align_of, offset_of, size_of};
 
 /// Size, alignment and every listed field's offset agree. List every field:
@@ -102,6 +106,8 @@ fn struct_layouts_match() {
         conns_handshake,
         handshakes,
         handshakes_failed,
+        timers,
+        timer_runs,
     });
     same_layout!(evmpm_listener_config {
         size,
@@ -187,6 +193,11 @@ fn constants_match() {
         EVMPM_WORKER_HANDLER,
         EVMPM_WORKER_BLOCKED,
         EVMPM_WORKER_SPARE,
+        EVMPM_WATCH_READABLE,
+        EVMPM_WATCH_WRITABLE,
+        EVMPM_WATCH_HANGUP,
+        EVMPM_WATCH_ERROR,
+        EVMPM_WATCH_TIMEOUT,
     );
     same_errors!(
         EVMPM_OK => evmpm_error_EVMPM_OK,
@@ -203,6 +214,7 @@ fn constants_match() {
         EVMPM_EVERSION => evmpm_error_EVMPM_EVERSION,
         EVMPM_EINTERNAL => evmpm_error_EVMPM_EINTERNAL,
         EVMPM_ELIMIT => evmpm_error_EVMPM_ELIMIT,
+        EVMPM_EBUSY => evmpm_error_EVMPM_EBUSY,
     );
 }
 

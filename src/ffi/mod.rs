@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod conn_api;
+pub mod timer_api;
 pub mod types;
 pub mod workers_api;
 

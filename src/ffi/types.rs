@@ -59,7 +59,8 @@ pub enum evmpm_error {
     EVMPM_ETHREAD = -8,
     /// An OS call failed; `errno` holds its cause.
     EVMPM_EOS = -9,
-    /// The listener is already registered with this runtime.
+    /// The listener is already registered with this runtime, or (for
+    /// `evmpm_timer_add`) the connection already has a bound timer.
     EVMPM_EEXIST = -10,
     /// The `size` a struct was passed with (`evmpm_config.size`, a size
     /// argument) is smaller than this library's oldest layout, or larger than
@@ -72,6 +73,10 @@ pub enum evmpm_error {
     /// A fixed limit was reached: more listeners than a runtime takes
     /// (`EVMPM_MAX_LISTENERS`).
     EVMPM_ELIMIT = -13,
+    /// `evmpm_timer_cancel` or `evmpm_watch_cancel` found the callback
+    /// running (on a worker, or it is the caller): that run completes, and
+    /// none follows (a re-arm from it, before or after, does nothing).
+    EVMPM_EBUSY = -14,
 }
 
 /// The host's request handler. Runs on a worker thread, with the connection's
@@ -429,6 +434,12 @@ pub struct evmpm_stats {
     /// connects and closes without a byte, a port probe, counts here too).
     /// Handshakes that ran out of time are in `timed_out` instead.
     pub handshakes_failed: u64,
+    /// Timers and watches not ended yet (waiting, queued, running, idle
+    /// watches), and ended ones whose memory the event thread has not
+    /// freed yet (it does on its next turn).
+    pub timers: u64,
+    /// Timer and watch callbacks run since start.
+    pub timer_runs: u64,
 }
 
 pub const EVMPM_VERSION_MAJOR: u32 = 0;

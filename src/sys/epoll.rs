@@ -53,6 +53,21 @@ impl Epoll {
         syscall!(epoll_ctl(self.fd, op, fd, &mut ev)).map(|_| ())
     }
 
+    /// The epoll descriptor itself (to nest this set in another).
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// Takes one ready event without waiting: (token, flags), or None.
+    pub fn wait_one(&self) -> Option<(u64, u32)> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: room for exactly one event, timeout 0.
+        match syscall!(epoll_wait(self.fd, &mut ev, 1, 0)) {
+            Ok(1) => Some((ev.u64, ev.events)),
+            _ => None,
+        }
+    }
+
     /// True when events wait to be collected (a `poll` of the set itself,
     /// without consuming them).
     pub fn ready_now(&self) -> bool {

@@ -37,6 +37,7 @@ mod poller;
 mod status;
 
 pub use monitor::{look_if_due, monitor_main};
+pub(crate) use poller::run_callback;
 pub use poller::worker_main;
 pub(crate) use status::LABEL_SIZE;
 
@@ -67,6 +68,9 @@ pub enum Work {
     /// Close it, this way: the close callback must run on a worker
     /// (`evmpm_config.close_on_worker`).
     Close(CloseHow),
+    /// Not a connection: run timer or watch `Job::conn.0` (an id, see
+    /// `timers`).
+    Timer,
 }
 
 impl Job {
@@ -89,6 +93,8 @@ impl Job {
 /// handles are all >= 2^32.
 pub(crate) const DOORBELL_TOKEN: u64 = 1;
 pub(crate) const EXIT_TOKEN: u64 = 2;
+/// The watch set (`timers::Timers`), nested in the pool's set.
+pub(crate) const WATCH_TOKEN: u64 = 3;
 
 /// A handler that has run this long while its thread sleeps in the kernel
 /// is counted as blocked.
@@ -243,6 +249,10 @@ pub struct Workers {
     /// By id: the handle of the thread that has (or last had) the id.
     handles: Mutex<Vec<Option<JoinHandle<()>>>>,
     monitor: Mutex<Option<Thread>>,
+    /// Timer and watch runs (ids) whose deadline passed, FIFO. Unbounded
+    /// (any number of timers may expire at once), lock-free (crossbeam's
+    /// segmented MPMC queue); taken after the connections' queue.
+    timer_jobs: crossbeam_queue::SegQueue<u64>,
 }
 
 impl Workers {
@@ -272,6 +282,7 @@ impl Workers {
             last_look: CachePadded::new(AtomicU64::new(0)),
             handles: Mutex::new((0..max).map(|_| None).collect()),
             monitor: Mutex::new(None),
+            timer_jobs: crossbeam_queue::SegQueue::new(),
         })
     }
 
@@ -311,11 +322,22 @@ impl Workers {
         self.doorbell.wake();
     }
 
+    /// Queues the run of timer or watch `id` and rings the doorbell.
+    pub(crate) fn push_timer(&self, id: u64) {
+        self.timer_jobs.push(id);
+        self.doorbell.wake();
+    }
+
     /// The next queued job, if any. Rings the doorbell again when more
     /// wait, so another worker helps with them.
     fn take_job(&self) -> Option<Job> {
-        let job = self.queue.pop()?;
-        if !self.queue.is_empty() {
+        let job = self.queue.pop().or_else(|| {
+            self.timer_jobs.pop().map(|id| Job {
+                conn: Handle(id),
+                work: Work::Timer,
+            })
+        })?;
+        if !self.queue.is_empty() || !self.timer_jobs.is_empty() {
             self.doorbell.wake();
         }
         Some(job)

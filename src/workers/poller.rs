@@ -3,7 +3,7 @@
 //! it is not done), checks it holds a whole request, runs the handler, and
 //! carries out what the handler decided.
 
-use super::{Job, Work, DOORBELL_TOKEN, EXIT_TOKEN};
+use super::{Job, Work, DOORBELL_TOKEN, EXIT_TOKEN, WATCH_TOKEN};
 use crate::conn::{Handle, Slot, State};
 use crate::ffi::types::{
     EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_THREAD_WORKER, EVMPM_WAKE_ACCEPTED,
@@ -65,6 +65,7 @@ fn serve(rt: &Arc<Runtime>, id: usize) {
                 match token {
                     DOORBELL_TOKEN => w.doorbell.reset(),
                     EXIT_TOKEN => {}
+                    WATCH_TOKEN => guarded(rt, || crate::timers::on_watch_set(rt, id)),
                     _ => guarded(rt, || {
                         on_ready(rt, id, &mut readiness, Handle(token), flags)
                     }),
@@ -254,6 +255,9 @@ fn close(rt: &Runtime, h: Handle, slot: &Slot, from: State, how: CloseHow) {
 
 /// A job from the run queue: the connection is Queued.
 fn run_job(rt: &Runtime, id: usize, job: Job) {
+    if job.work == Work::Timer {
+        return crate::timers::run_job(rt, id, job.conn.0);
+    }
     let h = job.conn;
     let Some(slot) = rt.table.slot(h) else { return };
     match job.work {
@@ -264,6 +268,7 @@ fn run_job(rt: &Runtime, id: usize, job: Job) {
             run_handler(rt, id, h, slot, reason);
         }
         Work::Close(how) => close(rt, h, slot, State::Queued, how),
+        Work::Timer => {} // not a connection: run above
     }
 }
 
@@ -301,6 +306,33 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             None => break,
         }
     }
+    w.busy.fetch_sub(1, Ordering::AcqRel);
+    rec.idle_since(rt.now_ns());
+    rt.capacity_freed();
+    if was_blocked {
+        retire_if_surplus(rt, id);
+    }
+}
+
+/// Runs a timer's or watch's callback `call` on worker `id` as a handler
+/// runs: counted busy, and replaced by another thread if it blocks. Then
+/// `settle` carries out what the callback decided, before this thread
+/// may retire as a spare (as `run_handler` settles before it does).
+pub(crate) fn run_callback(rt: &Runtime, id: usize, call: impl FnOnce(), settle: impl FnOnce()) {
+    let w = &rt.workers;
+    let rec = &w.records[id];
+    w.busy.fetch_add(1, Ordering::AcqRel);
+    w.started.fetch_add(1, Ordering::Relaxed);
+    // No connection: the snapshot shows the worker busy with conn 0.
+    rec.begin_handler(rt.now_ns(), Handle(0));
+    call();
+    let was_blocked = rec.end_handler();
+    if was_blocked {
+        w.blocked_now.fetch_sub(1, Ordering::AcqRel);
+        w.active.fetch_add(1, Ordering::AcqRel);
+    }
+    rec.clear_label();
+    settle();
     w.busy.fetch_sub(1, Ordering::AcqRel);
     rec.idle_since(rt.now_ns());
     rt.capacity_freed();
