@@ -181,8 +181,10 @@ static void host_closes_while_armed(void) {
     make_pipe(p);
     CHECK_OK(evmpm_watch_add(s.rt, p[0], EVMPM_WATCH_READABLE, EVMPM_TIMEOUT_NONE, on_watch,
                              &seen, &id3));
-    close(p[1]);
+    /* The read end first: closing the write end first would make it
+     * readable (end of file) for a moment, and the watch could run. */
     close(p[0]);
+    close(p[1]);
     sleep_ms(30);
     CHECK_EQ(atomic_load(&seen.calls), 1);
     CHECK_OK(evmpm_watch_cancel(s.rt, id3));
