@@ -119,11 +119,14 @@ static void spares_leave_when_idle(void) {
     line_server_start(&s, &cfg);
     for (i = 0; i < CLIENTS; i++)
         fd[i] = line_client(&s);
+    /* Long enough for the monitor, at idle priority on a busy machine, to
+     * replace each sleeper while all four sleep at once. */
     for (i = 0; i < CLIENTS; i++)
-        send_str(fd[i], "SLEEP 300\n");
+        send_str(fd[i], "SLEEP 2000\n");
+    WAIT_UNTIL(atomic_load(&s.in_handler) == CLIENTS, 5000);
+    CHECK(line_server_stats(&s).worker_threads >= CLIENTS);
     for (i = 0; i < CLIENTS; i++)
         EXPECT_LINE(fd[i], "SLEPT");
-    CHECK(line_server_stats(&s).worker_threads >= CLIENTS);
     WAIT_UNTIL(line_server_stats(&s).worker_threads == 1, 10000);
     WAIT_UNTIL(thread_count() == before + 1 + 2, 5000);
     /* And they come back when handlers block again. */
