@@ -1045,6 +1045,50 @@ static void conn_set_timeouts(void) {
     CHECK_OK(srv_stop(&s, 1000));
 }
 
+/* A change made while the connection waits in keep-alive applies from its
+ * next wait: the wait under way keeps the timeout it began with, longer or
+ * shorter. */
+static void set_timeouts_during_a_wait(void) {
+    struct srv s;
+    evmpm_config cfg;
+    evmpm_listener_config lc;
+    struct lis *slow, *fast;
+    int a, b;
+    evmpm_conn ca, cb;
+    srv_config(&s, &cfg);
+    cfg.keepalive_timeout_ms = 30000;
+    srv_create(&s, &cfg);
+    slow = srv_listen_flags(&s, 0, 0);
+    CHECK_OK(evmpm_listener_config_init(&lc, sizeof lc));
+    lc.keepalive_timeout_ms = 100;
+    fast = srv_listen_ex(&s, &lc);
+    srv_start(&s);
+    /* Parked for 100 ms, then given "never": this wait still ends. */
+    a = connect_loopback(fast->port);
+    ping_fd(a);
+    ca = (evmpm_conn)atomic_load(&s.last_conn);
+    /* The answer comes before the park: wait for the wait to begin. */
+    WAIT_UNTIL(srv_stats(&s).conns_keepalive == 1, 5000);
+    CHECK_OK(evmpm_conn_set_timeouts(s.rt, ca, EVMPM_TIMEOUT_NONE, 0));
+    CHECK(wait_closed(a, 5000));
+    WAIT_UNTIL(srv_stats(&s).keepalive_expired == 1, 5000);
+    /* Parked for 30 s, then given 100 ms: this wait keeps its 30 s ... */
+    b = connect_loopback(slow->port);
+    ping_fd(b);
+    cb = (evmpm_conn)atomic_load(&s.last_conn);
+    WAIT_UNTIL(srv_stats(&s).conns_keepalive == 1, 5000);
+    CHECK_OK(evmpm_conn_set_timeouts(s.rt, cb, 100, 0));
+    CHECK(!wait_closed(b, 400));
+    /* ... the next has 100 ms. */
+    ping_fd(b);
+    CHECK(wait_closed(b, 5000));
+    WAIT_UNTIL(srv_stats(&s).keepalive_expired == 2, 5000);
+    close(a);
+    close(b);
+    WAIT_UNTIL(atomic_load(&s.closes) == 2, 5000);
+    CHECK_OK(srv_stop(&s, 1000));
+}
+
 static void config_timeout_none(void) {
     struct srv s;
     evmpm_config cfg;
@@ -1446,6 +1490,7 @@ int main(int argc, char **argv) {
         {"server_first", server_first},
         {"listener_timeouts", listener_timeouts},
         {"conn_set_timeouts", conn_set_timeouts},
+        {"set_timeouts_during_a_wait", set_timeouts_during_a_wait},
         {"config_timeout_none", config_timeout_none},
         {"close_without_lingering", close_without_lingering},
         {"close_with_reset_flag", close_with_reset_flag},
