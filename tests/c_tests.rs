@@ -80,6 +80,14 @@ fn listener() {
     c_test("test_listener");
 }
 
+/// `evmpm_notify`: waking waiting connections from other threads, notifies
+/// that come while the connection is held elsewhere, broadcasts, a race
+/// against requests, kicks, and the accept hook.
+#[test]
+fn notify() {
+    c_test("test_notify");
+}
+
 /// Stale handles racing slot reuse never reach the newer connection.
 #[test]
 fn stale() {
