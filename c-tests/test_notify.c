@@ -476,6 +476,28 @@ static void notify_while_suspended(void) {
     CHECK_OK(nsrv_stop(1000));
 }
 
+/* The response is still being sent by the event thread when the notify
+ * comes: the run follows once it is sent and the connection parked. */
+static void notify_during_write_completion(void) {
+    int fd;
+    size_t i;
+    for (i = 0; i < sizeof big_body; i++)
+        big_body[i] = pattern_byte(i);
+    nsrv_start_default();
+    fd = connect_loopback_rcvbuf(srv.port, 8192);
+    WAIT_UNTIL(atomic_load(&srv.accepted) == 1, 5000);
+    ping_quiet(fd);
+    send_str(fd, "BIG\n");
+    WAIT_UNTIL(stats().conns_writing == 1 && atomic_load(&srv.in_handler) == 0, 5000);
+    CHECK_OK(bump_and_notify(0));
+    recv_pattern(fd, 0, sizeof big_body, 64 << 10, 0);
+    EXPECT_LINE(fd, "NOTE 1");
+    ping_quiet(fd);
+    close(fd);
+    WAIT_UNTIL(atomic_load(&srv.closes) == 1, 5000);
+    CHECK_OK(nsrv_stop(1000));
+}
+
 /* A request check waits for the rest of a request when the notify comes:
  * the run does not consume the partial request, which is served whole. */
 static atomic_long check_calls;
@@ -746,6 +768,7 @@ int main(int argc, char **argv) {
         {"notify_from_own_handler", notify_from_own_handler},
         {"notify_while_handler_blocks", notify_while_handler_blocks},
         {"notify_while_suspended", notify_while_suspended},
+        {"notify_during_write_completion", notify_during_write_completion},
         {"notify_during_incomplete_request", notify_during_incomplete_request},
         {"broadcast", broadcast},
         {"notify_races_requests", notify_races_requests},

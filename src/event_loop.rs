@@ -200,7 +200,16 @@ impl EventLoop {
             State::Writing => {
                 self.timeouts.remove(h.index());
                 let next = self.rt.write_owned(h, slot, State::Writing);
-                self.adopt(h, next);
+                // Parked after its write, by this thread: a notify that came
+                // while the write was sent runs now, as after any hand-over
+                // to wait (see `Runtime::hand_over`); it takes the
+                // connection, so there is nothing to link.
+                let notified = next == Handoff::Watch(Kind::Keepalive)
+                    && slot.state_of(h) == Ok(State::Keepalive)
+                    && self.rt.deliver_notify(h, slot, State::Keepalive);
+                if !notified {
+                    self.adopt(h, next);
+                }
             }
             State::Lingering => match self.rt.drain(slot.fd()) {
                 Drained::PeerDone => {
