@@ -727,6 +727,88 @@ static void kick_from_own_handler(void) {
 
 /* ---- the accept hook ---------------------------------------------------------- */
 
+static void notify_in_hook(struct nsrv *s, evmpm_runtime *rt, struct nconn *st) {
+    (void)s;
+    atomic_fetch_add(&st->bumped, 1);
+    CHECK_OK(evmpm_notify(rt, atomic_load(&st->conn)));
+}
+
+static void notify_from_accept_hook(void) {
+    evmpm_config cfg;
+    int fd;
+    nsrv_config(&cfg);
+    srv.on_accept = notify_in_hook;
+    nsrv_start(&cfg);
+    fd = client(0);
+    /* Before the client sends anything. */
+    EXPECT_LINE(fd, "NOTE 1");
+    CHECK_EQ(atomic_load(&srv.conns[0].first_reason), EVMPM_WAKE_NOTIFIED);
+    ping_quiet(fd);
+    ping_quiet(fd);
+    CHECK_EQ(atomic_load(&srv.reasons[EVMPM_WAKE_NEW]), 0);
+    CHECK_EQ(atomic_load(&srv.reasons[EVMPM_WAKE_READABLE]), 2);
+    CHECK_EQ(stats().refused, 0);
+    close(fd);
+    WAIT_UNTIL(atomic_load(&srv.closes) == 1, 5000);
+    CHECK_OK(nsrv_stop(1000));
+}
+
+/* The same, with the hook waiting a little for the notified run to end,
+ * as when the event thread is preempted right after the hook: a run that
+ * could start at once would park a connection the event thread had not
+ * finished admitting. (The hook waits here, which a real hook must not;
+ * it stands in for the preemption.) The run must come after the hook. */
+static void notify_in_hook_then_wait(struct nsrv *s, evmpm_runtime *rt, struct nconn *st) {
+    int64_t deadline = now_ms() + 300 * harness_slowdown();
+    evmpm_stats now;
+    notify_in_hook(s, rt, st);
+    for (;;) {
+        CHECK_OK(evmpm_get_stats(rt, &now, sizeof now));
+        if (atomic_load(&st->notified_runs) == 1 && atomic_load(&st->running) == 0 &&
+            (now.conns_keepalive == 1 || atomic_load(&s->closes) > 0))
+            break;
+        if (now_ms() > deadline)
+            break; /* the run waits for the hook */
+        sleep_ms(1);
+    }
+}
+
+static void notified_run_ends_before_hook_returns(void) {
+    evmpm_config cfg;
+    int fd;
+    nsrv_config(&cfg);
+    srv.on_accept = notify_in_hook_then_wait;
+    nsrv_start(&cfg);
+    fd = client(0);
+    EXPECT_LINE(fd, "NOTE 1");
+    ping_quiet(fd);
+    CHECK_EQ(atomic_load(&srv.closes), 0);
+    CHECK_EQ(stats().refused, 0);
+    close(fd);
+    WAIT_UNTIL(atomic_load(&srv.closes) == 1, 5000);
+    CHECK_OK(nsrv_stop(1000));
+}
+
+/* On a listener whose server speaks first, the first run is the
+ * EVMPM_WAKE_ACCEPTED one, even when the hook notified: then the notified
+ * run. */
+static void notify_from_hook_when_server_speaks_first(void) {
+    evmpm_config cfg;
+    int fd;
+    nsrv_config(&cfg);
+    srv.on_accept = notify_in_hook;
+    nsrv_start_flags(&cfg, EVMPM_LISTEN_SERVER_FIRST);
+    fd = client(0);
+    EXPECT_LINE(fd, "HELLO");
+    EXPECT_LINE(fd, "NOTE 1");
+    CHECK_EQ(atomic_load(&srv.conns[0].first_reason), EVMPM_WAKE_ACCEPTED);
+    ping_quiet(fd);
+    CHECK_EQ(stats().refused, 0);
+    close(fd);
+    WAIT_UNTIL(atomic_load(&srv.closes) == 1, 5000);
+    CHECK_OK(nsrv_stop(1000));
+}
+
 /* ---- errors ------------------------------------------------------------------ */
 
 static void notify_errors(void) {
@@ -774,6 +856,9 @@ int main(int argc, char **argv) {
         {"notify_races_requests", notify_races_requests},
         {"kick_from_another_thread", kick_from_another_thread},
         {"kick_from_own_handler", kick_from_own_handler},
+        {"notify_from_accept_hook", notify_from_accept_hook},
+        {"notified_run_ends_before_hook_returns", notified_run_ends_before_hook_returns},
+        {"notify_from_hook_when_server_speaks_first", notify_from_hook_when_server_speaks_first},
         {"notify_errors", notify_errors},
     };
     return run_cases(argc, argv, cases, sizeof cases / sizeof cases[0]);
