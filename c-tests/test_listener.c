@@ -933,11 +933,11 @@ static void listener_timeouts(void) {
     struct lis *shortl, *never;
     int fs, fn, silent_s, silent_n;
     srv_config(&s, &cfg);
-    cfg.keepalive_timeout_ms = 100;
+    cfg.keepalive_timeout_ms = (uint32_t)(100 * harness_slowdown());
     srv_create(&s, &cfg);
     /* The runtime's keep-alive (100 ms), and its own read timeout. */
     CHECK_OK(evmpm_listener_config_init(&lc, sizeof lc));
-    lc.read_timeout_ms = 100;
+    lc.read_timeout_ms = (uint32_t)(100 * harness_slowdown());
     shortl = srv_listen_ex(&s, &lc);
     /* Never, for both. */
     CHECK_OK(evmpm_listener_config_init(&lc, sizeof lc));
@@ -946,11 +946,11 @@ static void listener_timeouts(void) {
     never = srv_listen_ex(&s, &lc);
     srv_start(&s);
     fs = connect_loopback(shortl->port);
+    ping_fd(fs);
     fn = connect_loopback(never->port);
+    ping_fd(fn);
     silent_s = connect_loopback(shortl->port);
     silent_n = connect_loopback(never->port);
-    ping_fd(fs);
-    ping_fd(fn);
     CHECK(wait_closed(fs, 5000));
     CHECK(wait_closed(silent_s, 5000));
     WAIT_UNTIL(srv_stats(&s).keepalive_expired == 1 && srv_stats(&s).timed_out == 2, 5000);
@@ -1060,10 +1060,11 @@ static void set_timeouts_during_a_wait(void) {
     srv_create(&s, &cfg);
     slow = srv_listen_flags(&s, 0, 0);
     CHECK_OK(evmpm_listener_config_init(&lc, sizeof lc));
-    lc.keepalive_timeout_ms = 100;
+    /* Long enough for this thread to change it before it expires. */
+    lc.keepalive_timeout_ms = (uint32_t)(300 * harness_slowdown());
     fast = srv_listen_ex(&s, &lc);
     srv_start(&s);
-    /* Parked for 100 ms, then given "never": this wait still ends. */
+    /* Parked for 300 ms, then given "never": this wait still ends. */
     a = connect_loopback(fast->port);
     ping_fd(a);
     ca = (evmpm_conn)atomic_load(&s.last_conn);
