@@ -200,7 +200,16 @@ impl EventLoop {
             State::Writing => {
                 self.timeouts.remove(h.index());
                 let next = self.rt.write_owned(h, slot, State::Writing);
-                self.adopt(h, next);
+                // Parked after its write, by this thread: a notify that came
+                // while the write was sent runs now, as after any hand-over
+                // to wait (see `Runtime::hand_over`); it takes the
+                // connection, so there is nothing to link.
+                let notified = next == Handoff::Watch(Kind::Keepalive)
+                    && slot.state_of(h) == Ok(State::Keepalive)
+                    && self.rt.deliver_notify(h, slot, State::Keepalive);
+                if !notified {
+                    self.adopt(h, next);
+                }
             }
             State::Lingering => match self.rt.drain(slot.fd()) {
                 Drained::PeerDone => {
@@ -473,6 +482,12 @@ impl EventLoop {
     /// the accept told, asks the listener's accept hook, then either runs
     /// the handler at once (the server speaks first) or arms the connection
     /// in the workers' set, where the workers wait for its first request.
+    ///
+    /// The connection is Queued (owned here, no job yet) until then, so an
+    /// `evmpm_notify` from the hook only raises the flag: the notified run
+    /// comes once the connection waits, armed, never while this thread
+    /// still registers it; on a server-first listener it comes after the
+    /// accepted run.
     fn admit(&mut self, index: u32, fd: i32, peer: &socket::Address) {
         let Some(listener) = self.rt.listeners.get(index) else {
             sys::close(fd);
@@ -481,7 +496,7 @@ impl EventLoop {
         let peer_bytes = peer_bytes(peer);
         let close_how = listener.close_how() as u32;
         let handshake = listener.has_handshake();
-        let allocated = self.rt.table.allocate_with(fd, State::Reading, |slot| {
+        let allocated = self.rt.table.allocate_with(fd, State::Queued, |slot| {
             slot.set_accept_facts(
                 index,
                 peer_bytes,
@@ -499,16 +514,21 @@ impl EventLoop {
         Counters::bump(&self.rt.counters.accepted);
         let slot = self.rt.table.slot_at(h.index());
         slot.note_watch_since(self.now);
-        if listener.on_accept.is_some() && !self.rt.accept_hook(h, slot, listener, peer) {
+        let hooked = listener.on_accept.is_some();
+        if hooked && !self.rt.accept_hook(h, slot, listener, peer) {
             Counters::bump(&self.rt.counters.denied);
-            self.close(h, State::Reading, CloseHow::Abort);
+            self.close(h, State::Queued, CloseHow::Abort);
             return;
         }
+        let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
         if handshake {
             // The handshake first, under the header timeout from now; the
             // client speaks first in it. A server-first handler runs once
-            // it is done (see the poller).
-            let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+            // it is done (see the poller). No notify is delivered before
+            // it is done, so waiting may begin before the registration.
+            if slot.transition(h, State::Queued, State::Reading).is_err() {
+                return; // owned here: cannot happen
+            }
             if self.rt.workers.poll.add(fd, interest, h.0).is_err() {
                 Counters::bump(&self.rt.counters.refused);
                 self.close(h, State::Reading, CloseHow::Abort);
@@ -522,25 +542,43 @@ impl EventLoop {
         }
         if listener.server_first() {
             // Registered without interest, so a park can re-arm it with MOD.
-            let armed = self.rt.workers.poll.add(fd, epoll::ONESHOT, h.0).is_ok();
-            if armed && slot.transition(h, State::Reading, State::Queued).is_ok() {
-                self.rt.workers.push(Job::run(h, EVMPM_WAKE_ACCEPTED));
+            if self.rt.workers.poll.add(fd, epoll::ONESHOT, h.0).is_err() {
+                Counters::bump(&self.rt.counters.refused);
+                self.close(h, State::Queued, CloseHow::Abort);
                 return;
             }
-            Counters::bump(&self.rt.counters.refused);
-            self.close(h, State::Reading, CloseHow::Abort);
+            self.rt.workers.push(Job::run(h, EVMPM_WAKE_ACCEPTED));
             return;
         }
-        let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-        if self.rt.workers.poll.add(fd, interest, h.0).is_err() {
+        // Once it is Reading, a notify takes it at once. Only the hook can
+        // have passed the handle on to a thread that would: then the
+        // connection is registered before, and armed after, so the run's
+        // park (MOD) finds it registered.
+        if hooked && self.rt.workers.poll.add(fd, epoll::ONESHOT, h.0).is_err() {
             Counters::bump(&self.rt.counters.refused);
-            self.close(h, State::Reading, CloseHow::Abort);
+            self.close(h, State::Queued, CloseHow::Abort);
+            return;
+        }
+        if slot.transition(h, State::Queued, State::Reading).is_err() {
+            return; // owned here: cannot happen
+        }
+        let armed = if hooked {
+            self.rt.workers.poll.modify(fd, interest, h.0)
+        } else {
+            self.rt.workers.poll.add(fd, interest, h.0)
+        };
+        if armed.is_err() {
+            // Unless a notify took it meanwhile (its run's park re-arms it).
+            if slot.state_of(h) == Ok(State::Reading) {
+                Counters::bump(&self.rt.counters.refused);
+                self.close(h, State::Reading, CloseHow::Abort);
+            }
             return;
         }
         let timeout = self.rt.conn_timeout_ns(slot, Kind::Reading);
         self.timeouts
             .insert(Kind::Reading, h.index(), self.now, timeout);
-        // The hook may have called `evmpm_notify` already.
+        // The hook may have called `evmpm_notify`.
         self.rt.deliver_notify(h, slot, State::Reading);
     }
 

@@ -260,6 +260,9 @@ impl Runtime {
             }
             return self.close_owned(h, slot, CloseHow::Quick);
         }
+        // The wait keeps the keep-alive timeout set now, before anyone can
+        // see it waiting, whatever `evmpm_conn_set_timeouts` sets later.
+        slot.begin_wait(Kind::Keepalive as usize);
         if slot.transition(h, from, State::Keepalive).is_err() {
             return Handoff::None;
         }
@@ -297,8 +300,13 @@ impl Runtime {
     /// once. A file that ends before its range: lingering close, so the
     /// client gets what was sent and then the end of the stream.
     pub fn write_owned(&self, h: Handle, slot: &Slot, from: State) -> Handoff {
-        if from != State::Writing && slot.transition(h, from, State::Writing).is_err() {
-            return Handoff::None;
+        if from != State::Writing {
+            // A new write completion: it keeps the write timeout set now
+            // (see `park_or_close`); one under way (from Writing) keeps its.
+            slot.begin_wait(Kind::Write as usize);
+            if slot.transition(h, from, State::Writing).is_err() {
+                return Handoff::None;
+            }
         }
         // SAFETY: state Writing, owned by this thread.
         let Some(mut w) = (unsafe { slot.take_write() }) else {

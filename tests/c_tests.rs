@@ -72,6 +72,22 @@ fn close_once() {
     c_test("test_close_once");
 }
 
+/// Listeners with their own settings: what the accept told, the accept
+/// hook, per-listener checks, modes, timeouts and close flags, and which
+/// thread runs the close callback.
+#[test]
+fn listener() {
+    c_test("test_listener");
+}
+
+/// `evmpm_notify`: waking waiting connections from other threads, notifies
+/// that come while the connection is held elsewhere, broadcasts, a race
+/// against requests, kicks, and the accept hook.
+#[test]
+fn notify() {
+    c_test("test_notify");
+}
+
 /// Stale handles racing slot reuse never reach the newer connection.
 #[test]
 fn stale() {

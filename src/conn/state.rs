@@ -27,7 +27,7 @@
 //! |---|---|---|
 //! | Reading | nobody acts until it is readable: armed in the workers' epoll set; the worker that gets the event takes it by CAS, and the event thread by CAS at its timeout | (accept) |
 //! | ReadingCheck, KeepaliveCheck | the worker stepping the handshake (ReadingCheck only) or checking for a whole request (`request_ready`) | |
-//! | Queued | the run queue: handed back or holding buffered input, waiting for a worker | (worker queue) |
+//! | Queued | the run queue: handed back or holding buffered input, waiting for a worker; or, before any job names it, the event thread admitting it (until its accept hook has returned and it is armed) | (worker queue) |
 //! | Handler | a worker, running the handler | CONN_STATE_READ_REQUEST_LINE/handler |
 //! | *Req | a worker, handler still running, next step recorded | |
 //! | Claimed | the host thread whose call claimed it (`transitions::claim_in`) | |

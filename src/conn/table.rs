@@ -261,10 +261,15 @@ pub struct Slot {
     peer: [AtomicU64; PEER_WORDS],
     peer_len: AtomicU32,
     /// Timeouts in milliseconds, by `timeouts::Kind` (`EVMPM_TIMEOUT_NONE`:
-    /// never): the listener's at accept, changed by
-    /// `evmpm_conn_set_timeouts`. Read by the event thread when it links
-    /// the connection.
+    /// never), for the connection's next wait of each kind: the listener's
+    /// at accept, changed by `evmpm_conn_set_timeouts`.
     timeouts_ms: [AtomicU32; 5],
+    /// The same for the waits under way: copied from `timeouts_ms` by the
+    /// owner when a keep-alive or write wait begins (`begin_wait`), so a
+    /// change made while the connection waits applies from its next wait,
+    /// however late the event thread links or expires this one. Read by
+    /// the event thread.
+    wait_timeouts_ms: [AtomicU32; 5],
     /// How a close the host asks for (or a handler that returns without
     /// deciding) is carried out: a `CloseHow` as u32. Set at accept from the
     /// listener, changed by `evmpm_close_ex` while the host holds it.
@@ -319,6 +324,7 @@ impl Slot {
             peer: Default::default(),
             peer_len: AtomicU32::new(0),
             timeouts_ms: Default::default(),
+            wait_timeouts_ms: Default::default(),
             close_how: AtomicU32::new(0),
             notify_pending: AtomicBool::new(false),
             recheck: AtomicBool::new(false),
@@ -493,8 +499,14 @@ impl Slot {
             w.store(v, Ordering::Relaxed);
         }
         self.peer_len.store(len as u32, Ordering::Relaxed);
-        for (t, v) in self.timeouts_ms.iter().zip(timeouts_ms) {
+        for ((t, w), v) in self
+            .timeouts_ms
+            .iter()
+            .zip(&self.wait_timeouts_ms)
+            .zip(timeouts_ms)
+        {
             t.store(v, Ordering::Relaxed);
+            w.store(v, Ordering::Relaxed);
         }
         self.close_how.store(close_how, Ordering::Relaxed);
         self.notify_pending.store(false, Ordering::Relaxed);
@@ -527,13 +539,22 @@ impl Slot {
         (out, self.peer_len.load(Ordering::Relaxed) as usize)
     }
 
-    /// The connection's timeout for kind number `kind`, in ms.
+    /// The timeout of the connection's wait of kind number `kind` (the one
+    /// under way, or the last), in ms.
     pub fn timeout_ms(&self, kind: usize) -> u32 {
-        self.timeouts_ms[kind].load(Ordering::Relaxed)
+        self.wait_timeouts_ms[kind].load(Ordering::Relaxed)
     }
 
+    /// Sets the timeout of the connection's next wait of kind number `kind`.
     pub fn set_timeout_ms(&self, kind: usize, ms: u32) {
         self.timeouts_ms[kind].store(ms, Ordering::Relaxed);
+    }
+
+    /// A wait of kind number `kind` begins: it keeps the timeout set for it
+    /// now (the owner, before it hands the connection over).
+    pub fn begin_wait(&self, kind: usize) {
+        let ms = self.timeouts_ms[kind].load(Ordering::Relaxed);
+        self.wait_timeouts_ms[kind].store(ms, Ordering::Relaxed);
     }
 
     /// How the host's close is carried out (a `CloseHow` as u32).
