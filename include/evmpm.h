@@ -1637,8 +1637,11 @@ evmpm_error evmpm_conn_get_info(struct evmpm_runtime *rt,
  handler.
 
  Threads: any (handlers and callbacks included).
- Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE` (closed or closing:
- nothing will run), `EVMPM_ESTOPPED`.
+ Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE` (its close has begun
+ or it is closed: nothing will run), `EVMPM_ESTOPPED`. A connection whose
+ close was asked for but has not begun (its handler called `evmpm_close`
+ and has not returned yet, or a close waits for a worker under
+ `close_on_worker`) answers `EVMPM_OK` and runs nothing: it is closing.
  */
 evmpm_error evmpm_notify(struct evmpm_runtime *rt,
                          evmpm_conn conn);

@@ -145,8 +145,11 @@ pub unsafe extern "C" fn evmpm_conn_get_info(
 /// handler.
 ///
 /// Threads: any (handlers and callbacks included).
-/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE` (closed or closing:
-/// nothing will run), `EVMPM_ESTOPPED`.
+/// Errors: `EVMPM_EINVAL` (NULL `rt`), `EVMPM_ESTALE` (its close has begun
+/// or it is closed: nothing will run), `EVMPM_ESTOPPED`. A connection whose
+/// close was asked for but has not begun (its handler called `evmpm_close`
+/// and has not returned yet, or a close waits for a worker under
+/// `close_on_worker`) answers `EVMPM_OK` and runs nothing: it is closing.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_notify(rt: *mut evmpm_runtime, conn: evmpm_conn) -> evmpm_error {
     ffi_guard!(EVMPM_EINTERNAL, {
