@@ -103,6 +103,46 @@ static void a_waiting_request_outlives_its_keepalive_timeout(void) {
     CHECK_EQ(line_server_stop(&s, 1000), EVMPM_OK);
 }
 
+/* A close callback that blocks (close_on_worker) is watched like a
+ * handler: another thread serves the other clients meanwhile, whether the
+ * handler closed the connection or a timeout did. */
+static atomic_int closes_started, closes_done;
+static void slow_close(struct line_server *s, evmpm_conn c, int fd) {
+    (void)s, (void)c, (void)fd;
+    atomic_fetch_add(&closes_started, 1);
+    sleep_ms(2000);
+    atomic_fetch_add(&closes_done, 1);
+}
+
+static void a_blocking_close_callback_is_replaced(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    int quitter, idler, other;
+    line_server_config(&s, &cfg);
+    cfg.running_threads = 1;
+    cfg.worker_threads = 4;
+    cfg.close_on_worker = 1;
+    cfg.keepalive_timeout_ms = 100;
+    line_server_start(&s, &cfg);
+    s.close_hook = slow_close;
+    idler = line_client(&s);
+    quitter = line_client(&s);
+    ping(idler); /* parked: its keep-alive timeout closes it, on a worker */
+    send_str(quitter, "QUIT\n");
+    EXPECT_LINE(quitter, "BYE");
+    /* Both closes block for 2 s; a new client is served meanwhile. */
+    WAIT_UNTIL(atomic_load(&closes_started) == 2, 5000);
+    other = line_client(&s);
+    ping(other);
+    ping(other);
+    CHECK_EQ(atomic_load(&closes_done), 0);
+    WAIT_UNTIL(atomic_load(&closes_done) == 2, 10000);
+    close(quitter);
+    close(idler);
+    close(other);
+    CHECK_EQ(line_server_stop(&s, 5000), EVMPM_OK);
+}
+
 /* After a burst of blocking handlers the spare threads started for them
  * leave once idle (2 s): the runtime goes back to its running threads. */
 static void spares_leave_when_idle(void) {
@@ -264,6 +304,7 @@ static void default_admission_accepts_while_workers_block(void) {
 int main(int argc, char **argv) {
     static const struct test_case cases[] = {
         {"blocked_handlers_are_replaced", blocked_handlers_are_replaced},
+        {"a_blocking_close_callback_is_replaced", a_blocking_close_callback_is_replaced},
         {"a_waiting_request_outlives_its_keepalive_timeout",
          a_waiting_request_outlives_its_keepalive_timeout},
         {"threads_stay_within_the_limit", threads_stay_within_the_limit},

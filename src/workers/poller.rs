@@ -267,7 +267,9 @@ fn run_job(rt: &Runtime, id: usize, job: Job) {
             }
             run_handler(rt, id, h, slot, reason);
         }
-        Work::Close(how) => close(rt, h, slot, State::Queued, how),
+        // A close callback that may block, run as a handler is: watched,
+        // and replaced by another thread if it blocks.
+        Work::Close(how) => run_callback(rt, id, || close(rt, h, slot, State::Queued, how), || {}),
         Work::Timer => {} // not a connection: run above
     }
 }
@@ -293,6 +295,10 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
         // SAFETY: the handler is the host's, called with the arguments the
         // header documents; `rt` outlives the call (the caller holds an Arc).
         unsafe { (rt.config.handler)(rt.config.user_data.0, rt.as_c_ptr(), h.0, fd, reason) };
+        // What the handler decided is carried out inside its time: the
+        // close callback runs here, and under `close_on_worker` it may
+        // block, so it is watched and replaced as a blocking handler is.
+        let next = rt.finish_handler(h, slot);
         if rec.end_handler() {
             // Counted blocked, and replaced; running again now, so active
             // again (above the target for a moment, until it retires).
@@ -301,7 +307,7 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
             was_blocked = true;
         }
         rec.clear_label();
-        match rt.finish_handler(h, slot) {
+        match next {
             Some(next) => reason = next,
             None => break,
         }
