@@ -378,11 +378,52 @@ void line_reply(int fd, const char *s) {
         ssize_t n = send(fd, s, len, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* A non-blocking descriptor (EVMPM_LISTEN_NONBLOCK). */
+            struct pollfd p = {fd, POLLOUT, 0};
+            poll(&p, 1, 1000);
+            continue;
+        }
         if (n <= 0)
             return; /* the peer went away; the next read sees it */
         s += n;
         len -= (size_t)n;
     }
+}
+
+int line_reader_take(struct line_reader *r, char *line, size_t cap) {
+    char *nl = memchr(r->buf, '\n', r->len);
+    size_t n;
+    if (nl == NULL)
+        return 0;
+    n = (size_t)(nl - r->buf);
+    CHECK(n < cap);
+    memcpy(line, r->buf, n);
+    line[n] = '\0';
+    r->len -= n + 1;
+    memmove(r->buf, nl + 1, r->len);
+    return 1;
+}
+
+int line_reader_has_line(const struct line_reader *r) {
+    return memchr(r->buf, '\n', r->len) != NULL;
+}
+
+int line_reader_next(int fd, struct line_reader *r, char *line, size_t cap, int reason) {
+    while (!line_reader_take(r, line, cap)) {
+        struct pollfd p = {fd, POLLIN, 0};
+        ssize_t n;
+        CHECK(r->len < sizeof r->buf);
+        if (poll(&p, 1, 10000 * harness_slowdown()) == 0)
+            harness_fail(__FILE__, __LINE__, "woken with reason %d, no input for 10 s", reason);
+        n = read(fd, r->buf + r->len, sizeof r->buf - r->len);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
+        if (n <= 0)
+            return 0;
+        r->len += (size_t)n;
+    }
+    return 1;
 }
 
 /* A handler's decision must succeed, except that once the test called

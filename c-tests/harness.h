@@ -207,7 +207,25 @@ int line_server_resume_suspended(struct line_server *s);
 evmpm_stats line_server_stats(struct line_server *s);
 /* Writes all of `s` to `fd` from a handler (a gone peer is ignored: the
  * handler's next read sees it). */
+/* Sends all of s (waiting in poll on a non-blocking descriptor); a client
+ * that went away is left to its next read. */
 void line_reply(int fd, const char *s);
+
+/* A handler's line reader: bytes read and not yet taken, kept in the
+ * connection's own state between handler runs. */
+struct line_reader {
+    size_t len;
+    char buf[1024];
+};
+/* Takes one line (without its newline) out of r; 1 if there was one. */
+int line_reader_take(struct line_reader *r, char *line, size_t cap);
+/* 1 if a whole line is buffered (park with EVMPM_PARK_BUFFERED). */
+int line_reader_has_line(const struct line_reader *r);
+/* The next line, read as a blocking server does (in poll on a non-blocking
+ * descriptor). A handler woken for input that finds none for 10 s fails
+ * the test instead of hanging it: evmpm must never run a handler for input
+ * that is not there (`reason` is in the message). 0: the client has gone. */
+int line_reader_next(int fd, struct line_reader *r, char *line, size_t cap, int reason);
 /* The runtime closed client `fd`, its only connection, without ever
  * running the handler: the client sees the end, the close callback ran,
  * no handler call was made. */

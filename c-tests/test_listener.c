@@ -51,8 +51,7 @@ struct conn {
     int rec;
     int from_hook;
     int refused;
-    size_t len;
-    char buf[1024];
+    struct line_reader in;
 };
 
 /* What the test learns of one connection the hook saw, by accept order. */
@@ -112,60 +111,8 @@ static struct conn *conn_new(struct srv *s) {
     return st;
 }
 
-static void reply(int fd, const char *text) {
-    size_t len = strlen(text);
-    while (len > 0) {
-        ssize_t n = send(fd, text, len, MSG_NOSIGNAL);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct pollfd p = {fd, POLLOUT, 0};
-            poll(&p, 1, 1000);
-            continue;
-        }
-        if (n <= 0)
-            return; /* the client went away; its next read says so */
-        text += n;
-        len -= (size_t)n;
-    }
-}
-
-/* Takes one line out of st->buf; 1 if there was one. */
-static int take_line(struct conn *st, char *line, size_t cap) {
-    char *nl = memchr(st->buf, '\n', st->len);
-    size_t n;
-    if (nl == NULL)
-        return 0;
-    n = (size_t)(nl - st->buf);
-    CHECK(n < cap);
-    memcpy(line, st->buf, n);
-    line[n] = '\0';
-    st->len -= n + 1;
-    memmove(st->buf, nl + 1, st->len);
-    return 1;
-}
-
-/* Reads the next line as a handler does: with blocking reads on a blocking
- * descriptor, waiting in poll on a non-blocking one. A handler woken for
- * input that finds none for 10 s fails the test rather than hang it.
- * 0 when the client has gone. */
-static int read_line(int fd, struct conn *st, char *line, size_t cap, int reason) {
-    while (!take_line(st, line, cap)) {
-        struct pollfd p = {fd, POLLIN, 0};
-        ssize_t n;
-        CHECK(st->len < sizeof st->buf);
-        if (poll(&p, 1, 10000 * harness_slowdown()) == 0)
-            harness_fail(__FILE__, __LINE__, "woken with reason %d, no input for 10 s", reason);
-        n = read(fd, st->buf + st->len, sizeof st->buf - st->len);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
-            continue;
-        if (n <= 0)
-            return 0;
-        st->len += (size_t)n;
-    }
-    return 1;
-}
-
 static void park(evmpm_runtime *rt, evmpm_conn c, struct conn *st) {
-    uint32_t flags = memchr(st->buf, '\n', st->len) ? EVMPM_PARK_BUFFERED : 0;
+    uint32_t flags = line_reader_has_line(&st->in) ? EVMPM_PARK_BUFFERED : 0;
     CHECK_OK(evmpm_park_keepalive(rt, c, flags));
 }
 
@@ -212,23 +159,23 @@ static void handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, in
         atomic_fetch_add(&s->recs[st->rec].runs, 1);
     if (reason == EVMPM_WAKE_ACCEPTED) {
         /* The server speaks first; the client has sent nothing. */
-        reply(fd, "HELLO\n");
+        line_reply(fd, "HELLO\n");
         park(rt, c, st);
         return;
     }
-    if (!read_line(fd, st, line, sizeof line, reason)) {
+    if (!line_reader_next(fd, &st->in, line, sizeof line, reason)) {
         CHECK_OK(evmpm_close(rt, c));
         return;
     }
     if (strcmp(line, "PING") == 0) {
-        reply(fd, "PONG\n");
+        line_reply(fd, "PONG\n");
         park(rt, c, st);
     } else if (strcmp(line, "QUIT") == 0) {
-        reply(fd, "BYE\n");
+        line_reply(fd, "BYE\n");
         CHECK_OK(evmpm_close(rt, c));
     } else if (strcmp(line, "MODE") == 0) {
         snprintf(out, sizeof out, "MODE %d\n", nonblocking(fd));
-        reply(fd, out);
+        line_reply(fd, out);
         park(rt, c, st);
     } else if (strncmp(line, "BIG ", 4) == 0) {
         long n = atol(line + 4), i;
@@ -245,7 +192,7 @@ static void handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, in
                                          (uint64_t)atol(line + 5), release_count, s,
                                          EVMPM_WRITE_KEEPALIVE));
     } else if (s->command == NULL || !s->command(s, rt, c, fd, st, line)) {
-        reply(fd, "ERR\n");
+        line_reply(fd, "ERR\n");
         park(rt, c, st);
     }
 }
@@ -435,7 +382,7 @@ static int info_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd, 
     CHECK(l != NULL);
     info_seen[l->index] = info;
     atomic_store(&info_conn[l->index], c);
-    reply(fd, "INFO\n");
+    line_reply(fd, "INFO\n");
     park(rt, c, st);
     return 1;
 }
@@ -668,7 +615,7 @@ static int opts_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd, 
         return 0;
     CHECK(getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &len) == 0);
     snprintf(out, sizeof out, "OPTS %d %d\n", nodelay != 0, st->from_hook);
-    reply(fd, out);
+    line_reply(fd, out);
     park(rt, c, st);
     return 1;
 }
@@ -759,7 +706,7 @@ static int who_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd, s
     CHECK(index >= 0);
     atomic_store(&conn_of_listener[index], c);
     snprintf(out, sizeof out, "WHO %d\n", index);
-    reply(fd, out);
+    line_reply(fd, out);
     park(rt, c, st);
     return 1;
 }
@@ -984,7 +931,7 @@ static int timeout_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int f
     else
         return 0;
     CHECK_OK(evmpm_conn_set_timeouts(rt, c, ka, 0));
-    reply(fd, "OK\n");
+    line_reply(fd, "OK\n");
     park(rt, c, st);
     return 1;
 }
@@ -1138,7 +1085,7 @@ static int close_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd,
                          struct conn *st, const char *line) {
     (void)s, (void)st;
     if (strcmp(line, "NOLINGER") == 0) {
-        reply(fd, "BYE\n");
+        line_reply(fd, "BYE\n");
         CHECK_OK(evmpm_close_ex(rt, c, EVMPM_CLOSE_NO_LINGER));
     } else if (strcmp(line, "RESET") == 0) {
         CHECK_OK(evmpm_close_ex(rt, c, EVMPM_CLOSE_RESET));
@@ -1147,7 +1094,7 @@ static int close_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd,
         atomic_store(&bad_flag_rc[1],
                      evmpm_close_ex(rt, c, EVMPM_CLOSE_NO_LINGER | EVMPM_CLOSE_RESET));
         atomic_store(&bad_flag_rc[2], evmpm_close_ex(rt, c, 0x80000000u));
-        reply(fd, "BYE\n");
+        line_reply(fd, "BYE\n");
         /* Still the handler's to decide. */
         CHECK_OK(evmpm_close_ex(rt, c, 0));
         CHECK_EQ(evmpm_close_ex(rt, c, 0), EVMPM_ESTATE);

@@ -43,8 +43,7 @@ struct nconn {
     atomic_int kick;           /* the next NOTIFIED run closes */
     atomic_int closed;
     /* Touched only by the connection's runs, never two at once. */
-    size_t len;
-    char buf[512];
+    struct line_reader in;
 };
 
 struct nsrv {
@@ -67,56 +66,8 @@ struct nsrv {
 
 static struct nsrv srv; /* one per process: each case runs alone */
 
-static void reply(int fd, const char *text) {
-    size_t len = strlen(text);
-    while (len > 0) {
-        ssize_t n = send(fd, text, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return; /* the client went away; its next read says so */
-        text += n;
-        len -= (size_t)n;
-    }
-}
-
-static int take_line(struct nconn *st, char *line, size_t cap) {
-    char *nl = memchr(st->buf, '\n', st->len);
-    size_t n;
-    if (nl == NULL)
-        return 0;
-    n = (size_t)(nl - st->buf);
-    CHECK(n < cap);
-    memcpy(line, st->buf, n);
-    line[n] = '\0';
-    st->len -= n + 1;
-    memmove(st->buf, nl + 1, st->len);
-    return 1;
-}
-
-/* The next line, read as a blocking server does. A run woken for input
- * that finds none for 10 s fails the test instead of hanging it: evmpm
- * must never run a handler for input that is not there. 0: client gone. */
-static int read_line(int fd, struct nconn *st, char *line, size_t cap, int reason) {
-    while (!take_line(st, line, cap)) {
-        struct pollfd p = {fd, POLLIN, 0};
-        ssize_t n;
-        CHECK(st->len < sizeof st->buf);
-        if (poll(&p, 1, 10000 * harness_slowdown()) == 0)
-            harness_fail(__FILE__, __LINE__, "conn %d woken with reason %d, no input for 10 s",
-                         st->index, reason);
-        n = read(fd, st->buf + st->len, sizeof st->buf - st->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 0;
-        st->len += (size_t)n;
-    }
-    return 1;
-}
-
 static void park(evmpm_runtime *rt, evmpm_conn c, struct nconn *st) {
-    uint32_t flags = memchr(st->buf, '\n', st->len) ? EVMPM_PARK_BUFFERED : 0;
+    uint32_t flags = line_reader_has_line(&st->in) ? EVMPM_PARK_BUFFERED : 0;
     CHECK_OK(evmpm_park_keepalive(rt, c, flags));
 }
 
@@ -140,7 +91,7 @@ static void notified(struct nsrv *s, evmpm_runtime *rt, evmpm_conn c, int fd, st
         return;
     }
     snprintf(out, sizeof out, "NOTE %lu\n", seq);
-    reply(fd, out);
+    line_reply(fd, out);
     park(rt, c, st);
 }
 
@@ -164,23 +115,23 @@ static void handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, in
         goto out;
     }
     if (reason == EVMPM_WAKE_ACCEPTED) {
-        reply(fd, "HELLO\n");
+        line_reply(fd, "HELLO\n");
         park(rt, c, st);
         goto out;
     }
-    if (!read_line(fd, st, line, sizeof line, reason)) {
+    if (!line_reader_next(fd, &st->in, line, sizeof line, reason)) {
         CHECK_OK(evmpm_close(rt, c));
         goto out;
     }
     if (strcmp(line, "PING") == 0) {
-        reply(fd, "PONG\n");
+        line_reply(fd, "PONG\n");
         park(rt, c, st);
     } else if (strcmp(line, "SELF") == 0) {
         /* A notify from the connection's own handler: it runs after this
          * run has parked. */
         atomic_fetch_add(&st->bumped, 1);
         CHECK_OK(evmpm_notify(rt, c));
-        reply(fd, "SELF\n");
+        line_reply(fd, "SELF\n");
         park(rt, c, st);
     } else if (strcmp(line, "HOLD") == 0) {
         int64_t deadline = now_ms() + 5000 * harness_slowdown();
@@ -190,7 +141,7 @@ static void handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, in
                 harness_fail(__FILE__, __LINE__, "HOLD never released");
             sleep_ms(1);
         }
-        reply(fd, "HELD\n");
+        line_reply(fd, "HELD\n");
         park(rt, c, st);
     } else if (strcmp(line, "KICKSELF") == 0) {
         /* Notified, then closed: the close wins, nothing runs after. */
@@ -203,7 +154,7 @@ static void handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int fd, in
         CHECK_OK(evmpm_suspend(rt, c));
         atomic_store(&s->suspended, c);
     } else {
-        reply(fd, "ERR\n");
+        line_reply(fd, "ERR\n");
         park(rt, c, st);
     }
 out:
