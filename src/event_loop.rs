@@ -248,8 +248,7 @@ impl EventLoop {
         let before = &mut self.write_queued[index as usize];
         if queued < *before {
             *before = queued;
-            let timeout = self.rt.conn_timeout_ns(slot, Kind::Write);
-            self.timeouts.insert(Kind::Write, index, self.now, timeout);
+            link(&self.rt, &mut self.timeouts, Kind::Write, index, self.now);
             return true;
         }
         false
@@ -289,13 +288,21 @@ impl EventLoop {
         // clock, never restarted by later bytes).
         let index = h.index();
         if waiting && slot.header_since() != 0 {
-            let timeout = self.rt.conn_timeout_ns(slot, Kind::Header);
-            self.timeouts
-                .insert(Kind::Header, index, slot.header_since(), timeout);
+            link(
+                &self.rt,
+                &mut self.timeouts,
+                Kind::Header,
+                index,
+                slot.header_since(),
+            );
         } else {
-            let timeout = self.rt.conn_timeout_ns(slot, kind);
-            self.timeouts
-                .insert(kind, index, slot.watch_since(), timeout);
+            link(
+                &self.rt,
+                &mut self.timeouts,
+                kind,
+                index,
+                slot.watch_since(),
+            );
         }
         if kind == Kind::Write {
             self.write_queued[index as usize] = socket::queued_output(slot.fd());
@@ -431,9 +438,7 @@ impl EventLoop {
                 // Not idle: its request came and waits for a worker (every
                 // thread is busy). A timeout is for clients, not for the
                 // server's own backlog: look again a timeout later.
-                let slot = self.rt.table.slot_at(h.index());
-                let timeout = self.rt.conn_timeout_ns(slot, kind);
-                self.timeouts.insert(kind, h.index(), self.now, timeout);
+                link(&self.rt, &mut self.timeouts, kind, h.index(), self.now);
                 continue;
             }
             let c = &self.rt.counters;
@@ -535,9 +540,13 @@ impl EventLoop {
                 return;
             }
             slot.set_header_since(self.now);
-            let timeout = self.rt.conn_timeout_ns(slot, Kind::Header);
-            self.timeouts
-                .insert(Kind::Header, h.index(), self.now, timeout);
+            link(
+                &self.rt,
+                &mut self.timeouts,
+                Kind::Header,
+                h.index(),
+                self.now,
+            );
             return;
         }
         if listener.server_first() {
@@ -575,9 +584,13 @@ impl EventLoop {
             }
             return;
         }
-        let timeout = self.rt.conn_timeout_ns(slot, Kind::Reading);
-        self.timeouts
-            .insert(Kind::Reading, h.index(), self.now, timeout);
+        link(
+            &self.rt,
+            &mut self.timeouts,
+            Kind::Reading,
+            h.index(),
+            self.now,
+        );
         // The hook may have called `evmpm_notify`.
         self.rt.deliver_notify(h, slot, State::Reading);
     }
@@ -678,9 +691,13 @@ impl EventLoop {
                 }
                 for index in waiting_ones {
                     let slot = self.rt.table.slot_at(index);
-                    let timeout = self.rt.conn_timeout_ns(slot, Kind::Keepalive);
-                    self.timeouts
-                        .insert(Kind::Keepalive, index, slot.watch_since(), timeout);
+                    link(
+                        &self.rt,
+                        &mut self.timeouts,
+                        Kind::Keepalive,
+                        index,
+                        slot.watch_since(),
+                    );
                 }
                 self.stall = Some((taken, self.now));
             }
@@ -718,9 +735,7 @@ impl EventLoop {
         let readable = socket::readable_now(&fds);
         for (i, (h, state, kind, _)) in candidates.into_iter().enumerate() {
             if readable.get(i).copied().unwrap_or(false) {
-                let slot = self.rt.table.slot_at(h.index());
-                let timeout = self.rt.conn_timeout_ns(slot, kind);
-                self.timeouts.insert(kind, h.index(), self.now, timeout);
+                link(&self.rt, &mut self.timeouts, kind, h.index(), self.now);
             } else {
                 self.close(h, state, CloseHow::Quick);
             }
@@ -771,6 +786,14 @@ impl EventLoop {
         }
         Some(true)
     }
+}
+
+/// Links slot `index` into the queue of `kind` with the connection's own
+/// timeout of that kind, its wait counted from `since_ns`. (A function of
+/// the two fields, so callers may hold a slot borrowed from `rt`.)
+fn link(rt: &Runtime, timeouts: &mut TimeoutQueues, kind: Kind, index: u32, since_ns: u64) {
+    let timeout = rt.conn_timeout_ns(rt.table.slot_at(index), kind);
+    timeouts.insert(kind, index, since_ns, timeout);
 }
 
 /// The first bytes of a client's address that a slot keeps.
