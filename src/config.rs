@@ -70,7 +70,9 @@ pub unsafe fn init(cfg: *mut evmpm_config, size: usize) -> Result<(), Error> {
 }
 
 /// Copies `src` into the caller's struct of `size` bytes at `dst`: the
-/// fields both layouts have, then zeros for a newer caller's extra fields.
+/// fields both layouts have, then zeros for a newer caller's extra fields
+/// (`evmpm_config_init`, `evmpm_get_stats`, `evmpm_conn_get_info`, each
+/// entry of `evmpm_get_workers`). Byte copies: `dst` need not be aligned.
 ///
 /// # Safety
 /// `dst` is writable for `size` bytes.

@@ -734,18 +734,9 @@ pub unsafe extern "C" fn evmpm_get_stats(
         match unsafe { runtime(rt) } {
             Ok(rt) => {
                 let snapshot = rt.stats();
-                let known = out_size.min(std::mem::size_of::<evmpm_stats>());
-                let dst = out.cast::<u8>();
                 // SAFETY: the caller's struct is writable for `out_size`
-                // bytes (contract); the snapshot is readable for `known`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        (&snapshot as *const evmpm_stats).cast::<u8>(),
-                        dst,
-                        known,
-                    );
-                    std::ptr::write_bytes(dst.add(known), 0, out_size - known);
-                }
+                // bytes (contract).
+                unsafe { crate::config::write_sized(&snapshot, out, out_size) };
                 EVMPM_OK
             }
             Err(e) => e.code(),

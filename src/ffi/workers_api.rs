@@ -13,7 +13,6 @@ use super::types::evmpm_error::{self, *};
 use super::types::*;
 use crate::workers::LABEL_SIZE;
 use libc::c_char;
-use std::mem::size_of;
 
 /// Takes a snapshot of the worker threads alive, for a status page (as
 /// Apache's scoreboard shows one row per worker): writes up to `capacity`
@@ -61,27 +60,20 @@ pub unsafe extern "C" fn evmpm_get_workers(
         for (i, info) in workers.iter().take(capacity).enumerate() {
             // SAFETY: entry `i` < `capacity` of `info_size` writable bytes
             // (contract; their product does not overflow, checked above).
-            unsafe { write_entry(out.cast::<u8>().add(i * info_size), info_size, info) };
+            unsafe {
+                crate::config::write_sized(
+                    info,
+                    out.cast::<u8>()
+                        .add(i * info_size)
+                        .cast::<evmpm_worker_info>(),
+                    info_size,
+                )
+            };
         }
         // SAFETY: non-NULL, writable per the contract.
         unsafe { count.write(workers.len()) };
         EVMPM_OK
     })
-}
-
-/// Writes the first `size` bytes of `info` at `dst`, zeros past its end.
-///
-/// # Safety
-/// `dst` is writable for `size` bytes (no alignment needed).
-unsafe fn write_entry(dst: *mut u8, size: usize, info: &evmpm_worker_info) {
-    let known = size.min(size_of::<evmpm_worker_info>());
-    // SAFETY: `info` is readable for its size >= `known`; `dst` is
-    // writable for `size` >= `known` bytes (contract); they do not overlap.
-    unsafe {
-        std::ptr::copy_nonoverlapping((info as *const evmpm_worker_info).cast::<u8>(), dst, known)
-    };
-    // SAFETY: as above, bytes `known..size` of `dst` are writable.
-    unsafe { std::ptr::write_bytes(dst.add(known), 0, size - known) };
 }
 
 /// Labels the calling handler's worker in `evmpm_get_workers`' snapshot,
@@ -130,6 +122,7 @@ pub unsafe extern "C" fn evmpm_set_label(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::mem::size_of;
 
     fn info() -> evmpm_worker_info {
         let mut label = [0 as c_char; 64];
@@ -150,14 +143,22 @@ mod tests {
         let full = size_of::<evmpm_worker_info>();
         let mut buf = vec![0xAAu8; full + 32];
         // SAFETY: `buf` is writable for 24 bytes.
-        unsafe { write_entry(buf.as_mut_ptr(), 24, &info()) };
+        unsafe {
+            crate::config::write_sized(&info(), buf.as_mut_ptr().cast::<evmpm_worker_info>(), 24)
+        };
         assert_eq!(u32::from_ne_bytes(buf[0..4].try_into().unwrap()), 2);
         assert_eq!(u64::from_ne_bytes(buf[16..24].try_into().unwrap()), 77);
         assert!(buf[24..].iter().all(|&b| b == 0xAA), "wrote past 24 bytes");
 
         let mut buf = vec![0xAAu8; full + 32];
         // SAFETY: writable for `full + 16` bytes.
-        unsafe { write_entry(buf.as_mut_ptr(), full + 16, &info()) };
+        unsafe {
+            crate::config::write_sized(
+                &info(),
+                buf.as_mut_ptr().cast::<evmpm_worker_info>(),
+                full + 16,
+            )
+        };
         assert_eq!(buf[24], b'x');
         assert!(buf[full..full + 16].iter().all(|&b| b == 0), "not zeroed");
         assert!(buf[full + 16..].iter().all(|&b| b == 0xAA), "wrote too far");
