@@ -45,9 +45,7 @@ fn quiet_until_more(slot: &Slot, fd: i32, before: (usize, Option<u64>)) {
         crate::readiness::lower_mark(slot, fd);
         return;
     }
-    if socket::set_rcvlowat(fd, queued as i32 + 1).is_ok() {
-        slot.set_peeked(queued as u32);
-    }
+    crate::readiness::raise_mark(slot, fd, queued);
 }
 
 /// What the step said.

@@ -111,14 +111,26 @@ impl Readiness {
             lower_mark(slot, fd);
             return Verdict::Run;
         }
-        let mark = queued as i32 + 1;
-        if socket::set_rcvlowat(fd, mark).is_err() {
+        if !raise_mark(slot, fd, queued) {
             lower_mark(slot, fd);
             return Verdict::Run;
         }
-        slot.set_peeked(queued as u32);
         Verdict::Wait
     }
+}
+
+/// Raises the socket's receive low-water mark past the `queued` bytes
+/// already seen, so it polls readable only once more come, and records
+/// them in the slot; false (nothing changed) if the kernel refused.
+pub(crate) fn raise_mark(slot: &Slot, fd: i32, queued: usize) -> bool {
+    let Ok(mark) = i32::try_from(queued + 1) else {
+        return false;
+    };
+    if socket::set_rcvlowat(fd, mark).is_err() {
+        return false;
+    }
+    slot.set_peeked(queued as u32);
+    true
 }
 
 /// Restores the default low-water mark if it was raised, so the host's
