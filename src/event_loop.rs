@@ -498,7 +498,8 @@ impl EventLoop {
             sys::close(fd);
             return;
         };
-        let peer_bytes = peer_bytes(peer);
+        // The slot keeps the first `PEER_BYTES` of it.
+        let peer_bytes = peer.bytes();
         let close_how = listener.close_how() as u32;
         let handshake = listener.has_handshake();
         let allocated = self.rt.table.allocate_with(fd, State::Queued, |slot| {
@@ -794,18 +795,6 @@ impl EventLoop {
 fn link(rt: &Runtime, timeouts: &mut TimeoutQueues, kind: Kind, index: u32, since_ns: u64) {
     let timeout = rt.conn_timeout_ns(rt.table.slot_at(index), kind);
     timeouts.insert(kind, index, since_ns, timeout);
-}
-
-/// The first bytes of a client's address that a slot keeps.
-fn peer_bytes(peer: &socket::Address) -> &[u8] {
-    // SAFETY: a sockaddr_storage is plain bytes, readable for its size.
-    let all = unsafe {
-        std::slice::from_raw_parts(
-            (&peer.addr as *const libc::sockaddr_storage).cast::<u8>(),
-            std::mem::size_of::<libc::sockaddr_storage>(),
-        )
-    };
-    &all[..(peer.len as usize).min(crate::conn::PEER_BYTES)]
 }
 
 /// After the event thread has gone: connections handed to it late (a

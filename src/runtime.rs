@@ -394,16 +394,7 @@ impl Runtime {
         let slot = self.slot_for(h)?;
         slot.with_pinned(h, |slot| {
             let (bytes, len) = slot.peer();
-            let mut peer = socket::Address::empty();
-            // SAFETY: sockaddr_storage is plain bytes, larger than `bytes`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    (&mut peer.addr as *mut libc::sockaddr_storage).cast::<u8>(),
-                    len,
-                )
-            };
-            peer.len = len as u32;
+            let peer = socket::Address::from_bytes(&bytes[..len]);
             self.listeners
                 .get(slot.listener())
                 .map(|l| crate::listener::conn_info(l, slot.fd(), &peer))

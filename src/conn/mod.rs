@@ -11,4 +11,4 @@ mod loom_tests;
 
 pub use handle::Handle;
 pub use state::State;
-pub use table::{AfterWrite, FileRange, Part, PendingWrite, Slot, Table, PEER_BYTES};
+pub use table::{AfterWrite, FileRange, Part, PendingWrite, Slot, Table};

@@ -22,6 +22,34 @@ impl Address {
             len: 0,
         }
     }
+
+    /// The address's `len` bytes, as the kernel gave them.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: a sockaddr_storage is plain bytes, readable for its size.
+        let all = unsafe {
+            std::slice::from_raw_parts(
+                (&self.addr as *const libc::sockaddr_storage).cast::<u8>(),
+                mem::size_of::<libc::sockaddr_storage>(),
+            )
+        };
+        &all[..(self.len as usize).min(all.len())]
+    }
+
+    /// An address from its bytes (at most a sockaddr_storage's worth).
+    pub fn from_bytes(bytes: &[u8]) -> Address {
+        let mut a = Address::empty();
+        let len = bytes.len().min(mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: the storage is plain bytes, writable for its size >= `len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut a.addr as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            )
+        };
+        a.len = len as u32;
+        a
+    }
 }
 
 /// Accepts one connection, close-on-exec, in blocking mode unless
