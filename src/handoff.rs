@@ -272,7 +272,7 @@ impl Runtime {
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
         match self.workers.poll.modify(slot.fd(), interest, h.0) {
             Ok(()) => self.watch(slot, Kind::Keepalive),
-            Err(_) => self.reclaim_and_abort(h, slot, State::Keepalive),
+            Err(_) => self.close_from(h, slot, State::Keepalive, CloseHow::Abort),
         }
     }
 
@@ -287,9 +287,12 @@ impl Runtime {
         }
     }
 
-    fn reclaim_and_abort(&self, h: Handle, slot: &Slot, from: State) -> Handoff {
+    /// Takes `h` from `from`, a state this thread owns it in, to Closing and
+    /// closes it `how`; nothing if another party took it meanwhile (a
+    /// timeout, a forced stop).
+    pub(crate) fn close_from(&self, h: Handle, slot: &Slot, from: State, how: CloseHow) -> Handoff {
         match slot.transition(h, from, State::Closing) {
-            Ok(()) => self.close_owned(h, slot, CloseHow::Abort),
+            Ok(()) => self.close_owned(h, slot, how),
             Err(_) => Handoff::None,
         }
     }
@@ -310,7 +313,7 @@ impl Runtime {
         }
         // SAFETY: state Writing, owned by this thread.
         let Some(mut w) = (unsafe { slot.take_write() }) else {
-            return self.reclaim_and_abort(h, slot, State::Writing);
+            return self.close_from(h, slot, State::Writing, CloseHow::Abort);
         };
         let fd = slot.fd();
         match send_pending(fd, &mut w) {
@@ -322,7 +325,7 @@ impl Runtime {
                 let interest = epoll::WRITABLE | epoll::ONESHOT;
                 return match self.arm_event(slot, fd, interest, h) {
                     Ok(()) => self.watch(slot, Kind::Write),
-                    Err(_) => self.reclaim_and_abort(h, slot, State::Writing),
+                    Err(_) => self.close_from(h, slot, State::Writing, CloseHow::Abort),
                 };
             }
             Sent::Failed => {
@@ -330,7 +333,7 @@ impl Runtime {
                 // close callback, as for a write timeout.
                 // SAFETY: still the owner (state Writing).
                 unsafe { slot.put_write(w) };
-                return self.reclaim_and_abort(h, slot, State::Writing);
+                return self.close_from(h, slot, State::Writing, CloseHow::Abort);
             }
             Sent::FileEnded(missing) => {
                 self.log(
@@ -342,10 +345,7 @@ impl Runtime {
                 );
                 // SAFETY: still the owner (state Writing).
                 unsafe { slot.put_write(w) };
-                return match slot.transition(h, State::Writing, State::Closing) {
-                    Ok(()) => self.close_owned(h, slot, CloseHow::Linger),
-                    Err(_) => Handoff::None,
-                };
+                return self.close_from(h, slot, State::Writing, CloseHow::Linger);
             }
         }
         let after = w.after;
@@ -361,11 +361,8 @@ impl Runtime {
                 Handoff::None
             }
             AfterWrite::Close => {
-                if slot.transition(h, State::Writing, State::Closing).is_ok() {
-                    self.close_owned(h, slot, CloseHow::from_u32(slot.close_how()))
-                } else {
-                    Handoff::None
-                }
+                let how = CloseHow::from_u32(slot.close_how());
+                self.close_from(h, slot, State::Writing, how)
             }
         }
     }

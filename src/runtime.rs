@@ -696,9 +696,7 @@ impl Runtime {
                 }
                 State::Closing => self.close_orphan(h, slot),
                 _ => {
-                    if slot.transition(h, state, State::Closing).is_ok() {
-                        let _ = self.close_owned(h, slot, CloseHow::Abort);
-                    }
+                    let _ = self.close_from(h, slot, state, CloseHow::Abort);
                 }
             }
         }

@@ -215,10 +215,7 @@ fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, checking: State, state: State
     let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
         // The timeout keeps counting from the stamp already in the slot.
         Ok(()) => Handoff::Watch(kind),
-        Err(_) => match slot.transition(h, state, State::Closing) {
-            Ok(()) => rt.close_owned(h, slot, CloseHow::Abort),
-            Err(_) => Handoff::None,
-        },
+        Err(_) => rt.close_from(h, slot, state, CloseHow::Abort),
     };
     rt.hand_over(h, handoff);
 }
@@ -238,19 +235,14 @@ fn wait_step(rt: &Runtime, h: Handle, slot: &Slot, checking: State, write: bool)
     // From here the connection is the pool's and the event thread's.
     let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
         Ok(()) => Handoff::Watch(Kind::Header),
-        Err(_) => match slot.transition(h, State::Reading, State::Closing) {
-            Ok(()) => rt.close_owned(h, slot, CloseHow::Abort),
-            Err(_) => Handoff::None,
-        },
+        Err(_) => rt.close_from(h, slot, State::Reading, CloseHow::Abort),
     };
     rt.hand_over(h, handoff);
 }
 
 fn close(rt: &Runtime, h: Handle, slot: &Slot, from: State, how: CloseHow) {
-    if slot.transition(h, from, State::Closing).is_ok() {
-        let next = rt.close_owned(h, slot, how);
-        rt.hand_over(h, next);
-    }
+    let next = rt.close_from(h, slot, from, how);
+    rt.hand_over(h, next);
 }
 
 /// A job from the run queue: the connection is Queued.
