@@ -280,14 +280,20 @@ static void bound_run(void *arg, evmpm_runtime *rt, evmpm_timer id) {
 static enum line_command_result bind_command(struct line_server *s, evmpm_conn c, int fd,
                                              const char *line) {
     evmpm_timer id, second;
+    uint32_t ms;
     if (strncmp(line, "BIND ", 5) != 0)
         return LINE_UNKNOWN;
-    CHECK_OK(evmpm_timer_add(s->rt, (uint32_t)atoi(line + 5), bound_run, (void *)(uintptr_t)c, c,
-                             &id));
+    ms = (uint32_t)atoi(line + 5);
+    CHECK_OK(evmpm_timer_add(s->rt, ms, bound_run, (void *)(uintptr_t)c, c, &id));
     atomic_store(&bound_timer, id);
-    atomic_store(&bind_second_rc,
-                 evmpm_timer_add(s->rt, 10, bound_run, (void *)(uintptr_t)c, c, &second));
-    CHECK_EQ(second, 0);
+    /* A second binding is refused while the first stands. A timer of a
+     * few ms may already have run (and ended its binding) by now, above
+     * all under valgrind, so only the long ones are asked. */
+    if (ms >= 100) {
+        atomic_store(&bind_second_rc,
+                     evmpm_timer_add(s->rt, 10, bound_run, (void *)(uintptr_t)c, c, &second));
+        CHECK_EQ(second, 0);
+    }
     line_reply(fd, "BOUND\n");
     return LINE_PARK;
 }
