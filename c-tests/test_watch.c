@@ -264,7 +264,6 @@ static void many_pipes_armed_at_once(void) {
     int (*pipes)[2];
     evmpm_watch *ids;
     atomic_int *calls;
-    uint64_t threads_before;
     CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
     rl.rlim_cur = rl.rlim_max;
     (void)setrlimit(RLIMIT_NOFILE, &rl);
@@ -282,7 +281,6 @@ static void many_pipes_armed_at_once(void) {
     calls = calloc((size_t)n, sizeof *calls);
     CHECK(pipes != NULL && ids != NULL && calls != NULL);
     line_server_start_default(&s);
-    threads_before = line_server_stats(&s).worker_threads;
     for (i = 0; i < n; i++) {
         make_pipe(pipes[i]);
         CHECK_OK(evmpm_watch_add(s.rt, pipes[i][0], EVMPM_WATCH_READABLE, 60000, on_many,
@@ -300,8 +298,11 @@ static void many_pipes_armed_at_once(void) {
     for (i = 0; i < n; i++)
         CHECK_EQ(atomic_load(&calls[i]), i % 2 == 0);
     st = line_server_stats(&s);
-    /* No thread per descriptor. */
-    CHECK(st.worker_threads <= threads_before + 1);
+    /* No thread per descriptor: all of them ran on the harness's pool of at
+     * most 4 threads. (Not "as many as before": on a loaded machine a
+     * callback preempted in the kernel may look blocked and start a spare,
+     * which is the pool doing its job.) */
+    CHECK(st.worker_threads <= 4);
     for (i = 0; i < n; i++)
         CHECK_OK(evmpm_watch_cancel(s.rt, ids[i]));
     WAIT_UNTIL((st = line_server_stats(&s), st.timers == 0), 2000);
