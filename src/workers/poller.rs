@@ -47,13 +47,17 @@ pub fn worker_main(rt: Arc<Runtime>, id: usize) {
 /// without work for `SPARE_IDLE`, it leaves.
 fn serve(rt: &Arc<Runtime>, id: usize) {
     let w = &rt.workers;
-    let rec = &w.records[id];
     let mut readiness = Readiness::new(&rt.config);
     let mut events = Vec::with_capacity(1);
     while !w.exiting() {
         // Between jobs: if another handler has run long, see whether it
         // blocked (cheap when none has).
         super::look_if_due(rt);
+        // One thread above the target (a handler counted blocked is back
+        // while the thread released for it still runs): step down.
+        if w.step_down() && !sleep_as_spare(rt, id) {
+            break; // a spare not needed for `SPARE_IDLE`: leaves
+        }
         if let Some(job) = w.take_job() {
             guarded(rt, || run_job(rt, id, job));
         } else {
@@ -71,10 +75,6 @@ fn serve(rt: &Arc<Runtime>, id: usize) {
                     }),
                 }
             }
-        }
-        if rec.leaving.swap(false, Ordering::AcqRel) {
-            // A spare idle for too long leaves.
-            break;
         }
     }
 }
@@ -273,7 +273,6 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
     let rec = &w.records[id];
     let fd = slot.fd();
     w.busy.fetch_add(1, Ordering::AcqRel);
-    let mut was_blocked = false;
     for round in 0..=MAX_CONSECUTIVE_RUNS {
         if round == MAX_CONSECUTIVE_RUNS {
             // Fairness: the state is Handler again; queue it behind others.
@@ -293,10 +292,10 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
         let next = rt.finish_handler(h, slot);
         if rec.end_handler() {
             // Counted blocked, and replaced; running again now, so active
-            // again (above the target for a moment, until it retires).
+            // again (above the target for a moment, until a thread steps
+            // down between its jobs).
             w.blocked_now.fetch_sub(1, Ordering::AcqRel);
             w.active.fetch_add(1, Ordering::AcqRel);
-            was_blocked = true;
         }
         rec.clear_label();
         match next {
@@ -307,15 +306,12 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
     w.busy.fetch_sub(1, Ordering::AcqRel);
     rec.idle_since(rt.now_ns());
     rt.capacity_freed();
-    if was_blocked {
-        retire_if_surplus(rt, id);
-    }
 }
 
 /// Runs a timer's or watch's callback `call` on worker `id` as a handler
 /// runs: counted busy, and replaced by another thread if it blocks. Then
 /// `settle` carries out what the callback decided, before this thread
-/// may retire as a spare (as `run_handler` settles before it does).
+/// may step down to spare (as `run_handler` settles before it does).
 pub(crate) fn run_callback(rt: &Runtime, id: usize, call: impl FnOnce(), settle: impl FnOnce()) {
     let w = &rt.workers;
     let rec = &w.records[id];
@@ -324,8 +320,7 @@ pub(crate) fn run_callback(rt: &Runtime, id: usize, call: impl FnOnce(), settle:
     // No connection: the snapshot shows the worker busy with conn 0.
     rec.begin_handler(rt.now_ns(), Handle(0));
     call();
-    let was_blocked = rec.end_handler();
-    if was_blocked {
+    if rec.end_handler() {
         w.blocked_now.fetch_sub(1, Ordering::AcqRel);
         w.active.fetch_add(1, Ordering::AcqRel);
     }
@@ -334,31 +329,14 @@ pub(crate) fn run_callback(rt: &Runtime, id: usize, call: impl FnOnce(), settle:
     w.busy.fetch_sub(1, Ordering::AcqRel);
     rec.idle_since(rt.now_ns());
     rt.capacity_freed();
-    if was_blocked {
-        retire_if_surplus(rt, id);
-    }
 }
 
-/// This thread's handler was counted blocked and another thread ran in its
-/// place. Now that it is back, it stays active if the active threads are
-/// not above the target, or sleeps as a spare until it is needed (LIFO:
-/// the most recent spare is released first, so the same few threads stay
-/// warm).
-fn retire_if_surplus(rt: &Runtime, id: usize) {
+/// This thread stepped down (the active threads were above the target):
+/// it sleeps as a spare until it is needed (LIFO: the most recent spare is
+/// released first, so the same few threads stay warm), or leaves after
+/// `SPARE_IDLE` without being needed: false then, and it must leave.
+fn sleep_as_spare(rt: &Runtime, id: usize) -> bool {
     let w = &rt.workers;
-    let mut active = w.active.load(Ordering::Acquire);
-    loop {
-        if active <= w.target {
-            return;
-        }
-        match w
-            .active
-            .compare_exchange(active, active - 1, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => break,
-            Err(now) => active = now,
-        }
-    }
     let rec = &w.records[id];
     rec.released.store(false, Ordering::SeqCst);
     rec.set_life(super::status::LIFE_SPARE, rt.now_ns());
@@ -378,13 +356,13 @@ fn retire_if_surplus(rt: &Runtime, id: usize) {
         let mut spares = w.spares.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(at) = spares.iter().position(|&s| s == id) {
             spares.remove(at);
-            rec.leaving.store(true, Ordering::Release);
-            return;
+            return false;
         }
         drop(spares);
         std::thread::park();
     }
     rec.set_life(super::status::LIFE_IDLE, rt.now_ns());
+    true
 }
 
 /// True when input waits to be read (or the peer closed, or the socket
