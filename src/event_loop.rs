@@ -8,6 +8,7 @@
 
 use crate::conn::{Handle, State};
 use crate::ffi::types::{EVMPM_LOG_WARNING, EVMPM_WAKE_ACCEPTED};
+use crate::handoff::Armed;
 use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
@@ -569,15 +570,24 @@ impl EventLoop {
             self.close(h, State::Queued, CloseHow::Abort);
             return;
         }
-        if slot.transition(h, State::Queued, State::Reading).is_err() {
-            return; // owned here: cannot happen
-        }
         let armed = if hooked {
-            self.rt.workers.poll.modify(fd, interest, h.0)
+            // Pinned while it is armed: a notify may take it as soon as it
+            // is Reading (see `Runtime::wait_armed`).
+            match self
+                .rt
+                .wait_armed(h, slot, State::Queued, State::Reading, interest)
+            {
+                Armed::Yes => true,
+                Armed::Failed => false,
+                Armed::Lost => return, // owned here: cannot happen
+            }
         } else {
-            self.rt.workers.poll.add(fd, interest, h.0)
+            if slot.transition(h, State::Queued, State::Reading).is_err() {
+                return; // owned here: cannot happen
+            }
+            self.rt.workers.poll.add(fd, interest, h.0).is_ok()
         };
-        if armed.is_err() {
+        if !armed {
             // Unless a notify took it meanwhile (its run's park re-arms it).
             if slot.state_of(h) == Ok(State::Reading) {
                 Counters::bump(&self.rt.counters.refused);

@@ -261,19 +261,49 @@ impl Runtime {
             return self.close_owned(h, slot, CloseHow::Quick);
         }
         // The wait keeps the keep-alive timeout set now, before anyone can
-        // see it waiting, whatever `evmpm_conn_set_timeouts` sets later.
+        // see it waiting, whatever `evmpm_conn_set_timeouts` sets later;
+        // and its clock starts now, before anyone can see it waiting, so a
+        // link left from its previous wait cannot time it out.
         slot.begin_wait(Kind::Keepalive as usize);
-        if slot.transition(h, from, State::Keepalive).is_err() {
-            return Handoff::None;
-        }
-        // The state is Keepalive before the interest is armed in the
-        // workers' set, so a worker never takes a connection still owned
-        // here.
+        slot.note_watch_since(self.now_ns());
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-        match self.workers.poll.modify(slot.fd(), interest, h.0) {
-            Ok(()) => self.watch(slot, Kind::Keepalive),
-            Err(_) => self.close_from(h, slot, State::Keepalive, CloseHow::Abort),
+        match self.wait_armed(h, slot, from, State::Keepalive, interest) {
+            Armed::Yes => self.watch(slot, Kind::Keepalive),
+            Armed::Failed => self.close_from(h, slot, State::Keepalive, CloseHow::Abort),
+            Armed::Lost => Handoff::None,
         }
+    }
+
+    /// Puts `h`, owned here in `from`, to wait in `to` (Reading or
+    /// Keepalive), armed one-shot for `interest` in the workers' set.
+    ///
+    /// The state changes first, so a worker that gets the event finds the
+    /// connection waiting and can take it. From then on another party may
+    /// take it from the wait (its timeout, a notify, the stop) and close
+    /// it, before the interest is armed: so the slot stays pinned until it
+    /// is. Closing frees the slot before the descriptor, and freeing waits
+    /// for the pin (see `Table::free`), so the descriptor is still this
+    /// connection's when `epoll_ctl` names it; closed first, its number
+    /// could already be another connection's, which the arming would then
+    /// silence.
+    pub(crate) fn wait_armed(
+        &self,
+        h: Handle,
+        slot: &Slot,
+        from: State,
+        to: State,
+        interest: u32,
+    ) -> Armed {
+        let armed = slot.with_pinned(h, |slot| {
+            if slot.transition(h, from, to).is_err() {
+                return Armed::Lost;
+            }
+            match self.workers.poll.modify(slot.fd(), interest, h.0) {
+                Ok(()) => Armed::Yes,
+                Err(_) => Armed::Failed,
+            }
+        });
+        armed.unwrap_or(Armed::Lost)
     }
 
     /// Arms `fd` in the event thread's set, which watches write completion
@@ -487,6 +517,16 @@ impl Runtime {
         Counters::bump(&self.counters.closed);
         self.capacity_freed();
     }
+}
+
+/// What `Runtime::wait_armed` did.
+pub(crate) enum Armed {
+    /// Waiting, armed: the connection is the pool's and the event thread's.
+    Yes,
+    /// Waiting, but arming failed: the caller takes it back to close it.
+    Failed,
+    /// Someone else took it first (a forced stop): nothing to do.
+    Lost,
 }
 
 /// How far `send_pending` got.

@@ -738,8 +738,10 @@ impl Table {
             Ordering::Release,
         );
         // A thread that pinned the slot before it saw the new generation
-        // may still use `h`'s fields: wait for it (a few instructions)
-        // before the slot can go to a new connection. See `Slot::pinned`.
+        // may still use `h`'s fields: wait for it (a few instructions, or
+        // the one `epoll_ctl` of `Runtime::wait_armed`) before the slot can
+        // go to a new connection and, as the caller closes the descriptor
+        // only after this, before its number can. See `Slot::pinned`.
         fence(Ordering::SeqCst);
         let backoff = Backoff::new();
         while slot.pins.load(Ordering::Acquire) != 0 {

@@ -9,6 +9,7 @@ use crate::ffi::types::{
     EVMPM_LOG_ERROR, EVMPM_REQUEST_REJECT, EVMPM_THREAD_WORKER, EVMPM_WAKE_ACCEPTED,
     EVMPM_WAKE_NEW, EVMPM_WAKE_READABLE,
 };
+use crate::handoff::Armed;
 use crate::handshake::Step;
 use crate::message::{CloseHow, Handoff};
 use crate::readiness::{Readiness, Verdict};
@@ -206,16 +207,14 @@ fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, checking: State, state: State
     } else {
         Kind::Keepalive
     };
-    if slot.transition(h, checking, state).is_err() {
-        return;
-    }
     let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
     // From here the connection is the pool's and the event thread's (and a
     // notifier's: `hand_over` delivers a notify that came meanwhile).
-    let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
+    let handoff = match rt.wait_armed(h, slot, checking, state, interest) {
         // The timeout keeps counting from the stamp already in the slot.
-        Ok(()) => Handoff::Watch(kind),
-        Err(_) => rt.close_from(h, slot, state, CloseHow::Abort),
+        Armed::Yes => Handoff::Watch(kind),
+        Armed::Failed => rt.close_from(h, slot, state, CloseHow::Abort),
+        Armed::Lost => return,
     };
     rt.hand_over(h, handoff);
 }
@@ -224,18 +223,16 @@ fn wait_more(rt: &Runtime, h: Handle, slot: &Slot, checking: State, state: State
 /// yet: gives the connection back to the pool's set, armed for that, under
 /// the header timeout that runs from its accept.
 fn wait_step(rt: &Runtime, h: Handle, slot: &Slot, checking: State, write: bool) {
-    if slot.transition(h, checking, State::Reading).is_err() {
-        return;
-    }
     let interest = if write {
         epoll::WRITABLE | epoll::ONESHOT
     } else {
         epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT
     };
     // From here the connection is the pool's and the event thread's.
-    let handoff = match rt.workers.poll.modify(slot.fd(), interest, h.0) {
-        Ok(()) => Handoff::Watch(Kind::Header),
-        Err(_) => rt.close_from(h, slot, State::Reading, CloseHow::Abort),
+    let handoff = match rt.wait_armed(h, slot, checking, State::Reading, interest) {
+        Armed::Yes => Handoff::Watch(Kind::Header),
+        Armed::Failed => rt.close_from(h, slot, State::Reading, CloseHow::Abort),
+        Armed::Lost => return,
     };
     rt.hand_over(h, handoff);
 }
