@@ -95,9 +95,11 @@ struct server {
 };
 
 /* One client connection: bytes read but not yet parsed (the rest of the
-   request head, or pipelined requests that came with it). Over TLS also
-   its SSL object, and the file whose body is being encrypted and sent a
-   chunk at a time (file_fd -1: none). */
+   request head, or pipelined requests that came with it) in buf, which
+   exists only while there are some or a request is being read: an idle
+   keep-alive connection holds no buffer. Over TLS also its SSL object, and
+   the file whose body is being encrypted and sent a chunk at a time
+   (file_fd -1: none). */
 struct conn {
     int fd;
 #ifdef FILESERVER_TLS
@@ -107,7 +109,7 @@ struct conn {
     uint64_t file_off, file_left;
 #endif
     size_t len;
-    char buf[HEAD_MAX];
+    char *buf; /* HEAD_MAX bytes, or NULL (then len is 0) */
 };
 
 /* A fresh record for the connection on `fd`; NULL if out of memory. */
@@ -117,6 +119,7 @@ static struct conn *conn_new(int fd) {
         return NULL;
     c->fd = fd;
     c->len = 0;
+    c->buf = NULL;
 #ifdef FILESERVER_TLS
     c->ssl = NULL;
     c->file_fd = -1;
@@ -134,6 +137,7 @@ static void conn_free(struct conn *c) {
     if (c->file_fd >= 0)
         close(c->file_fd);
 #endif
+    free(c->buf);
     free(c);
 }
 
@@ -202,7 +206,7 @@ static void release_out(void *arg) {
 /* The length of the request head at the start of buf, through its blank
    line, or 0 while it is incomplete. */
 static size_t head_length(const void *buf, size_t len) {
-    const char *end = memmem(buf, len, "\r\n\r\n", 4);
+    const char *end = len < 4 ? NULL : memmem(buf, len, "\r\n\r\n", 4);
     return end ? (size_t)(end - (const char *)buf) + 4 : 0;
 }
 
@@ -828,9 +832,13 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
     int status, keep;
 
     memset(&req, 0, sizeof req);
+    if (c->buf == NULL && (c->buf = malloc(HEAD_MAX)) == NULL) {
+        evmpm_close(rt, conn);
+        return;
+    }
     while ((head = head_length(c->buf, c->len)) == 0 && !first_line_bad(c->buf, c->len)) {
         ssize_t n;
-        if (c->len == sizeof c->buf) {
+        if (c->len == HEAD_MAX) {
             /* No line end at all: the request line alone is too long. */
             status = memchr(c->buf, '\n', c->len) ? 431 : 414;
             if ((o = error_out(NULL, status, 0, "")) != NULL)
@@ -839,7 +847,7 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
                 evmpm_close(rt, conn);
             return;
         }
-        n = conn_read(c, c->buf + c->len, sizeof c->buf - c->len);
+        n = conn_read(c, c->buf + c->len, HEAD_MAX - c->len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) { /* closed, reset, or stalled for IO_TIMEOUT_S */
@@ -875,12 +883,15 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
         evmpm_close(rt, conn);
         return;
     }
-    /* The request is answered: keep only what came after it. */
-    if (!keep)
-        c->len = 0;
-    else {
-        c->len -= head;
+    /* The request is answered: keep only what came after it, and no buffer
+       at all when nothing did (the usual case), so that the connection
+       holds none while it idles. */
+    c->len = keep ? c->len - head : 0;
+    if (c->len > 0) {
         memmove(c->buf, c->buf + head, c->len);
+    } else {
+        free(c->buf);
+        c->buf = NULL;
     }
     send_out(s, rt, conn, c, o, keep);
 }
@@ -1002,7 +1013,7 @@ static int request_ready(void *ud, evmpm_conn conn, void *user, const uint8_t *d
             return EVMPM_REQUEST_COMPLETE;
         return EVMPM_REQUEST_INCOMPLETE;
     }
-    if (head_length(data, len) > 0 || c->len + len >= sizeof c->buf)
+    if (head_length(data, len) > 0 || c->len + len >= HEAD_MAX)
         return EVMPM_REQUEST_COMPLETE; /* whole, or too large: let the handler say */
     from_buf = c->len < 3 ? c->len : 3;
     from_data = len < 3 ? len : 3;
