@@ -963,6 +963,13 @@ static int tls_handshake(void *listener_user, evmpm_runtime *rt, evmpm_conn conn
     r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         conn_tune(fd);
+        /* From now on OpenSSL may read more than the record it needs, as
+           the handler's SSL_read then takes a request (its record header
+           and body) in one read(2) instead of two; what it reads ahead
+           (a pipelined request) SSL_has_pending reports. Not during the
+           handshake: the client's first request, read along with its
+           Finished, would sit in OpenSSL where epoll cannot see it. */
+        SSL_set_read_ahead(c->ssl, 1);
         return EVMPM_HANDSHAKE_DONE;
     }
     switch (SSL_get_error(c->ssl, r)) {
@@ -989,9 +996,9 @@ static SSL_CTX *tls_context(const char *cert, const char *key) {
         SSL_CTX_free(ctx);
         return NULL;
     }
-    /* read_ahead stays off (the default): OpenSSL reads record by record,
-       so what follows the handshake stays on the socket, where epoll sees
-       it. */
+    /* read_ahead stays off (the default) for the handshake, where OpenSSL
+       then reads record by record, so what follows it stays on the socket
+       where epoll sees it; tls_handshake turns it on once it is done. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     return ctx;
 }
