@@ -31,10 +31,12 @@
  *   and freed in the close callback;
  * - request_ready is off on the TLS listener: it only peeks at the
  *   socket, where the bytes are ciphertext;
- * - small responses are written with SSL_write on the worker; after each
- *   one the connection parks with EVMPM_PARK_BUFFERED when a pipelined
- *   request is already decrypted (SSL_has_pending) or buffered;
- * - a file body is encrypted 1 MiB at a time into a memory BIO and the
+ * - small responses, files up to TLS_SMALL_BODY among them (read into the
+ *   response after its head), are written with one SSL_write on the
+ *   worker; after each one the connection parks with EVMPM_PARK_BUFFERED
+ *   when a pipelined request is already decrypted (SSL_has_pending) or
+ *   buffered;
+ * - a larger file body is encrypted 1 MiB at a time into a memory BIO and the
  *   ciphertext handed to evmpm_complete_write with EVMPM_WRITE_BUFFERED,
  *   which runs the handler again for the next megabyte once this one is
  *   sent: a slow reader holds no worker, and memory stays at one chunk;
@@ -84,6 +86,7 @@
 #define STOP_DEADLINE_MS 5000
 #define STATUS_PATH "/server-status"
 #define TLS_CHUNK (1 << 20)   /* a file body is encrypted this much at a time */
+#define TLS_SMALL_BODY 16384  /* over TLS, a file up to this goes in the response */
 
 struct server {
     evmpm_runtime *rt;
@@ -311,6 +314,21 @@ static const char *content_type(const char *path) {
             if (strcasecmp(dot + 1, types[i].ext) == 0)
                 return types[i].type;
     return "application/octet-stream";
+}
+
+/* Reads exactly `n` bytes of `fd` at `off` into buf: 0, or -1 if the file
+   ended sooner (it shrank) or cannot be read. */
+static int read_at(int fd, char *buf, size_t n, uint64_t off) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
 }
 
 /* ---- parsing -------------------------------------------------------------- */
@@ -635,10 +653,12 @@ static size_t format_status(struct server *s, char *buf, size_t cap) {
     return (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-/* The response for a GET or HEAD of a file; NULL if out of memory. Clears
-   *keep when the connection must close after it. */
+/* The response for a GET or HEAD of a file; NULL if out of memory (or a
+   small file cannot be read). Clears *keep when the connection must close
+   after it. A body of at most `small` bytes is read into the response
+   after its head; a larger one is sent from the file. */
 static struct out *file_out(struct server *s, const struct request *r, const char *decoded,
-                            const char *raw, size_t raw_len, int *keep) {
+                            const char *raw, size_t raw_len, size_t small, int *keep) {
     char real[PATH_MAX];
     struct stat st;
     struct out *o;
@@ -658,10 +678,20 @@ static struct out *file_out(struct server *s, const struct request *r, const cha
         return error_out(r, status, *keep, "");
     size = (size_t)st.st_size;
 
-    o = make_out(r, 200, *keep, content_type(real), "", size, NULL, 0);
-    if (o == NULL || r->head_only) {
+    if (size <= small || r->head_only) {
+        o = make_out(r, 200, *keep, content_type(real), "", size, NULL, size);
+        /* (For HEAD make_out left no room for the body.) */
+        if (o != NULL && !r->head_only && read_at(fd, o->data + o->len - size, size, 0) != 0) {
+            free(o);
+            o = NULL;
+        }
         close(fd);
         return o;
+    }
+    o = make_out(r, 200, *keep, content_type(real), "", size, NULL, 0);
+    if (o == NULL) {
+        close(fd);
+        return NULL;
     }
     /* The body is the runtime's to send from the file, which stays open
        until release_out. A file cut short meanwhile cannot fill the
@@ -693,7 +723,7 @@ static void release_bio(void *arg) {
    here. No worker waits for the client meanwhile. */
 static void tls_send_chunk(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
                            const void *head, size_t head_len) {
-    size_t n = c->file_left < TLS_CHUNK ? (size_t)c->file_left : TLS_CHUNK, got = 0;
+    size_t n = c->file_left < TLS_CHUNK ? (size_t)c->file_left : TLS_CHUNK;
     char *plain = malloc(head_len + n), *cipher;
     BIO *mem = BIO_new(BIO_s_mem()), *sock = SSL_get_wbio(c->ssl);
     uint32_t after;
@@ -704,15 +734,8 @@ static void tls_send_chunk(struct server *s, evmpm_runtime *rt, evmpm_conn conn,
         goto fail;
     if (head_len > 0)
         memcpy(plain, head, head_len);
-    while (got < n) {
-        ssize_t r = pread(c->file_fd, plain + head_len + got, n - got,
-                          (off_t)(c->file_off + got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            goto fail; /* the file shrank: the body cannot be completed */
-        got += (size_t)r;
-    }
+    if (read_at(c->file_fd, plain + head_len, n, c->file_off) != 0)
+        goto fail; /* the file shrank: the body cannot be completed */
     c->file_off += n;
     c->file_left -= n;
 
@@ -755,8 +778,10 @@ fail:
     evmpm_close(rt, conn); /* the record (and the file) go in on_close */
 }
 
-/* Sends a response over TLS: a file body through tls_send_chunk, anything
-   else (a page, an error, a HEAD) with SSL_write here. */
+/* Sends a response over TLS: a large file body through tls_send_chunk,
+   anything else (a page, an error, a HEAD, a small file) with SSL_write
+   here: for a few kilobytes the memory BIO and the hand-off to the runtime
+   would cost more than the write, which the socket buffer takes at once. */
 static void tls_send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
                          struct out *o, int keep) {
     int ok;
@@ -828,7 +853,7 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
                               struct conn *c) {
     struct request req;
     struct out *o;
-    size_t head;
+    size_t head, small = 0; /* plain HTTP: every file body by sendfile */
     int status, keep;
 
     memset(&req, 0, sizeof req);
@@ -876,10 +901,14 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
             size_t n = format_status(s, text, sizeof text);
             o = make_out(&req, 200, keep, "text/plain; charset=utf-8", "", n, text, n);
         } else {
-            o = file_out(s, &req, decoded, raw, raw_len, &keep);
+#ifdef FILESERVER_TLS
+            if (c->ssl != NULL)
+                small = TLS_SMALL_BODY;
+#endif
+            o = file_out(s, &req, decoded, raw, raw_len, small, &keep);
         }
     }
-    if (o == NULL) { /* out of memory: nothing sensible to say */
+    if (o == NULL) { /* out of memory (or a file cut short): nothing sensible to say */
         evmpm_close(rt, conn);
         return;
     }
