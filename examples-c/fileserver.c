@@ -595,20 +595,31 @@ static int open_file(const struct server *s, const char *decoded, char *real, in
 
 /* ---- building responses --------------------------------------------------- */
 
+/* The Date header's value for now: formatted once a second by each
+   thread, not for every response. */
+static const char *http_date(void) {
+    static _Thread_local time_t formatted = (time_t)-1;
+    static _Thread_local char date[64];
+    time_t now = time(NULL);
+    if (now != formatted) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        formatted = now;
+    }
+    return date;
+}
+
 /* A response: its head, formatted from the arguments, then room for
    `room` bytes of body in data[] (none for HEAD), filled from `body` unless
    that is NULL. `length` is the Content-Length. NULL if out of memory. */
 static struct out *make_out(const struct request *r, int status, int keep, const char *type,
                             const char *extra, size_t length, const char *body, size_t room) {
-    char head[4096 + TARGET_MAX], date[64];
-    time_t now = time(NULL);
-    struct tm tm;
+    char head[4096 + TARGET_MAX];
     struct out *o;
     size_t copy = r != NULL && r->head_only ? 0 : room;
     int n;
 
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     n = snprintf(head, sizeof head,
                  "HTTP/1.1 %d %s\r\n"
                  "Date: %s\r\n"
@@ -616,7 +627,7 @@ static struct out *make_out(const struct request *r, int status, int keep, const
                  "Content-Type: %s\r\n"
                  "Content-Length: %zu\r\n"
                  "%s%s\r\n",
-                 status, reason_phrase(status), date, type, length,
+                 status, reason_phrase(status), http_date(), type, length,
                  !keep ? "Connection: close\r\n"
                  : r != NULL && r->http10 ? "Connection: keep-alive\r\n"
                                           : "",
