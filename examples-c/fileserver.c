@@ -31,16 +31,22 @@
  *   and freed in the close callback;
  * - request_ready is off on the TLS listener: it only peeks at the
  *   socket, where the bytes are ciphertext;
+ * - once the handshake is done OpenSSL reads ahead, so that SSL_read takes
+ *   a request in one read(2), not two (the record's header, then the rest);
  * - small responses, files up to TLS_SMALL_BODY among them (read into the
  *   response after its head), are written with one SSL_write on the
  *   worker; after each one the connection parks with EVMPM_PARK_BUFFERED
  *   when a pipelined request is already decrypted (SSL_has_pending) or
  *   buffered;
- * - a larger file body is encrypted 1 MiB at a time into a memory BIO and the
- *   ciphertext handed to evmpm_complete_write with EVMPM_WRITE_BUFFERED,
- *   which runs the handler again for the next megabyte once this one is
- *   sent: a slow reader holds no worker, and memory stays at one chunk;
- * - idle connections hold no OpenSSL buffers (SSL_MODE_RELEASE_BUFFERS).
+ * - a larger file body is encrypted 1 MiB at a time into a memory BIO and
+ *   the ciphertext handed to evmpm_complete_write with
+ *   EVMPM_WRITE_BUFFERED, which runs the handler again for the next
+ *   megabyte once this one is sent: a slow reader holds no worker, and
+ *   memory stays at one chunk;
+ * - an idle connection holds no buffer, neither OpenSSL's
+ *   (SSL_MODE_RELEASE_BUFFERS) nor its request buffer: only its SSL
+ *   object (about 13 KB with OpenSSL 3.0: the SSL structure, the record
+ *   ciphers, the session, the key shares) and its small record here.
  *
  * Requests cannot reach outside DOCROOT: the target is percent-decoded once
  * (%00 and control characters refused), ".." segments are refused, and the
@@ -52,7 +58,7 @@
  * any link or way out (Linux 5.6 and later); anything else takes the
  * checks above.
  */
-#define _GNU_SOURCE /* memmem, gmtime_r, realpath */
+#define _GNU_SOURCE /* memmem, gmtime_r, realpath, O_PATH */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -171,10 +177,10 @@ static void conn_tune(int fd) {
    0 at the end, -1 on error (a TLS error, a timeout, a reset).
 
    Over TLS: OpenSSL's per-thread error queue is empty before each SSL_read
-   and SSL_write here, as SSL_get_error needs it, because every failure
-   empties it again (ERR_clear_error), so it is not cleared before each
-   call as well: in OpenSSL 3 that walks the whole queue, a few percent of
-   the CPU time of a small request. */
+   and SSL_write in this file, as SSL_get_error needs it, because every
+   failure empties it again (ERR_clear_error), so it is not cleared before
+   each call as well: in OpenSSL 3 that walks the whole queue, a few
+   percent of the CPU time of a small request. */
 static ssize_t conn_read(struct conn *c, void *buf, size_t len) {
 #ifdef FILESERVER_TLS
     if (c->ssl != NULL) {
