@@ -31,22 +31,34 @@
  *   and freed in the close callback;
  * - request_ready is off on the TLS listener: it only peeks at the
  *   socket, where the bytes are ciphertext;
- * - small responses are written with SSL_write on the worker; after each
- *   one the connection parks with EVMPM_PARK_BUFFERED when a pipelined
- *   request is already decrypted (SSL_has_pending) or buffered;
- * - a file body is encrypted 1 MiB at a time into a memory BIO and the
- *   ciphertext handed to evmpm_complete_write with EVMPM_WRITE_BUFFERED,
- *   which runs the handler again for the next megabyte once this one is
- *   sent: a slow reader holds no worker, and memory stays at one chunk;
- * - idle connections hold no OpenSSL buffers (SSL_MODE_RELEASE_BUFFERS).
+ * - once the handshake is done OpenSSL reads ahead, so that SSL_read takes
+ *   a request in one read(2), not two (the record's header, then the rest);
+ * - small responses, files up to TLS_SMALL_BODY among them (read into the
+ *   response after its head), are written with one SSL_write on the
+ *   worker; after each one the connection parks with EVMPM_PARK_BUFFERED
+ *   when a pipelined request is already decrypted (SSL_has_pending) or
+ *   buffered;
+ * - a larger file body is encrypted 1 MiB at a time into a memory BIO and
+ *   the ciphertext handed to evmpm_complete_write with
+ *   EVMPM_WRITE_BUFFERED, which runs the handler again for the next
+ *   megabyte once this one is sent: a slow reader holds no worker, and
+ *   memory stays at one chunk;
+ * - an idle connection holds no buffer, neither OpenSSL's
+ *   (SSL_MODE_RELEASE_BUFFERS) nor its request buffer: only its SSL
+ *   object (about 13 KB with OpenSSL 3.0: the SSL structure, the record
+ *   ciphers, the session, the key shares) and its small record here.
  *
  * Requests cannot reach outside DOCROOT: the target is percent-decoded once
  * (%00 and control characters refused), ".." segments are refused, and the
  * realpath() of the result must lie under the realpath() of DOCROOT, so a
  * symbolic link that leads out is refused too. Names starting with "." are
- * never served.
+ * never served. The common case, a path with no symbolic link on the way
+ * and no name starting with ".", which those checks could only let
+ * through, is opened in one openat2(2) call that the kernel refuses for
+ * any link or way out (Linux 5.6 and later); anything else takes the
+ * checks above.
  */
-#define _GNU_SOURCE /* memmem, gmtime_r, realpath */
+#define _GNU_SOURCE /* memmem, gmtime_r, realpath, O_PATH */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -63,11 +75,16 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "evmpm.h"
+
+#ifdef SYS_openat2 /* kernel headers 5.6 and later; glibc has no wrapper */
+#include <linux/openat2.h>
+#endif
 
 #ifdef FILESERVER_TLS
 #include <openssl/err.h>
@@ -84,20 +101,24 @@
 #define STOP_DEADLINE_MS 5000
 #define STATUS_PATH "/server-status"
 #define TLS_CHUNK (1 << 20)   /* a file body is encrypted this much at a time */
+#define TLS_SMALL_BODY 16384  /* over TLS, a file up to this goes in the response */
 
 struct server {
     evmpm_runtime *rt;
     char root[PATH_MAX]; /* realpath() of DOCROOT */
     size_t root_len;
+    int root_fd; /* DOCROOT for openat2(2), or -1 where the kernel has none */
     time_t started;
     atomic_ullong requests;  /* responses sent or handed to the runtime */
     atomic_ullong offloaded; /* of those, handed to the runtime to send */
 };
 
 /* One client connection: bytes read but not yet parsed (the rest of the
-   request head, or pipelined requests that came with it). Over TLS also
-   its SSL object, and the file whose body is being encrypted and sent a
-   chunk at a time (file_fd -1: none). */
+   request head, or pipelined requests that came with it) in buf, which
+   exists only while there are some or a request is being read: an idle
+   keep-alive connection holds no buffer. Over TLS also its SSL object, and
+   the file whose body is being encrypted and sent a chunk at a time
+   (file_fd -1: none). */
 struct conn {
     int fd;
 #ifdef FILESERVER_TLS
@@ -107,7 +128,7 @@ struct conn {
     uint64_t file_off, file_left;
 #endif
     size_t len;
-    char buf[HEAD_MAX];
+    char *buf; /* HEAD_MAX bytes, or NULL (then len is 0) */
 };
 
 /* A fresh record for the connection on `fd`; NULL if out of memory. */
@@ -117,6 +138,7 @@ static struct conn *conn_new(int fd) {
         return NULL;
     c->fd = fd;
     c->len = 0;
+    c->buf = NULL;
 #ifdef FILESERVER_TLS
     c->ssl = NULL;
     c->file_fd = -1;
@@ -134,6 +156,7 @@ static void conn_free(struct conn *c) {
     if (c->file_fd >= 0)
         close(c->file_fd);
 #endif
+    free(c->buf);
     free(c);
 }
 
@@ -151,20 +174,23 @@ static void conn_tune(int fd) {
 }
 
 /* Reads what the client sent (decrypted over TLS), blocking; as read(2):
-   0 at the end, -1 on error (a TLS error, a timeout, a reset). */
+   0 at the end, -1 on error (a TLS error, a timeout, a reset).
+
+   Over TLS: OpenSSL's per-thread error queue is empty before each SSL_read
+   and SSL_write in this file, as SSL_get_error needs it, because every
+   failure empties it again (ERR_clear_error), so it is not cleared before
+   each call as well: in OpenSSL 3 that walks the whole queue, a few
+   percent of the CPU time of a small request. */
 static ssize_t conn_read(struct conn *c, void *buf, size_t len) {
 #ifdef FILESERVER_TLS
     if (c->ssl != NULL) {
-        int n;
-        ERR_clear_error();
-        n = SSL_read(c->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+        int n = SSL_read(c->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
         if (n > 0)
             return n;
-        if (SSL_get_error(c->ssl, n) == SSL_ERROR_ZERO_RETURN)
-            return 0;
+        n = SSL_get_error(c->ssl, n) == SSL_ERROR_ZERO_RETURN ? 0 : -1;
         ERR_clear_error();
         errno = EIO; /* never EINTR: no retry */
-        return -1;
+        return n;
     }
 #endif
     return read(c->fd, buf, len);
@@ -202,7 +228,7 @@ static void release_out(void *arg) {
 /* The length of the request head at the start of buf, through its blank
    line, or 0 while it is incomplete. */
 static size_t head_length(const void *buf, size_t len) {
-    const char *end = memmem(buf, len, "\r\n\r\n", 4);
+    const char *end = len < 4 ? NULL : memmem(buf, len, "\r\n\r\n", 4);
     return end ? (size_t)(end - (const char *)buf) + 4 : 0;
 }
 
@@ -307,6 +333,21 @@ static const char *content_type(const char *path) {
             if (strcasecmp(dot + 1, types[i].ext) == 0)
                 return types[i].type;
     return "application/octet-stream";
+}
+
+/* Reads exactly `n` bytes of `fd` at `off` into buf: 0, or -1 if the file
+   ended sooner (it shrank) or cannot be read. */
+static int read_at(int fd, char *buf, size_t n, uint64_t off) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
 }
 
 /* ---- parsing -------------------------------------------------------------- */
@@ -484,6 +525,24 @@ static int resolve(const struct server *s, const char *path, char *real) {
     return allowed(s, real) ? 0 : 404;
 }
 
+/* Opens `rel` (a path relative to the root) for reading, on condition that
+   no symbolic link is on the way and that it does not lead out of the
+   root: the kernel checks both as it resolves the path. A descriptor, or
+   -1: not found, not allowed, a link on the way, or no openat2(2) here. */
+static int open_beneath(int root_fd, const char *rel) {
+#ifdef SYS_openat2
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+    return (int)syscall(SYS_openat2, root_fd, rel, &how, sizeof how);
+#else
+    (void)root_fd, (void)rel;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 /* Opens the file for the decoded request path. Returns 0 with *fd_out and
    *st set (and the file's real path in `real`), 301 when a directory was
    asked for without its trailing slash, or an error status. */
@@ -497,6 +556,19 @@ static int open_file(const struct server *s, const char *decoded, char *real, in
         return 414;
     memcpy(path, s->root, s->root_len);
     memcpy(path + s->root_len, decoded, dlen + 1);
+    /* The common case in two system calls: a regular file, reached with no
+       symbolic link and no name starting with "." on the way, is what the
+       checks below would allow, at `path`, its real path. Anything else
+       (a directory, a link, a missing file) is left to them. */
+    if (s->root_fd >= 0 && strstr(decoded, "/.") == NULL &&
+        (fd = open_beneath(s->root_fd, decoded + 1)) >= 0) {
+        if (fstat(fd, st) == 0 && S_ISREG(st->st_mode)) {
+            memcpy(real, path, s->root_len + dlen + 1);
+            *fd_out = fd;
+            return 0;
+        }
+        close(fd);
+    }
     if ((status = resolve(s, path, real)) != 0)
         return status;
     if (stat(real, st) != 0)
@@ -529,20 +601,31 @@ static int open_file(const struct server *s, const char *decoded, char *real, in
 
 /* ---- building responses --------------------------------------------------- */
 
+/* The Date header's value for now: formatted once a second by each
+   thread, not for every response. */
+static const char *http_date(void) {
+    static _Thread_local time_t formatted = (time_t)-1;
+    static _Thread_local char date[64];
+    time_t now = time(NULL);
+    if (now != formatted) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        formatted = now;
+    }
+    return date;
+}
+
 /* A response: its head, formatted from the arguments, then room for
    `room` bytes of body in data[] (none for HEAD), filled from `body` unless
    that is NULL. `length` is the Content-Length. NULL if out of memory. */
 static struct out *make_out(const struct request *r, int status, int keep, const char *type,
                             const char *extra, size_t length, const char *body, size_t room) {
-    char head[4096 + TARGET_MAX], date[64];
-    time_t now = time(NULL);
-    struct tm tm;
+    char head[4096 + TARGET_MAX];
     struct out *o;
     size_t copy = r != NULL && r->head_only ? 0 : room;
     int n;
 
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     n = snprintf(head, sizeof head,
                  "HTTP/1.1 %d %s\r\n"
                  "Date: %s\r\n"
@@ -550,7 +633,7 @@ static struct out *make_out(const struct request *r, int status, int keep, const
                  "Content-Type: %s\r\n"
                  "Content-Length: %zu\r\n"
                  "%s%s\r\n",
-                 status, reason_phrase(status), date, type, length,
+                 status, reason_phrase(status), http_date(), type, length,
                  !keep ? "Connection: close\r\n"
                  : r != NULL && r->http10 ? "Connection: keep-alive\r\n"
                                           : "",
@@ -631,10 +714,12 @@ static size_t format_status(struct server *s, char *buf, size_t cap) {
     return (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-/* The response for a GET or HEAD of a file; NULL if out of memory. Clears
-   *keep when the connection must close after it. */
+/* The response for a GET or HEAD of a file; NULL if out of memory (or a
+   small file cannot be read). Clears *keep when the connection must close
+   after it. A body of at most `small` bytes is read into the response
+   after its head; a larger one is sent from the file. */
 static struct out *file_out(struct server *s, const struct request *r, const char *decoded,
-                            const char *raw, size_t raw_len, int *keep) {
+                            const char *raw, size_t raw_len, size_t small, int *keep) {
     char real[PATH_MAX];
     struct stat st;
     struct out *o;
@@ -654,10 +739,20 @@ static struct out *file_out(struct server *s, const struct request *r, const cha
         return error_out(r, status, *keep, "");
     size = (size_t)st.st_size;
 
-    o = make_out(r, 200, *keep, content_type(real), "", size, NULL, 0);
-    if (o == NULL || r->head_only) {
+    if (size <= small || r->head_only) {
+        o = make_out(r, 200, *keep, content_type(real), "", size, NULL, size);
+        /* (For HEAD make_out left no room for the body.) */
+        if (o != NULL && !r->head_only && read_at(fd, o->data + o->len - size, size, 0) != 0) {
+            free(o);
+            o = NULL;
+        }
         close(fd);
         return o;
+    }
+    o = make_out(r, 200, *keep, content_type(real), "", size, NULL, 0);
+    if (o == NULL) {
+        close(fd);
+        return NULL;
     }
     /* The body is the runtime's to send from the file, which stays open
        until release_out. A file cut short meanwhile cannot fill the
@@ -689,7 +784,7 @@ static void release_bio(void *arg) {
    here. No worker waits for the client meanwhile. */
 static void tls_send_chunk(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
                            const void *head, size_t head_len) {
-    size_t n = c->file_left < TLS_CHUNK ? (size_t)c->file_left : TLS_CHUNK, got = 0;
+    size_t n = c->file_left < TLS_CHUNK ? (size_t)c->file_left : TLS_CHUNK;
     char *plain = malloc(head_len + n), *cipher;
     BIO *mem = BIO_new(BIO_s_mem()), *sock = SSL_get_wbio(c->ssl);
     uint32_t after;
@@ -700,15 +795,8 @@ static void tls_send_chunk(struct server *s, evmpm_runtime *rt, evmpm_conn conn,
         goto fail;
     if (head_len > 0)
         memcpy(plain, head, head_len);
-    while (got < n) {
-        ssize_t r = pread(c->file_fd, plain + head_len + got, n - got,
-                          (off_t)(c->file_off + got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            goto fail; /* the file shrank: the body cannot be completed */
-        got += (size_t)r;
-    }
+    if (read_at(c->file_fd, plain + head_len, n, c->file_off) != 0)
+        goto fail; /* the file shrank: the body cannot be completed */
     c->file_off += n;
     c->file_left -= n;
 
@@ -719,10 +807,11 @@ static void tls_send_chunk(struct server *s, evmpm_runtime *rt, evmpm_conn conn,
     BIO_up_ref(mem);
     BIO_up_ref(sock);
     SSL_set0_wbio(c->ssl, mem);
-    ERR_clear_error();
     ok = SSL_write(c->ssl, plain, (int)(head_len + n)) == (int)(head_len + n);
-    if (ok && c->file_left == 0 && !c->file_keep)
+    if (ok && c->file_left == 0 && !c->file_keep) {
         SSL_shutdown(c->ssl); /* close_notify, after the body */
+        ERR_clear_error();
+    }
     SSL_set0_wbio(c->ssl, sock);
     free(plain);
     plain = NULL;
@@ -751,8 +840,10 @@ fail:
     evmpm_close(rt, conn); /* the record (and the file) go in on_close */
 }
 
-/* Sends a response over TLS: a file body through tls_send_chunk, anything
-   else (a page, an error, a HEAD) with SSL_write here. */
+/* Sends a response over TLS: a large file body through tls_send_chunk,
+   anything else (a page, an error, a HEAD, a small file) with SSL_write
+   here: for a few kilobytes the memory BIO and the hand-off to the runtime
+   would cost more than the write, which the socket buffer takes at once. */
 static void tls_send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, struct conn *c,
                          struct out *o, int keep) {
     int ok;
@@ -767,7 +858,6 @@ static void tls_send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, s
         release_out(o);
         return;
     }
-    ERR_clear_error();
     ok = SSL_write(c->ssl, o->data, (int)o->len) == (int)o->len;
     release_out(o);
     if (!ok) {
@@ -824,13 +914,17 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
                               struct conn *c) {
     struct request req;
     struct out *o;
-    size_t head;
+    size_t head, small = 0; /* plain HTTP: every file body by sendfile */
     int status, keep;
 
     memset(&req, 0, sizeof req);
+    if (c->buf == NULL && (c->buf = malloc(HEAD_MAX)) == NULL) {
+        evmpm_close(rt, conn);
+        return;
+    }
     while ((head = head_length(c->buf, c->len)) == 0 && !first_line_bad(c->buf, c->len)) {
         ssize_t n;
-        if (c->len == sizeof c->buf) {
+        if (c->len == HEAD_MAX) {
             /* No line end at all: the request line alone is too long. */
             status = memchr(c->buf, '\n', c->len) ? 431 : 414;
             if ((o = error_out(NULL, status, 0, "")) != NULL)
@@ -839,7 +933,7 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
                 evmpm_close(rt, conn);
             return;
         }
-        n = conn_read(c, c->buf + c->len, sizeof c->buf - c->len);
+        n = conn_read(c, c->buf + c->len, HEAD_MAX - c->len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) { /* closed, reset, or stalled for IO_TIMEOUT_S */
@@ -868,19 +962,26 @@ static void serve_one_request(struct server *s, evmpm_runtime *rt, evmpm_conn co
             size_t n = format_status(s, text, sizeof text);
             o = make_out(&req, 200, keep, "text/plain; charset=utf-8", "", n, text, n);
         } else {
-            o = file_out(s, &req, decoded, raw, raw_len, &keep);
+#ifdef FILESERVER_TLS
+            if (c->ssl != NULL)
+                small = TLS_SMALL_BODY;
+#endif
+            o = file_out(s, &req, decoded, raw, raw_len, small, &keep);
         }
     }
-    if (o == NULL) { /* out of memory: nothing sensible to say */
+    if (o == NULL) { /* out of memory (or a file cut short): nothing sensible to say */
         evmpm_close(rt, conn);
         return;
     }
-    /* The request is answered: keep only what came after it. */
-    if (!keep)
-        c->len = 0;
-    else {
-        c->len -= head;
+    /* The request is answered: keep only what came after it, and no buffer
+       at all when nothing did (the usual case), so that the connection
+       holds none while it idles. */
+    c->len = keep ? c->len - head : 0;
+    if (c->len > 0) {
         memmove(c->buf, c->buf + head, c->len);
+    } else {
+        free(c->buf);
+        c->buf = NULL;
     }
     send_out(s, rt, conn, c, o, keep);
 }
@@ -952,6 +1053,13 @@ static int tls_handshake(void *listener_user, evmpm_runtime *rt, evmpm_conn conn
     r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         conn_tune(fd);
+        /* From now on OpenSSL may read more than the record it needs, as
+           the handler's SSL_read then takes a request (its record header
+           and body) in one read(2) instead of two; what it reads ahead
+           (a pipelined request) SSL_has_pending reports. Not during the
+           handshake: the client's first request, read along with its
+           Finished, would sit in OpenSSL where epoll cannot see it. */
+        SSL_set_read_ahead(c->ssl, 1);
         return EVMPM_HANDSHAKE_DONE;
     }
     switch (SSL_get_error(c->ssl, r)) {
@@ -978,9 +1086,9 @@ static SSL_CTX *tls_context(const char *cert, const char *key) {
         SSL_CTX_free(ctx);
         return NULL;
     }
-    /* read_ahead stays off (the default): OpenSSL reads record by record,
-       so what follows the handshake stays on the socket, where epoll sees
-       it. */
+    /* read_ahead stays off (the default) for the handshake, where OpenSSL
+       then reads record by record, so what follows it stays on the socket
+       where epoll sees it; tls_handshake turns it on once it is done. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     return ctx;
 }
@@ -1002,7 +1110,7 @@ static int request_ready(void *ud, evmpm_conn conn, void *user, const uint8_t *d
             return EVMPM_REQUEST_COMPLETE;
         return EVMPM_REQUEST_INCOMPLETE;
     }
-    if (head_length(data, len) > 0 || c->len + len >= sizeof c->buf)
+    if (head_length(data, len) > 0 || c->len + len >= HEAD_MAX)
         return EVMPM_REQUEST_COMPLETE; /* whole, or too large: let the handler say */
     from_buf = c->len < 3 ? c->len : 3;
     from_data = len < 3 ? len : 3;
@@ -1044,7 +1152,7 @@ int main(int argc, char **argv) {
     evmpm_config cfg;
     evmpm_listener_config lc;
     sigset_t sigs;
-    int lfd, sig, rc;
+    int lfd, sig, rc, probe;
 #ifdef FILESERVER_TLS
     SSL_CTX *tls_ctx = NULL;
 #endif
@@ -1080,6 +1188,15 @@ int main(int argc, char **argv) {
         return 2;
     }
     srv.root_len = strlen(srv.root);
+    /* open_file's fast path, where the kernel has openat2(2) (not in a
+       container that refuses it, say): "." opens the root itself. */
+    srv.root_fd = open(srv.root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (srv.root_fd >= 0 && (probe = open_beneath(srv.root_fd, ".")) >= 0) {
+        close(probe);
+    } else if (srv.root_fd >= 0) {
+        close(srv.root_fd);
+        srv.root_fd = -1;
+    }
     srv.started = time(NULL);
 
     /* Taken with sigwait() below; blocked before evmpm starts its threads,
@@ -1146,6 +1263,8 @@ int main(int argc, char **argv) {
     fwrite(text, 1, format_status(&srv, text, sizeof text), stderr);
     evmpm_destroy(srv.rt);
     close(lfd);
+    if (srv.root_fd >= 0)
+        close(srv.root_fd);
 #ifdef FILESERVER_TLS
     SSL_CTX_free(tls_ctx);
 #endif

@@ -678,6 +678,7 @@ fn docroot(name: &str) -> PathBuf {
     std::os::unix::fs::symlink("../secret.txt", www.join("link-out")).unwrap();
     std::os::unix::fs::symlink("..", www.join("dir-link")).unwrap();
     std::os::unix::fs::symlink("a.txt", www.join("link-in.txt")).unwrap();
+    std::os::unix::fs::symlink(".hidden", www.join("link-hidden")).unwrap();
     www
 }
 
@@ -957,6 +958,7 @@ fn fileserver_stays_inside_the_root() {
         ("/link-out", Some(404)),            // a symlink leading out
         ("/dir-link/secret.txt", Some(404)), // a directory link leading out
         ("/.hidden", Some(404)),
+        ("/link-hidden", Some(404)), // a symlink to a hidden name inside
         ("/%2ehidden", Some(404)),
         ("http://127.0.0.1/../secret.txt", Some(400)),
         ("http://127.0.0.1/%2e%2e/secret.txt", Some(400)),
