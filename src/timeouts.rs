@@ -133,21 +133,48 @@ impl TimeoutQueues {
         i
     }
 
-    /// Appends `index` to the list of `kind` and `timeout_ns` with deadline
-    /// `since + timeout`, unlinking it first from wherever it was (which
-    /// also restarts its clock).
+    /// Links `index` into the list of `kind` and `timeout_ns` with deadline
+    /// `since + timeout`, unlinking it first from wherever it was.
     ///
-    /// Hand-overs from other threads reach the event thread a little out of
-    /// order, so `since` may be older than the tail's: the deadline is then
-    /// raised to the tail's, which keeps the list sorted (the invariant that
-    /// makes expiry O(1)) at the cost of a timeout that is late by that
-    /// difference, never early.
+    /// Each list stays sorted by deadline (the invariant that makes expiry
+    /// O(1)) with O(1) inserts:
+    /// - already in that list with the same `since` (a connection handed
+    ///   over again within one wait: a handshake step or an incomplete
+    ///   request that keeps its header clock, a lingering close that keeps
+    ///   its deadline): it keeps its place;
+    /// - a deadline before the head's (a clock that started long ago, its
+    ///   link dropped while a worker had the connection): at the head;
+    /// - otherwise at the tail. Hand-overs from other threads reach the
+    ///   event thread a little out of order, so `since` may be older than
+    ///   the tail's: the deadline is then raised to the tail's, late by
+    ///   that difference, never early.
+    ///
+    /// (Appending every relink at the tail, a slow client's header clock,
+    /// relinked at each of its bytes, was pushed behind every newer
+    /// connection's deadline and could be put off for good.)
     pub fn insert(&mut self, kind: Kind, index: u32, since_ns: u64, timeout_ns: u64) {
-        self.remove(index);
         let l = self.list_for(kind, timeout_ns);
+        let old = self.links[index as usize];
+        if old.list == l as u16 && old.since == since_ns {
+            return;
+        }
+        self.remove(index);
         let list = &mut self.lists[l];
-        let tail = list.tail;
+        let (head, tail) = (list.head, list.tail);
         let mut deadline = since_ns.saturating_add(list.timeout_ns);
+        if head != NIL && deadline < self.links[head as usize].deadline {
+            list.head = index;
+            list.len += 1;
+            self.links[head as usize].prev = index;
+            self.links[index as usize] = Link {
+                prev: NIL,
+                next: head,
+                list: l as u16,
+                since: since_ns,
+                deadline,
+            };
+            return;
+        }
         if tail != NIL {
             deadline = deadline.max(self.links[tail as usize].deadline);
         }
@@ -287,17 +314,49 @@ mod tests {
         assert_eq!(q.len(Kind::Keepalive), 1);
     }
 
-    /// A hand-over stamped before the tail's keeps the list sorted: its
-    /// deadline rises to the tail's, it expires after the tail, never early.
+    /// A hand-over stamped before the tail's (but after the head's) keeps
+    /// the list sorted: its deadline rises to the tail's, it expires after
+    /// the tail, never early.
     #[test]
     fn an_older_stamp_than_the_tail_is_never_expired_early() {
         let mut q = queues();
-        put(&mut q, Kind::Keepalive, 1, 5 * MS);
+        put(&mut q, Kind::Keepalive, 1, 0);
+        put(&mut q, Kind::Keepalive, 3, 5 * MS);
         put(&mut q, Kind::Keepalive, 2, 3 * MS);
-        assert_eq!(q.next_deadline(), Some(25 * MS));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 20 * MS), Some(1));
         assert_eq!(q.pop_expired(Kind::Keepalive, 24 * MS), None);
-        assert_eq!(q.pop_expired(Kind::Keepalive, 25 * MS), Some(1));
+        assert_eq!(q.pop_expired(Kind::Keepalive, 25 * MS), Some(3));
         assert_eq!(q.pop_expired(Kind::Keepalive, 25 * MS), Some(2));
+    }
+
+    /// A clock that started before every other in its list (a header
+    /// clock from the accept, relinked after a worker had the connection)
+    /// goes to the head: it expires on time, not behind newer ones.
+    #[test]
+    fn a_stamp_older_than_the_head_goes_first() {
+        let mut q = queues();
+        put(&mut q, Kind::Header, 1, 5 * MS);
+        put(&mut q, Kind::Header, 3, 6 * MS);
+        put(&mut q, Kind::Header, 2, MS);
+        assert_eq!(q.pop_expired(Kind::Header, 51 * MS), Some(2));
+        assert_eq!(q.pop_expired(Kind::Header, 51 * MS), None);
+        assert_eq!(q.pop_expired(Kind::Header, 55 * MS), Some(1));
+        assert_eq!(q.pop_expired(Kind::Header, 56 * MS), Some(3));
+    }
+
+    /// Relinked with the clock it already has (a slow client's header
+    /// clock, at each of its bytes), an entry keeps its place: newer
+    /// connections linked since cannot put its deadline off.
+    #[test]
+    fn a_relink_with_the_same_stamp_keeps_its_place() {
+        let mut q = queues();
+        put(&mut q, Kind::Header, 1, 0);
+        for t in 1..15u32 {
+            put(&mut q, Kind::Header, 1 + t, u64::from(t) * MS);
+            put(&mut q, Kind::Header, 1, 0);
+        }
+        assert_eq!(q.pop_expired(Kind::Header, 50 * MS), Some(1));
+        assert_eq!(q.pop_expired(Kind::Header, 50 * MS), None);
     }
 
     #[test]
