@@ -25,8 +25,9 @@
 //!   up to `max` threads in all);
 //! - a worker whose handler was counted blocked, once it returns, is
 //!   active again; whenever the active threads are above the target, the
-//!   next one between jobs steps down and sleeps as a spare (LIFO, so the
-//!   same few threads stay warm).
+//!   next one that finds no work ready steps down and sleeps as a spare
+//!   (LIFO, so the same few threads stay warm): where it would otherwise
+//!   have slept in `epoll_wait`, so stepping down costs nothing.
 //!
 //! The monitor runs at idle priority, so it costs nothing while the CPUs
 //! are busy with short handlers (it does not get to run), and runs as soon
@@ -427,6 +428,19 @@ impl Workers {
     /// moment of any active thread.
     fn step_down(&self) -> bool {
         step_down(&self.active, self.target)
+    }
+
+    /// More threads active than the target.
+    fn above_target(&self) -> bool {
+        self.active.load(Ordering::Acquire) > self.target
+    }
+
+    /// So many more active than the target (twice as many) that a thread
+    /// steps down even with work ready: threads back from blocking while
+    /// the CPUs stay busy would otherwise pile up, and too many threads
+    /// taking turns cost context switches.
+    fn far_above_target(&self) -> bool {
+        self.active.load(Ordering::Acquire) > 2 * self.target
     }
 
     /// A spare thread to run in place of a blocked handler: wakes the most

@@ -54,15 +54,30 @@ fn serve(rt: &Arc<Runtime>, id: usize) {
         // Between jobs: if another handler has run long, see whether it
         // blocked (cheap when none has).
         super::look_if_due(rt);
-        // One thread above the target (a handler counted blocked is back
-        // while the thread released for it still runs): step down.
-        if w.step_down() && !sleep_as_spare(rt, id) {
+        if w.far_above_target() && w.step_down() && !sleep_as_spare(rt, id) {
             break; // a spare not needed for `SPARE_IDLE`: leaves
         }
         if let Some(job) = w.take_job() {
             guarded(rt, || run_job(rt, id, job));
         } else {
-            if rt.workers.poll.wait(&mut events, -1).is_err() {
+            // Above the target (a handler counted blocked is back while the
+            // thread released for it still runs), a thread serves what is
+            // ready and steps down instead of waiting: the park costs no
+            // more than the wait would have, where stepping down with work
+            // ready would cost a wake-up of a thread to do it.
+            let above = w.above_target();
+            if rt
+                .workers
+                .poll
+                .wait(&mut events, if above { 0 } else { -1 })
+                .is_err()
+            {
+                continue;
+            }
+            if events.is_empty() {
+                if above && w.step_down() && !sleep_as_spare(rt, id) {
+                    break; // a spare not needed for `SPARE_IDLE`: leaves
+                }
                 continue;
             }
             for ev in events.iter() {
