@@ -9,7 +9,7 @@
 use crate::conn::{Handle, State};
 use crate::ffi::types::{EVMPM_LOG_WARNING, EVMPM_WAKE_ACCEPTED};
 use crate::handoff::Armed;
-use crate::message::{CloseHow, Handoff, Msg};
+use crate::message::{CloseHow, Drained, Handoff, Msg};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
 use crate::sys::{self, epoll, socket};
@@ -190,26 +190,47 @@ impl EventLoop {
     }
 
     /// An event of a connection armed in this thread's set: write
-    /// completion. (Connections waiting for a request, and lingering ones,
+    /// completion or lingering close. (Connections waiting for a request
     /// are armed in the workers' set, which the workers poll.)
     fn on_connection_event(&mut self, h: Handle, _flags: u32) {
         let Some(slot) = self.rt.table.slot(h) else {
             return;
         };
-        if slot.state_of(h) != Ok(State::Writing) {
-            return; // closed meanwhile
-        }
-        self.timeouts.remove(h.index());
-        let next = self.rt.write_owned(h, slot, State::Writing);
-        // Parked after its write, by this thread: a notify that came while
-        // the write was sent runs now, as after any hand-over to wait (see
-        // `Runtime::hand_over`); it takes the connection, so there is
-        // nothing to link.
-        let notified = next == Handoff::Watch(Kind::Keepalive)
-            && slot.state_of(h) == Ok(State::Keepalive)
-            && self.rt.deliver_notify(h, slot, State::Keepalive);
-        if !notified {
-            self.adopt(h, next);
+        let Ok(state) = slot.state_of(h) else { return }; // closed meanwhile
+        match state {
+            State::Writing => {
+                self.timeouts.remove(h.index());
+                let next = self.rt.write_owned(h, slot, State::Writing);
+                // Parked after its write, by this thread: a notify that came
+                // while the write was sent runs now, as after any hand-over
+                // to wait (see `Runtime::hand_over`); it takes the
+                // connection, so there is nothing to link.
+                let notified = next == Handoff::Watch(Kind::Keepalive)
+                    && slot.state_of(h) == Ok(State::Keepalive)
+                    && self.rt.deliver_notify(h, slot, State::Keepalive);
+                if !notified {
+                    self.adopt(h, next);
+                }
+            }
+            State::Lingering => match self.rt.drain(slot.fd()) {
+                Drained::PeerDone => {
+                    self.timeouts.remove(h.index());
+                    if slot.transition(h, State::Lingering, State::Closing).is_ok() {
+                        self.rt.final_close(h, slot, true);
+                    }
+                }
+                _ => {
+                    // Keep the linger deadline; just re-arm.
+                    let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+                    if self.rt.epoll.modify(slot.fd(), interest, h.0).is_err() {
+                        self.timeouts.remove(h.index());
+                        if slot.transition(h, State::Lingering, State::Closing).is_ok() {
+                            self.rt.final_close(h, slot, true);
+                        }
+                    }
+                }
+            },
+            _ => {}
         }
     }
 

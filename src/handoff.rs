@@ -294,7 +294,7 @@ impl Runtime {
         to: State,
         interest: u32,
     ) -> Armed {
-        slot.with_owner_pin(|slot| {
+        let armed = slot.with_pinned(h, |slot| {
             if slot.transition(h, from, to).is_err() {
                 return Armed::Lost;
             }
@@ -302,12 +302,13 @@ impl Runtime {
                 Ok(()) => Armed::Yes,
                 Err(_) => Armed::Failed,
             }
-        })
+        });
+        armed.unwrap_or(Armed::Lost)
     }
 
-    /// Arms `fd` in the event thread's set, which watches write
-    /// completion: added the first time, modified after. (A connection
-    /// waiting for a request, or lingering, is armed in the workers' set.)
+    /// Arms `fd` in the event thread's set, which watches write completion
+    /// and lingering close: added the first time, modified after. (A
+    /// connection waiting for a request is armed in the workers' set.)
     fn arm_event(&self, slot: &Slot, fd: i32, interest: u32, h: Handle) -> std::io::Result<()> {
         if slot.note_in_event_epoll() {
             self.epoll.modify(fd, interest, h.0)
@@ -398,7 +399,7 @@ impl Runtime {
 
     /// Takes an owned connection (state Closing) away from the host: runs
     /// the close callback, abandons any pending write, then closes as `how`
-    /// says, handing a lingering close to the workers' set (see `linger`).
+    /// says, handing a lingering close to the event thread.
     pub fn close_owned(&self, h: Handle, slot: &Slot, how: CloseHow) -> Handoff {
         if self.config.close_on_worker
             && self.config.on_close.is_some()
@@ -441,7 +442,7 @@ impl Runtime {
         let _ = socket::shutdown_write(fd);
         let can_linger =
             self.config.linger_ns != 0 && self.event_thread_alive.load(Ordering::Acquire);
-        // A lingering close drains on a worker as the client's input
+        // A lingering close drains on the event thread as the client's input
         // arrives. Draining here first would cost a read that, in the usual
         // case, finds nothing: the client has not read the response yet.
         if how != CloseHow::Linger || !can_linger {
@@ -462,32 +463,16 @@ impl Runtime {
             }
         }
         self.lingering.fetch_add(1, Ordering::AcqRel);
-        self.linger(h, slot, true)
-    }
-
-    /// Lingers `h`, owned here in Closing: armed in the workers' set (where
-    /// every connection is registered already, so no new registration), the
-    /// client's input drained by the worker that gets the event, closed
-    /// when the client has closed or by the event thread when the linger
-    /// timeout passes, whichever takes it from Lingering first. `first`:
-    /// the linger starts now; otherwise it goes on (input came but the
-    /// client has not closed yet) and keeps its deadline.
-    pub(crate) fn linger(&self, h: Handle, slot: &Slot, first: bool) -> Handoff {
-        if first {
-            slot.note_watch_since(self.now_ns());
-        }
+        slot.set_state(h, State::Lingering);
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-        match self.wait_armed(h, slot, State::Closing, State::Lingering, interest) {
-            // Linked (again) from the stamp of its start.
-            Armed::Yes => Handoff::Watch(Kind::Linger),
-            Armed::Failed => {
+        match self.arm_event(slot, fd, interest, h) {
+            Ok(()) => self.watch(slot, Kind::Linger),
+            Err(_) => {
                 if slot.transition(h, State::Lingering, State::Closing).is_ok() {
                     self.final_close(h, slot, true);
                 }
                 Handoff::None
             }
-            // Owned in Closing: nobody else could take it.
-            Armed::Lost => Handoff::None,
         }
     }
 

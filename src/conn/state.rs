@@ -8,15 +8,16 @@
 //!   connection only one CAS succeeds, the AcqRel CAS publishes the old
 //!   owner's writes to the new one, and a stale handle's CAS fails on the
 //!   generation;
-//! - by epoll arming, for Writing, whose state does not say which thread
-//!   owns the connection: the thread that owns the connection in that
-//!   state (a worker or host thread sending the pending write) arms a
-//!   one-shot epoll interest for it, and from then on the event thread
-//!   owns it, with no change of state. The old owner touches only the
-//!   slot's atomics after arming (the hand-over time), and what publishes
-//!   its writes (the pending write) to the event thread is the kernel's
-//!   ordering of that `epoll_ctl` before the `epoll_wait` that reports the
-//!   event, not the state word. A CAS out of Writing is therefore the
+//! - by epoll arming, for Writing and Lingering, whose state does not say
+//!   which thread owns the connection: the thread that owns the connection in that state (a worker or
+//!   host thread sending the pending write; the closer, which stored
+//!   Lingering while it owned the connection in Closing) arms a one-shot
+//!   epoll interest for it, and from then on the event thread owns it,
+//!   with no change of state. The old owner touches only the slot's atomics
+//!   after arming (the hand-over time), and what publishes its writes (the
+//!   pending write) to the event thread is the kernel's ordering of that
+//!   `epoll_ctl` before the `epoll_wait` that reports the event, not the
+//!   state word. A CAS out of Writing or Lingering is therefore the
 //!   owner's only when the hand-over is known to be made: the event thread
 //!   acting on the connection's event or on its timeout (it is linked only
 //!   after the `Watch` message, sent after arming), or the old owner
@@ -33,7 +34,7 @@
 //! | Suspended | the host | CONN_STATE_SUSPENDED |
 //! | Keepalive | as Reading: armed in the workers' set, taken by CAS by a worker when readable or by the event thread at its timeout | CONN_STATE_CHECK_REQUEST_LINE_READABLE |
 //! | Writing | the thread sending (a worker, or the host thread that completed the write) until it arms EPOLLOUT; then the event thread | CONN_STATE_WRITE_COMPLETION |
-//! | Lingering | as Keepalive: armed in the workers' set; a worker takes it by CAS when the client sends or closes, the event thread by CAS at its linger timeout | CONN_STATE_LINGER |
+//! | Lingering | the closer until it arms the read interest; then the event thread | CONN_STATE_LINGER |
 //! | Closing | the thread closing it | |
 
 /// A connection's state, stored in the low byte of the slot's state word.

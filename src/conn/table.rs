@@ -217,8 +217,8 @@ impl Drop for PendingWrite {
 /// One connection slot.
 pub struct Slot {
     /// `generation << 32 | State`. A change of owner is a CAS here, except
-    /// the hand-over of a Writing connection to the event thread, which is
-    /// the arming of its epoll interest (see `state`).
+    /// the hand-over of a Writing or Lingering connection to the event
+    /// thread, which is the arming of its epoll interest (see `state`).
     state: AtomicU64,
     /// The connection's descriptor; valid while the slot is not Free.
     fd: AtomicI32,
@@ -238,8 +238,8 @@ pub struct Slot {
     /// here and is not restarted by later bytes. Owner only.
     header_since: AtomicU64,
     /// The descriptor is registered with the event thread's epoll set
-    /// (for write completion): re-arm it there with MOD, not ADD. Owner
-    /// only.
+    /// (for write completion or lingering close): re-arm it there with
+    /// MOD, not ADD. Owner only.
     in_event_epoll: AtomicBool,
     /// When the connection was last handed to the event thread to watch
     /// (ns since the runtime's epoch). Its timeout counts from here, not from
@@ -399,6 +399,12 @@ impl Slot {
         f(self.fd());
         self.state.fetch_and(!SHUTDOWN_BIT, Ordering::AcqRel);
         true
+    }
+
+    /// Sets the state unconditionally. Only the owner may call this.
+    pub fn set_state(&self, h: Handle, to: State) {
+        self.state
+            .store(pack(h.generation(), to), Ordering::Release);
     }
 
     /// The current state, whichever connection occupies the slot.
@@ -599,17 +605,6 @@ impl Slot {
         self.pins.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         let result = self.host_state_of(h).map(|_| f(self));
-        self.pins.fetch_sub(1, Ordering::Release);
-        result
-    }
-
-    /// Runs `f` with the slot pinned, for the connection's owner, in any
-    /// state (Closing too): `Table::free`, and so the close of the
-    /// descriptor, waits until `f` is done. See `Runtime::wait_armed`.
-    pub fn with_owner_pin<R>(&self, f: impl FnOnce(&Slot) -> R) -> R {
-        self.pins.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let result = f(self);
         self.pins.fetch_sub(1, Ordering::Release);
         result
     }

@@ -11,7 +11,7 @@ use crate::ffi::types::{
 };
 use crate::handoff::Armed;
 use crate::handshake::Step;
-use crate::message::{CloseHow, Drained, Handoff};
+use crate::message::{CloseHow, Handoff};
 use crate::readiness::{Readiness, Verdict};
 use crate::runtime::{mark_current_thread, Runtime};
 use crate::stats::Counters;
@@ -108,10 +108,8 @@ fn guarded(rt: &Runtime, f: impl FnOnce()) {
 /// hung up). Takes it, checks for a whole request, and runs the handler.
 fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags: u32) {
     let Some(slot) = rt.table.slot(h) else { return };
-    let state = match slot.state_of(h) {
-        Ok(state @ (State::Reading | State::Keepalive)) => state,
-        Ok(State::Lingering) => return drain_lingering(rt, h, slot),
-        _ => return, // a stale event: the connection moved on or closed
+    let Ok(state @ (State::Reading | State::Keepalive)) = slot.state_of(h) else {
+        return; // a stale event: the connection moved on or closed
     };
     // The worker owns it while it checks; nobody else touches a
     // connection in a Check state.
@@ -208,25 +206,6 @@ fn on_ready(rt: &Runtime, id: usize, readiness: &mut Readiness, h: Handle, flags
         EVMPM_WAKE_READABLE
     };
     run_handler(rt, id, h, slot, reason);
-}
-
-/// A lingering connection's client sent something, or closed: reads what
-/// came, and closes the connection once the client has closed (or the
-/// socket failed); lingers on otherwise.
-fn drain_lingering(rt: &Runtime, h: Handle, slot: &Slot) {
-    if slot
-        .transition(h, State::Lingering, State::Closing)
-        .is_err()
-    {
-        return; // its linger timeout closed it
-    }
-    match rt.drain(slot.fd()) {
-        Drained::PeerDone => rt.final_close(h, slot, true),
-        Drained::Some | Drained::Nothing => {
-            let next = rt.linger(h, slot, false);
-            rt.hand_over(h, next);
-        }
-    }
 }
 
 /// The request is not whole yet: gives the connection back to the pool's
