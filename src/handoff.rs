@@ -499,9 +499,6 @@ impl Runtime {
     /// connection in state Closing; the close callback has run.
     pub fn final_close(&self, h: Handle, slot: &Slot, was_lingering: bool) {
         let fd = slot.fd();
-        // Counted closed before the slot is seen free, so a stats snapshot
-        // that no longer finds the connection finds it counted.
-        Counters::bump(&self.counters.closed);
         // Free first: once the descriptor is closed its number may come back
         // from any accept or open in the process, and a handle must never
         // lead to it. Events still queued for the old registration carry the
@@ -517,6 +514,7 @@ impl Runtime {
             self.lingering.fetch_sub(1, Ordering::AcqRel);
         }
         self.open.fetch_sub(1, Ordering::AcqRel);
+        Counters::bump(&self.counters.closed);
         self.capacity_freed();
     }
 }
