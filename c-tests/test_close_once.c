@@ -131,7 +131,9 @@ static void close_callback_runs_once_per_connection(void) {
     for (i = 0; i < ENDINGS; i++)
         CHECK(atomic_load(&r.made[i]) >= CONNECTIONS / ENDINGS);
 
-    WAIT_UNTIL(atomic_load(&s.closes) >= CONNECTIONS && line_server_stats(&s).connections == 0,
+    /* The slot is freed before the close is counted: wait for both. */
+    WAIT_UNTIL(atomic_load(&s.closes) >= CONNECTIONS && line_server_stats(&s).connections == 0 &&
+                   line_server_stats(&s).closed >= CONNECTIONS,
                10000);
     st = line_server_stats(&s);
     printf("accepted %llu, closed %llu, timed out %llu, releases %ld\n",
