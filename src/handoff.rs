@@ -268,7 +268,8 @@ impl Runtime {
         slot.note_watch_since(self.now_ns());
         let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
         match self.wait_armed(h, slot, from, State::Keepalive, interest) {
-            Armed::Yes => self.watch(slot, Kind::Keepalive),
+            // Stamped above: the clock must not be read a second time.
+            Armed::Yes => Handoff::Watch(Kind::Keepalive),
             Armed::Failed => self.close_from(h, slot, State::Keepalive, CloseHow::Abort),
             Armed::Lost => Handoff::None,
         }

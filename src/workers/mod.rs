@@ -421,11 +421,12 @@ impl Workers {
 
     /// One active thread steps down to spare, if the active threads are
     /// above the target: true if the caller's did (it must then sleep as
-    /// a spare). Every worker asks at each turn of its loop, between jobs,
-    /// so whatever made the count go above the target (a blocked handler
-    /// back while the thread released for it still runs, or back before
-    /// the look that counted it released one) is undone at the next idle
-    /// moment of any active thread.
+    /// a spare). Every worker asks whenever it finds no work ready (and
+    /// between jobs once the count is `far_above_target`), so whatever
+    /// made the count go above the target (a blocked handler back while
+    /// the thread released for it still runs, or back before the look
+    /// that counted it released one) is undone at the next idle moment of
+    /// any active thread.
     fn step_down(&self) -> bool {
         step_down(&self.active, self.target)
     }

@@ -54,8 +54,8 @@ fn serve(rt: &Arc<Runtime>, id: usize) {
         // Between jobs: if another handler has run long, see whether it
         // blocked (cheap when none has).
         super::look_if_due(rt);
-        if w.far_above_target() && w.step_down() && !sleep_as_spare(rt, id) {
-            break; // a spare not needed for `SPARE_IDLE`: leaves
+        if w.far_above_target() && !keeps_serving_after_step_down(rt, id) {
+            break;
         }
         if let Some(job) = w.take_job() {
             guarded(rt, || run_job(rt, id, job));
@@ -75,8 +75,8 @@ fn serve(rt: &Arc<Runtime>, id: usize) {
                 continue;
             }
             if events.is_empty() {
-                if above && w.step_down() && !sleep_as_spare(rt, id) {
-                    break; // a spare not needed for `SPARE_IDLE`: leaves
+                if above && !keeps_serving_after_step_down(rt, id) {
+                    break;
                 }
                 continue;
             }
@@ -304,8 +304,8 @@ fn run_handler(rt: &Runtime, id: usize, h: Handle, slot: &Slot, mut reason: c_in
         let next = rt.finish_handler(h, slot);
         if rec.end_handler() {
             // Counted blocked, and replaced; running again now, so active
-            // again (above the target for a moment, until a thread steps
-            // down between its jobs).
+            // again (above the target for a moment, until a thread finds no
+            // work ready and steps down).
             w.blocked_now.fetch_sub(1, Ordering::AcqRel);
             w.active.fetch_add(1, Ordering::AcqRel);
         }
@@ -341,6 +341,13 @@ pub(crate) fn run_callback(rt: &Runtime, id: usize, call: impl FnOnce(), settle:
     w.busy.fetch_sub(1, Ordering::AcqRel);
     rec.idle_since(rt.now_ns());
     rt.capacity_freed();
+}
+
+/// Steps worker `id` down to spare if the active threads are still above
+/// the target, and sleeps there until it is needed. False when it must
+/// leave: a spare not needed for `SPARE_IDLE`.
+fn keeps_serving_after_step_down(rt: &Runtime, id: usize) -> bool {
+    !rt.workers.step_down() || sleep_as_spare(rt, id)
 }
 
 /// This thread stepped down (the active threads were above the target):
