@@ -115,7 +115,8 @@ void recv_line(int fd, char *buf, size_t cap, int ms);
 int wait_closed(int fd, int ms);
 /* Sets a small receive buffer so a large response backs up. */
 void shrink_rcvbuf(int fd, int bytes);
-/* Counts this process's open descriptors. */
+/* Counts this process's open descriptors, leaving out /proc files (the
+ * pool's monitor holds one for an instant while it reads a thread's state). */
 int open_fd_count(void);
 
 /* ---- the line server ------------------------------------------------------ */
