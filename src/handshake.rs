@@ -23,25 +23,43 @@ use crate::stats::Counters;
 use crate::sync::atomic::Ordering;
 use crate::sys::socket;
 
+/// What is noted before a step runs, to tell afterwards whether bytes came
+/// while it ran: the kernel's count of bytes received where it keeps one
+/// (TCP), else the receive queue's length. One system call per step.
+#[derive(Clone, Copy)]
+enum Before {
+    Received(u64),
+    Queued(usize),
+}
+
+fn note_before(fd: i32) -> Before {
+    match socket::bytes_received(fd) {
+        Some(n) => Before::Received(n),
+        None => Before::Queued(socket::queued_input(fd)),
+    }
+}
+
 /// The step wants to read more. A step that looked at the waiting bytes
 /// without taking them (a peek, as a PROXY-protocol reader may do) leaves
 /// them queued, and the one-shot interest would report them again at once:
 /// raise the receive low-water mark past them, as the readiness check does,
-/// so the connection stays quiet until more come. (A TLS library takes
-/// what it reads: nothing stays queued, and the mark stays at 1.)
+/// so the connection stays quiet until more come. A TLS library takes what
+/// it reads: nothing stays queued, the mark stays at 1, and this costs one
+/// `FIONREAD`.
 ///
-/// Only when no byte came while the step ran, and it left what was queued:
-/// bytes that arrived meanwhile (after a TLS library read what it could)
-/// are new to it, and a mark raised past them would keep the connection
-/// quiet while the client waits for an answer; the interest, re-armed,
-/// reports them and the step runs again. What arrived is told by the
-/// kernel's count of bytes received where it has one (TCP), else by the
-/// queue's length.
-fn quiet_until_more(slot: &Slot, fd: i32, before: (usize, Option<u64>)) {
+/// Only when no byte came while the step ran: bytes that arrived meanwhile
+/// (after a TLS library read what it could) are new to it, and a mark
+/// raised past them would keep the connection quiet while the client waits
+/// for an answer; the interest, re-armed, reports them and the step runs
+/// again.
+fn quiet_until_more(slot: &Slot, fd: i32, before: Before) {
     let queued = socket::queued_input(fd);
-    let received = socket::bytes_received(fd);
-    let nothing_new = queued == before.0 && received == before.1;
-    if queued == 0 || !nothing_new || queued >= i32::MAX as usize {
+    let nothing_new = queued != 0
+        && match before {
+            Before::Received(n) => socket::bytes_received(fd) == Some(n),
+            Before::Queued(q) => queued == q,
+        };
+    if !nothing_new || queued >= i32::MAX as usize {
         crate::readiness::lower_mark(slot, fd);
         return;
     }
@@ -70,7 +88,7 @@ pub(crate) fn step(rt: &Runtime, listener: &Listener, slot: &Slot, h: Handle, fd
         slot.handshake_done();
         return Step::Done;
     };
-    let before = (socket::queued_input(fd), socket::bytes_received(fd));
+    let before = note_before(fd);
     // SAFETY: the host's callback with the documented arguments; `rt`
     // outlives the call (the caller holds it); this thread owns the
     // connection, so its user pointer is the one last set (published by

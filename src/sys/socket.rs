@@ -410,13 +410,13 @@ pub fn set_nonblocking(fd: i32) -> io::Result<()> {
 }
 
 /// Clears O_NONBLOCK: a connection accepted non-blocking for its handshake
-/// step goes back to the blocking mode its handler expects.
+/// step goes back to the blocking mode its handler expects. One `FIONBIO`
+/// (it changes that flag alone) instead of a read and a write of the flags:
+/// this runs once per TLS connection.
 pub fn set_blocking(fd: i32) -> io::Result<()> {
-    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
-    if flags & libc::O_NONBLOCK != 0 {
-        syscall!(fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK))?;
-    }
-    Ok(())
+    let off: libc::c_int = 0;
+    // SAFETY: FIONBIO reads one int through the live pointer.
+    syscall!(ioctl(fd, libc::FIONBIO, &off as *const libc::c_int)).map(|_| ())
 }
 
 /// True when accept failed because the process or system ran out of
