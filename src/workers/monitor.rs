@@ -11,9 +11,15 @@
 //! runs, or waits for a CPU, is busy, not blocked: more threads would only
 //! compete with it.
 //!
-//! Between looks it sleeps `TICK` while handlers run, and backs off to
-//! `IDLE_TICK` when none has run since its last look, so an idle runtime
-//! wakes it ten times a second.
+//! Between looks it sleeps `TICK` while every active thread is in a
+//! handler. While one is not (it waits for work, or is between jobs), a
+//! blocked handler delays nothing: that thread takes what comes, and looks
+//! at the others between its jobs. The monitor then backs off, doubling its
+//! sleep up to `SLACK_TICK`; each of its wake-ups costs a context switch and
+//! a timer (about 14 µs of CPU on a virtual machine: a twentieth of a TLS
+//! handshake when it woke every 100 µs through one). It backs off to
+//! `IDLE_TICK` when no handler has run since its last look, so an idle
+//! runtime wakes it ten times a second.
 
 use super::{Workers, STALL_NS};
 use crate::runtime::{mark_current_thread, Runtime};
@@ -23,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const TICK: Duration = Duration::from_micros(100);
+const SLACK_TICK: Duration = Duration::from_micros(400);
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
 pub fn monitor_main(rt: Arc<Runtime>) {
@@ -41,7 +48,11 @@ pub fn monitor_main(rt: Arc<Runtime>) {
             tick = (tick * 2).min(IDLE_TICK);
             continue;
         }
-        tick = TICK;
+        tick = if w.busy() < w.active.load(Ordering::Acquire) {
+            (tick * 2).clamp(TICK, SLACK_TICK)
+        } else {
+            TICK
+        };
         seen_started = started;
         let outcome = crate::failure::catch(|| look_if_due(&rt));
         if let Err(panic) = outcome {
