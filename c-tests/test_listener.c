@@ -1076,11 +1076,12 @@ static void config_timeout_none(void) {
 
 /* ---- closing with flags ------------------------------------------------------- */
 
-static atomic_int bad_flag_rc[3];
+static atomic_int bad_flag_rc[4];
 
 /* NOLINGER: "BYE", then evmpm_close_ex(NO_LINGER). RESET: evmpm_close_ex
- * (RESET), nothing sent. BADFLAGS: three refused flag sets, then "BYE" and
- * evmpm_close_ex(0). */
+ * (RESET), nothing sent. DONE: "BYE", then evmpm_close_ex(CLIENT_DONE).
+ * DONEMORE: the same once the client has sent more after "BYE". BADFLAGS:
+ * four refused flag sets, then "BYE" and evmpm_close_ex(0). */
 static int close_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd,
                          struct conn *st, const char *line) {
     (void)s, (void)st;
@@ -1089,11 +1090,20 @@ static int close_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd,
         CHECK_OK(evmpm_close_ex(rt, c, EVMPM_CLOSE_NO_LINGER));
     } else if (strcmp(line, "RESET") == 0) {
         CHECK_OK(evmpm_close_ex(rt, c, EVMPM_CLOSE_RESET));
+    } else if (strcmp(line, "DONE") == 0 || strcmp(line, "DONEMORE") == 0) {
+        line_reply(fd, "BYE\n");
+        if (strcmp(line, "DONEMORE") == 0) {
+            struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+            CHECK_EQ(poll(&p, 1, 5000 * harness_slowdown()), 1);
+        }
+        CHECK_OK(evmpm_close_ex(rt, c, EVMPM_CLOSE_CLIENT_DONE));
     } else if (strcmp(line, "BADFLAGS") == 0) {
-        atomic_store(&bad_flag_rc[0], evmpm_close_ex(rt, c, 4));
+        atomic_store(&bad_flag_rc[0], evmpm_close_ex(rt, c, 8));
         atomic_store(&bad_flag_rc[1],
                      evmpm_close_ex(rt, c, EVMPM_CLOSE_NO_LINGER | EVMPM_CLOSE_RESET));
         atomic_store(&bad_flag_rc[2], evmpm_close_ex(rt, c, 0x80000000u));
+        atomic_store(&bad_flag_rc[3],
+                     evmpm_close_ex(rt, c, EVMPM_CLOSE_CLIENT_DONE | EVMPM_CLOSE_NO_LINGER));
         line_reply(fd, "BYE\n");
         /* Still the handler's to decide. */
         CHECK_OK(evmpm_close_ex(rt, c, 0));
@@ -1143,6 +1153,53 @@ static void close_without_lingering(void) {
     CHECK_EQ(atomic_load(&s.closes), 3);
     close(a);
     close(c);
+    CHECK_OK(srv_stop(&s, 1000));
+}
+
+/* A client done sending is closed at once; one that sent more after its
+ * last request still gets the lingering close, which drains what it sent
+ * so that it sees the end of the stream, not a reset. */
+static void close_when_the_client_is_done(void) {
+    struct srv s;
+    evmpm_config cfg;
+    struct lis *l;
+    struct pollfd p;
+    char byte;
+    ssize_t n;
+    int a, b;
+    srv_config(&s, &cfg);
+    cfg.linger_timeout_ms = 30000;
+    s.command = close_command;
+    srv_create(&s, &cfg);
+    l = srv_listen_flags(&s, 0, 0);
+    srv_start(&s);
+    a = connect_loopback(l->port);
+    send_str(a, "DONE\n");
+    EXPECT_LINE(a, "BYE");
+    CHECK(wait_closed(a, 5000));
+    /* Closed for good while the client still holds its end. */
+    WAIT_UNTIL(srv_stats(&s).closed == 1, 5000);
+    CHECK_EQ(srv_stats(&s).conns_lingering, 0);
+
+    b = connect_loopback(l->port);
+    send_str(b, "DONEMORE\n");
+    EXPECT_LINE(b, "BYE");
+    send_str(b, "MORE\n");
+    p.fd = b;
+    p.events = POLLIN;
+    p.revents = 0;
+    CHECK_EQ(poll(&p, 1, 5000 * harness_slowdown()), 1);
+    n = recv(b, &byte, 1, 0);
+    if (n != 0)
+        harness_fail(__FILE__, __LINE__, "recv after a close with input waiting returned %zd (%s)",
+                     n, n < 0 ? strerror(errno) : "a byte");
+    WAIT_UNTIL(srv_stats(&s).conns_lingering == 1, 5000);
+    CHECK_EQ(srv_stats(&s).closed, 1);
+    close(b);
+    WAIT_UNTIL(srv_stats(&s).closed == 2, 5000);
+    CHECK_EQ(srv_stats(&s).conns_lingering, 0);
+    CHECK_EQ(atomic_load(&s.closes), 2);
+    close(a);
     CHECK_OK(srv_stop(&s, 1000));
 }
 
@@ -1198,7 +1255,7 @@ static void close_ex_bad_flags(void) {
     send_str(fd, "BADFLAGS\n");
     EXPECT_LINE(fd, "BYE");
     CHECK(wait_closed(fd, 5000));
-    for (i = 0; i < 3; i++)
+    for (i = 0; i < 4; i++)
         CHECK_EQ(atomic_load(&bad_flag_rc[i]), EVMPM_EINVAL);
     WAIT_UNTIL(atomic_load(&s.closes) == 1, 5000);
     CHECK_EQ(evmpm_close_ex(s.rt, c, 0), EVMPM_ESTALE);
@@ -1442,6 +1499,7 @@ int main(int argc, char **argv) {
         {"config_timeout_none", config_timeout_none},
         {"close_without_lingering", close_without_lingering},
         {"close_with_reset_flag", close_with_reset_flag},
+        {"close_when_the_client_is_done", close_when_the_client_is_done},
         {"close_ex_bad_flags", close_ex_bad_flags},
         {"close_on_worker_everywhere", close_on_worker_everywhere},
         {"close_on_event_thread_by_default", close_on_event_thread_by_default},

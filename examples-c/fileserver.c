@@ -73,7 +73,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -780,18 +779,6 @@ static int tls_input_pending(const struct conn *c) {
     return head_length(c->buf, c->len) > 0 || SSL_has_pending(c->ssl);
 }
 
-/* True when the client said the request just answered was its last and
-   nothing more has come: then no late byte of its can turn the close into a
-   reset that cuts the response short, and the connection closes at once
-   instead of lingering (as nginx does; Apache always lingers). A client
-   that answers the close_notify with its own does so after reading the
-   response, so a reset then loses nothing. */
-static int tls_client_done(const struct conn *c) {
-    int queued = 0;
-    return c->client_done && !tls_input_pending(c) && ioctl(c->fd, FIONREAD, &queued) == 0 &&
-           queued == 0;
-}
-
 static void release_bio(void *arg) {
     BIO_free(arg);
 }
@@ -885,7 +872,12 @@ static void tls_send_out(struct server *s, evmpm_runtime *rt, evmpm_conn conn, s
     } else if (!keep) {
         SSL_shutdown(c->ssl); /* close_notify */
         ERR_clear_error();
-        evmpm_close_ex(rt, conn, tls_client_done(c) ? EVMPM_CLOSE_NO_LINGER : 0);
+        /* A client that said this was its last request needs no lingering
+           close (unless it sent more anyway, which evmpm checks): one that
+           answers the close_notify with its own does so after reading the
+           response, so the reset that may meet it loses nothing. */
+        evmpm_close_ex(rt, conn,
+                       c->client_done && !tls_input_pending(c) ? EVMPM_CLOSE_CLIENT_DONE : 0);
     } else {
         evmpm_park_keepalive(rt, conn, tls_input_pending(c) ? EVMPM_PARK_BUFFERED : 0);
     }

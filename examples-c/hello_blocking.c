@@ -107,6 +107,7 @@ static int has_token(const char *v, size_t n, const char *token) {
 /* What serve_one_request leaves the connection in. */
 enum next {
     CLOSE,    /* it must be closed */
+    LAST,     /* answered, and the client said it was its last request: close */
     KEEP,     /* open, waiting for the client's next request */
     BUFFERED, /* open, and (part of) the next request is in buf already */
 };
@@ -226,8 +227,10 @@ static enum next serve_one_request(struct conn *c) {
         memcpy(resp + n, BODY, sizeof BODY - 1);
         n += (int)sizeof BODY - 1;
     }
-    if (!send_all(c->fd, resp, (size_t)n) || !req.keep_alive)
+    if (!send_all(c->fd, resp, (size_t)n))
         return CLOSE;
+    if (!req.keep_alive)
+        return req.has_body || c->len > 0 ? CLOSE : LAST;
     if (c->len > 0)
         return BUFFERED;
     free(c->buf);
@@ -325,7 +328,8 @@ static void untrack(int fd) {
 
 static void *connection_thread(void *arg) {
     struct conn *c = arg;
-    while (serve_one_request(c) != CLOSE) {
+    enum next next;
+    while ((next = serve_one_request(c)) != CLOSE && next != LAST) {
     }
     untrack(c->fd);
     close(c->fd);

@@ -108,6 +108,7 @@ static int has_token(const char *v, size_t n, const char *token) {
 /* What serve_one_request leaves the connection in. */
 enum next {
     CLOSE,    /* it must be closed */
+    LAST,     /* answered, and the client said it was its last request: close */
     KEEP,     /* open, waiting for the client's next request */
     BUFFERED, /* open, and (part of) the next request is in buf already */
 };
@@ -227,8 +228,10 @@ static enum next serve_one_request(struct conn *c) {
         memcpy(resp + n, BODY, sizeof BODY - 1);
         n += (int)sizeof BODY - 1;
     }
-    if (!send_all(c->fd, resp, (size_t)n) || !req.keep_alive)
+    if (!send_all(c->fd, resp, (size_t)n))
         return CLOSE;
+    if (!req.keep_alive)
+        return req.has_body || c->len > 0 ? CLOSE : LAST;
     if (c->len > 0)
         return BUFFERED;
     free(c->buf);
@@ -285,8 +288,8 @@ static void handler(void *ud, evmpm_runtime *rt, evmpm_conn conn, int fd, int wh
     (void)ud, (void)why;
     if (evmpm_conn_get_user(rt, conn, &c) == 0 && c == NULL && (c = conn_new(fd)) != NULL)
         evmpm_conn_set_user(rt, conn, c); /* the connection's first request */
-    if (c == NULL || (next = serve_one_request(c)) == CLOSE)
-        evmpm_close(rt, conn);
+    if (c == NULL || (next = serve_one_request(c)) == CLOSE || next == LAST)
+        evmpm_close_ex(rt, conn, next == LAST ? EVMPM_CLOSE_CLIENT_DONE : 0);
     else
         evmpm_park_keepalive(rt, conn, next == BUFFERED ? EVMPM_PARK_BUFFERED : 0);
 }

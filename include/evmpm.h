@@ -182,6 +182,17 @@
 #define EVMPM_CLOSE_RESET 2
 
 /*
+ `evmpm_close_ex` flag: the client sent its last request (it asked to
+ close, and sent no body the handler left unread): the descriptor is
+ closed right away, unless the client has sent more already, which the
+ lingering close then drains. No late byte of a client that is done can
+ turn the close into a reset that cuts the response short, so it needs
+ no lingering, and the event thread is not woken for its end (as nginx
+ closes such a connection; Apache lingers on every close).
+ */
+#define EVMPM_CLOSE_CLIENT_DONE 4
+
+/*
  Handshake step verdict (`evmpm_listener_config.handshake`): the
  handshake (or preamble) is complete; the connection goes on to its
  first request.
@@ -1651,10 +1662,13 @@ evmpm_error evmpm_notify(struct evmpm_runtime *rt,
  closes the descriptor right after the close callback, without the
  lingering close; `EVMPM_CLOSE_RESET` closes with a reset (the client
  sees ECONNRESET; unsent output is dropped), as a host that set
- `SO_LINGER` to 0 expects.
+ `SO_LINGER` to 0 expects; `EVMPM_CLOSE_CLIENT_DONE` says the client
+ sent its last request (HTTP's `Connection: close` without a body): the
+ descriptor is closed right after the close callback unless input is
+ already waiting, and lingers only then.
 
  Threads and state: as `evmpm_close`.
- Errors: `EVMPM_EINVAL` (NULL `rt`, an unknown flag, both flags),
+ Errors: `EVMPM_EINVAL` (NULL `rt`, an unknown flag, more than one flag),
  `EVMPM_ESTALE`, `EVMPM_ESTATE`, `EVMPM_ESTOPPED`.
  */
 evmpm_error evmpm_close_ex(struct evmpm_runtime *rt,

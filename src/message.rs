@@ -56,7 +56,7 @@ pub enum CloseHow {
     Linger = 0,
     /// Shut down the write side and drain what is there; linger only if the
     /// client had sent something. For idle connections (timeouts, shedding,
-    /// stop).
+    /// stop), and a client done sending (`EVMPM_CLOSE_CLIENT_DONE`).
     Quick = 1,
     /// Close at once: the connection is already broken, or the host asked
     /// for no lingering (`EVMPM_CLOSE_NO_LINGER`).

@@ -164,10 +164,13 @@ pub unsafe extern "C" fn evmpm_notify(rt: *mut evmpm_runtime, conn: evmpm_conn) 
 /// closes the descriptor right after the close callback, without the
 /// lingering close; `EVMPM_CLOSE_RESET` closes with a reset (the client
 /// sees ECONNRESET; unsent output is dropped), as a host that set
-/// `SO_LINGER` to 0 expects.
+/// `SO_LINGER` to 0 expects; `EVMPM_CLOSE_CLIENT_DONE` says the client
+/// sent its last request (HTTP's `Connection: close` without a body): the
+/// descriptor is closed right after the close callback unless input is
+/// already waiting, and lingers only then.
 ///
 /// Threads and state: as `evmpm_close`.
-/// Errors: `EVMPM_EINVAL` (NULL `rt`, an unknown flag, both flags),
+/// Errors: `EVMPM_EINVAL` (NULL `rt`, an unknown flag, more than one flag),
 /// `EVMPM_ESTALE`, `EVMPM_ESTATE`, `EVMPM_ESTOPPED`.
 #[no_mangle]
 pub unsafe extern "C" fn evmpm_close_ex(
@@ -180,6 +183,7 @@ pub unsafe extern "C" fn evmpm_close_ex(
             0 => None,
             EVMPM_CLOSE_NO_LINGER => Some(CloseHow::Abort),
             EVMPM_CLOSE_RESET => Some(CloseHow::Reset),
+            EVMPM_CLOSE_CLIENT_DONE => Some(CloseHow::Quick),
             _ => return EVMPM_EINVAL,
         };
         // SAFETY: `rt` per this function's contract.

@@ -540,6 +540,14 @@ pub const EVMPM_CLOSE_NO_LINGER: u32 = 1;
 /// RST, as `SO_LINGER` with a zero timeout gives) and any unsent output is
 /// dropped.
 pub const EVMPM_CLOSE_RESET: u32 = 2;
+/// `evmpm_close_ex` flag: the client sent its last request (it asked to
+/// close, and sent no body the handler left unread): the descriptor is
+/// closed right away, unless the client has sent more already, which the
+/// lingering close then drains. No late byte of a client that is done can
+/// turn the close into a reset that cuts the response short, so it needs
+/// no lingering, and the event thread is not woken for its end (as nginx
+/// closes such a connection; Apache lingers on every close).
+pub const EVMPM_CLOSE_CLIENT_DONE: u32 = 4;
 
 /// Handshake step verdict (`evmpm_listener_config.handshake`): the
 /// handshake (or preamble) is complete; the connection goes on to its
