@@ -1114,6 +1114,23 @@ static int close_command(struct srv *s, evmpm_runtime *rt, evmpm_conn c, int fd,
     return 1;
 }
 
+/* Connects to `port`, sends `command`, reads the server's "BYE". */
+static int bye_after(int port, const char *command) {
+    int fd = connect_loopback(port);
+    send_str(fd, command);
+    EXPECT_LINE(fd, "BYE");
+    return fd;
+}
+
+/* Waits (bounded) for the client's next event and reads one byte: what
+ * recv returns, 0 at the end of the stream, -1 with errno on a reset. */
+static ssize_t next_byte(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+    char byte;
+    CHECK_EQ(poll(&p, 1, 5000 * harness_slowdown()), 1);
+    return recv(fd, &byte, 1, 0);
+}
+
 static void close_without_lingering(void) {
     struct srv s;
     evmpm_config cfg;
@@ -1128,23 +1145,17 @@ static void close_without_lingering(void) {
     plain = srv_listen_flags(&s, 0, 0);
     nolinger = srv_listen_flags(&s, EVMPM_LISTEN_NO_LINGER, 0);
     srv_start(&s);
-    a = connect_loopback(plain->port);
-    send_str(a, "NOLINGER\n");
-    EXPECT_LINE(a, "BYE");
+    a = bye_after(plain->port, "NOLINGER\n");
     CHECK(wait_closed(a, 5000));
     /* Closed for good while the client still holds its end. */
     WAIT_UNTIL(srv_stats(&s).closed == 1, 5000);
     CHECK_EQ(srv_stats(&s).conns_lingering, 0);
     /* A plain close on the same listener lingers ... */
-    b = connect_loopback(plain->port);
-    send_str(b, "QUIT\n");
-    EXPECT_LINE(b, "BYE");
+    b = bye_after(plain->port, "QUIT\n");
     CHECK(wait_closed(b, 5000));
     WAIT_UNTIL(srv_stats(&s).conns_lingering == 1, 5000);
     /* ... and on a listener with EVMPM_LISTEN_NO_LINGER it does not. */
-    c = connect_loopback(nolinger->port);
-    send_str(c, "QUIT\n");
-    EXPECT_LINE(c, "BYE");
+    c = bye_after(nolinger->port, "QUIT\n");
     CHECK(wait_closed(c, 5000));
     WAIT_UNTIL(srv_stats(&s).closed == 2, 5000);
     CHECK_EQ(srv_stats(&s).conns_lingering, 1);
@@ -1163,8 +1174,6 @@ static void close_when_the_client_is_done(void) {
     struct srv s;
     evmpm_config cfg;
     struct lis *l;
-    struct pollfd p;
-    char byte;
     ssize_t n;
     int a, b;
     srv_config(&s, &cfg);
@@ -1173,24 +1182,15 @@ static void close_when_the_client_is_done(void) {
     srv_create(&s, &cfg);
     l = srv_listen_flags(&s, 0, 0);
     srv_start(&s);
-    a = connect_loopback(l->port);
-    send_str(a, "DONE\n");
-    EXPECT_LINE(a, "BYE");
+    a = bye_after(l->port, "DONE\n");
     CHECK(wait_closed(a, 5000));
     /* Closed for good while the client still holds its end. */
     WAIT_UNTIL(srv_stats(&s).closed == 1, 5000);
     CHECK_EQ(srv_stats(&s).conns_lingering, 0);
 
-    b = connect_loopback(l->port);
-    send_str(b, "DONEMORE\n");
-    EXPECT_LINE(b, "BYE");
+    b = bye_after(l->port, "DONEMORE\n");
     send_str(b, "MORE\n");
-    p.fd = b;
-    p.events = POLLIN;
-    p.revents = 0;
-    CHECK_EQ(poll(&p, 1, 5000 * harness_slowdown()), 1);
-    n = recv(b, &byte, 1, 0);
-    if (n != 0)
+    if ((n = next_byte(b)) != 0)
         harness_fail(__FILE__, __LINE__, "recv after a close with input waiting returned %zd (%s)",
                      n, n < 0 ? strerror(errno) : "a byte");
     WAIT_UNTIL(srv_stats(&s).conns_lingering == 1, 5000);
@@ -1207,8 +1207,6 @@ static void close_with_reset_flag(void) {
     struct srv s;
     evmpm_config cfg;
     struct lis *l;
-    struct pollfd p;
-    char byte;
     ssize_t n;
     int fd;
     srv_config(&s, &cfg);
@@ -1218,12 +1216,7 @@ static void close_with_reset_flag(void) {
     srv_start(&s);
     fd = connect_loopback(l->port);
     send_str(fd, "RESET\n");
-    p.fd = fd;
-    p.events = POLLIN;
-    p.revents = 0;
-    CHECK_EQ(poll(&p, 1, 5000 * harness_slowdown()), 1);
-    n = recv(fd, &byte, 1, 0);
-    if (n != -1 || errno != ECONNRESET)
+    if ((n = next_byte(fd)) != -1 || errno != ECONNRESET)
         harness_fail(__FILE__, __LINE__, "recv after a reset returned %zd (%s)", n,
                      n < 0 ? strerror(errno) : "no error");
     WAIT_UNTIL(srv_stats(&s).closed == 1, 5000);
