@@ -541,6 +541,9 @@ static void line_handler(void *user_data, evmpm_runtime *rt, evmpm_conn c, int f
     } else if (strcmp(line, "QUIT") == 0) {
         line_reply(fd, "BYE\n");
         CHECK_DECIDED(s, evmpm_close(rt, c));
+    } else if (strcmp(line, "DONE") == 0) {
+        line_reply(fd, "BYE\n");
+        CHECK_DECIDED(s, evmpm_close_ex(rt, c, EVMPM_CLOSE_CLIENT_DONE));
     } else if (strncmp(line, "SLEEP ", 6) == 0) {
         sleep_ms(atoi(line + 6));
         line_reply(fd, "SLEPT\n");

@@ -139,6 +139,7 @@ struct line_server;
  *                     then keep-alive
  *   BIGCLOSE n     -> the same, then close
  *   QUIT           -> "BYE\n", evmpm_close
+ *   DONE           -> "BYE\n", evmpm_close_ex(EVMPM_CLOSE_CLIENT_DONE)
  *   SLEEP ms       -> sleeps in the handler, then "SLEPT\n", park
  *   SUSPEND        -> evmpm_suspend; the test resumes it with
  *                     line_server_resume_suspended()

@@ -314,15 +314,15 @@ static void *resumer_main(void *arg) {
 enum op {
     OP_PING, OP_ECHO, OP_PIPELINE, OP_BIG, OP_BIGCLOSE, OP_QUIT, OP_RETURN, OP_SUSPEND,
     OP_DOUBLE, OP_FLAGS, OP_WFLAGS, OP_STOPME, OP_UNKNOWN, OP_CLOSE, OP_RESET, OP_PARTIAL,
-    OPS
+    OP_DONE, OPS
 };
 static const char *const op_names[OPS] = {
     "PING", "ECHO", "pipeline", "BIG", "BIGCLOSE", "QUIT", "RETURN", "SUSPEND",
     "double decision", "park flags", "write flags", "stop from handler", "unknown command",
-    "client close", "client reset", "half a request",
+    "client close", "client reset", "half a request", "DONE",
 };
 /* Relative weights: the common paths most, the endings less. */
-static const unsigned op_weight[OPS] = {10, 8, 4, 6, 2, 2, 2, 10, 4, 4, 4, 1, 2, 2, 2, 2};
+static const unsigned op_weight[OPS] = {10, 8, 4, 6, 2, 2, 2, 10, 4, 4, 4, 1, 2, 2, 2, 2, 2};
 
 struct client {
     int index;
@@ -428,6 +428,15 @@ static void run_op(struct client *c, struct conn_rec *rec, enum op op) {
         break;
     case OP_QUIT:
         SEND_C(fd, "QUIT\n");
+        EXPECT_LINE_C(fd, "BYE");
+        EXPECT_EOF_C(fd);
+        finish(rec);
+        break;
+    case OP_DONE:
+        /* A client done sending, or one that sends a line more anyway
+         * (in the same segment): either way it reads BYE and then the end
+         * of the stream, never a reset. */
+        SEND_C(fd, rng_below(r, 2) ? "DONE\n" : "DONE\nPING\n");
         EXPECT_LINE_C(fd, "BYE");
         EXPECT_EOF_C(fd);
         finish(rec);
