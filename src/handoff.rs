@@ -210,7 +210,7 @@ impl Runtime {
     /// the event thread, which links directly).
     pub fn hand_over(&self, h: Handle, handoff: Handoff) {
         if let Handoff::Watch(kind) = handoff {
-            self.inbox.push(Msg::Watch(h, kind));
+            let crowded = self.inbox.push(Msg::Watch(h, kind));
             // Dekker with the event thread's exit: either it drains this
             // message before it goes (it clears `event_thread_alive`, then
             // drains), or this thread sees it gone and closes what it handed
@@ -220,11 +220,17 @@ impl Runtime {
                 crate::event_loop::abort_leftovers(self);
                 return;
             }
-            let timeout = self
-                .table
-                .slot(h)
-                .map_or(0, |slot| self.conn_timeout_ns(slot, kind));
-            self.nudge(timeout);
+            if crowded {
+                // Drained now, in a small batch, not at a wake-up seconds
+                // away (see `inbox`).
+                self.waker.wake();
+            } else {
+                let timeout = self
+                    .table
+                    .slot(h)
+                    .map_or(0, |slot| self.conn_timeout_ns(slot, kind));
+                self.nudge(timeout);
+            }
             if !matches!(kind, Kind::Reading | Kind::Keepalive | Kind::Header) {
                 return;
             }

@@ -50,6 +50,7 @@ mod failure_tests;
 pub mod ffi;
 pub(crate) mod handoff;
 pub(crate) mod handshake;
+pub(crate) mod inbox;
 pub(crate) mod listener;
 pub(crate) mod message;
 pub(crate) mod readiness;

@@ -11,6 +11,7 @@ use crate::failure::FaultPoint;
 use crate::ffi::types::{
     evmpm_runtime, evmpm_thread_fn, EVMPM_LOG_ERROR, EVMPM_THREAD_EVENT, EVMPM_TIMEOUT_NONE,
 };
+use crate::inbox::Inbox;
 use crate::listener::{Listener, Listeners};
 use crate::message::{CloseHow, Msg};
 use crate::stats::Counters;
@@ -18,7 +19,6 @@ use crate::sys::{self, epoll::Epoll, socket};
 use crate::timeouts::Kind;
 use crate::wake::{WakePlan, Waker};
 use crate::workers::Workers;
-use crossbeam_queue::SegQueue;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -43,9 +43,9 @@ pub struct Runtime {
     pub table: Table,
     pub epoll: Epoll,
     pub waker: Waker,
-    /// Messages to the event thread. Unbounded and lock-free (Michael-Scott
-    /// style segmented queue): a worker never waits on the event thread.
-    pub inbox: SegQueue<Msg>,
+    /// Messages to the event thread. Unbounded and lock-free: a worker
+    /// never waits on the event thread (see `inbox`).
+    pub inbox: Inbox,
     pub workers: Workers,
     pub counters: Counters,
     phase: AtomicU8,
@@ -177,7 +177,7 @@ impl Runtime {
             config,
             epoll,
             waker,
-            inbox: SegQueue::new(),
+            inbox: Inbox::new(config.connection_limit),
             counters: Counters::default(),
             phase: AtomicU8::new(Phase::Created as u8),
             open: AtomicU64::new(0),
