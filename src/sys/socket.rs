@@ -171,33 +171,50 @@ pub fn send_file(fd: i32, file: i32, offset: u64, len: u64) -> io::Result<usize>
     let mut off =
         libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
     let count = len.min(SENDFILE_MAX) as usize;
-    without_sigpipe(|| {
+    without_sigpipe(count, || {
         // SAFETY: `off` is a live off_t that sendfile reads and updates.
         syscall!(sendfile(fd, file, &mut off, count)).map(|n| n as usize)
     })
 }
 
-/// Runs `f` with SIGPIPE blocked in the calling thread; a SIGPIPE that `f`
-/// raised (and that was not pending before) is consumed, so it is never
-/// delivered. The thread's signal mask is restored after.
-fn without_sigpipe<R>(f: impl FnOnce() -> R) -> R {
+/// Runs `f`, a transfer of `count` bytes, with SIGPIPE blocked in the
+/// calling thread; a SIGPIPE that `f` raised (and that was not pending
+/// before) is consumed, so it is never delivered. The thread's signal mask
+/// is restored after.
+///
+/// Two system calls in the usual case (block, restore). A transfer that
+/// moved all its bytes, or stopped because the socket was full (EAGAIN),
+/// met no closed peer; only a failure or a short count (the peer went
+/// after part of it: `sendfile` then returns what it moved, with the
+/// signal raised) has the pending set asked for. And a SIGPIPE pending
+/// before the call can only be there if the thread had it blocked already
+/// (an unblocked one would have been delivered), so only then is that
+/// asked for first.
+fn without_sigpipe(count: usize, f: impl FnOnce() -> io::Result<usize>) -> io::Result<usize> {
     // SAFETY: zeroed sigset_t values are valid to initialise with
     // sigemptyset, which each is passed to before use.
     let (mut pipe, mut old, mut pending): (libc::sigset_t, libc::sigset_t, libc::sigset_t) =
         unsafe { (mem::zeroed(), mem::zeroed(), mem::zeroed()) };
-    // SAFETY: `pipe` and `pending` are live sigset_t values.
+    // SAFETY: `pipe`, `old` and `pending` are live sigset_t values.
     unsafe {
         libc::sigemptyset(&mut pipe);
         libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::sigemptyset(&mut old);
         libc::sigemptyset(&mut pending);
     }
     // SAFETY: live sigset_t pointers; pthread_sigmask changes only the
     // calling thread's mask (it returns an error number, not -1).
     let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) } == 0;
-    let pending_before = blocked && sigpipe_pending(&mut pending);
+    // SAFETY: `old` was filled by pthread_sigmask.
+    let was_blocked = blocked && unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 1;
+    let pending_before = was_blocked && sigpipe_pending(&mut pending);
     let result = f();
     if blocked {
-        if !pending_before && sigpipe_pending(&mut pending) {
+        let clean = match &result {
+            Ok(n) => *n == count,
+            Err(e) => super::would_block(e),
+        };
+        if !clean && !pending_before && sigpipe_pending(&mut pending) {
             let now = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 0,
@@ -205,8 +222,10 @@ fn without_sigpipe<R>(f: impl FnOnce() -> R) -> R {
             // SAFETY: takes the pending SIGPIPE of `pipe`; no siginfo wanted.
             let _ = syscall!(sigtimedwait(&pipe, std::ptr::null_mut(), &now));
         }
-        // SAFETY: restores the mask saved above.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        if !was_blocked {
+            // SAFETY: restores the mask saved above.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        }
     }
     result
 }
