@@ -1473,8 +1473,9 @@ evmpm_error evmpm_suspend(struct evmpm_runtime *rt,
  write side is shut down and the client's remaining input is drained
  (lingering close, up to `linger_timeout_ms`; none on a listener with
  `EVMPM_LISTEN_NO_LINGER`) before the descriptor is closed. Do not close
- the descriptor yourself. `evmpm_close_ex` closes without lingering or
- with a reset.
+ the descriptor yourself. `evmpm_close_ex` closes without lingering,
+ with a reset, or without lingering unless input is waiting (a client
+ that said its request was the last).
 
  Threads: the connection's handler, or any thread while the host holds the
  connection suspended (the close callback then runs on the calling
