@@ -18,6 +18,38 @@
 
 /* ---- checks and cases ----------------------------------------------------- */
 
+/* The runtime a failure report describes (see harness_describe_runtime). */
+static _Atomic(evmpm_runtime *) described_rt;
+
+void harness_describe_runtime(evmpm_runtime *rt) { atomic_store(&described_rt, rt); }
+
+/* What the runtime was doing when a check failed: a stalled wait is
+ * explained by where its connections and workers were. */
+static void describe_runtime(void) {
+    evmpm_runtime *rt = atomic_load(&described_rt);
+    evmpm_stats st;
+    evmpm_worker_info w[64];
+    size_t n = 0, i;
+    if (rt == NULL || evmpm_get_stats(rt, &st, sizeof st) != EVMPM_OK)
+        return;
+    fprintf(stderr,
+            "runtime: connections %llu (reading %llu, queued %llu, in handler %llu, writing "
+            "%llu, keep-alive %llu, lingering %llu, suspended %llu); workers busy %llu, idle "
+            "%llu, threads %llu, blocked %llu, replaced %llu\n",
+            (unsigned long long)st.connections, (unsigned long long)st.conns_reading,
+            (unsigned long long)st.conns_queued, (unsigned long long)st.conns_in_handler,
+            (unsigned long long)st.conns_writing, (unsigned long long)st.conns_keepalive,
+            (unsigned long long)st.conns_lingering, (unsigned long long)st.conns_suspended,
+            (unsigned long long)st.workers_busy, (unsigned long long)st.workers_idle,
+            (unsigned long long)st.worker_threads, (unsigned long long)st.handlers_blocked,
+            (unsigned long long)st.blocked_replaced);
+    if (evmpm_get_workers(rt, w, sizeof w[0], sizeof w / sizeof w[0], &n) != EVMPM_OK)
+        return;
+    for (i = 0; i < n && i < sizeof w / sizeof w[0]; i++)
+        fprintf(stderr, "worker %u: state %d, conn %llu, for %llu us\n", w[i].id, w[i].state,
+                (unsigned long long)w[i].conn, (unsigned long long)w[i].state_us);
+}
+
 void harness_fail(const char *file, int line, const char *fmt, ...) {
     va_list ap;
     fprintf(stderr, "%s:%d: ", file, line);
@@ -25,6 +57,7 @@ void harness_fail(const char *file, int line, const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n");
+    describe_runtime();
     fflush(stderr);
     _exit(1);
 }
@@ -602,6 +635,7 @@ void line_server_start(struct line_server *s, const evmpm_config *cfg) {
     CHECK_OK(evmpm_create(cfg, &s->rt));
     CHECK_OK(evmpm_register_listener(s->rt, s->listen_fd));
     CHECK_OK(evmpm_start(s->rt));
+    harness_describe_runtime(s->rt);
 }
 
 void line_server_start_default(struct line_server *s) {
@@ -622,6 +656,7 @@ int line_server_stop_only(struct line_server *s, uint32_t timeout_ms) {
 }
 
 void line_server_destroy(struct line_server *s) {
+    harness_describe_runtime(NULL);
     watchdog_arm(5000, "evmpm_destroy did not return within 5 s");
     CHECK_OK(evmpm_destroy(s->rt));
     watchdog_disarm();

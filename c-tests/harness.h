@@ -20,6 +20,9 @@
 /* ---- checks ------------------------------------------------------------ */
 
 void harness_fail(const char *file, int line, const char *fmt, ...);
+/* A failure report then also describes `rt` (its connections by state and
+ * its workers); NULL before the runtime is destroyed. */
+void harness_describe_runtime(evmpm_runtime *rt);
 
 #define CHECK(cond)                                                          \
     do {                                                                     \

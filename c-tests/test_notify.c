@@ -218,6 +218,7 @@ static void nsrv_start_flags(const evmpm_config *cfg, uint32_t flags) {
     lc.on_accept = bind_conn;
     CHECK_OK(evmpm_register_listener_ex(srv.rt, srv.listen_fd, &lc));
     CHECK_OK(evmpm_start(srv.rt));
+    harness_describe_runtime(srv.rt);
 }
 
 static void nsrv_start(const evmpm_config *cfg) { nsrv_start_flags(cfg, 0); }
@@ -239,6 +240,7 @@ static int nsrv_stop(uint32_t timeout_ms) {
     watchdog_arm((int)timeout_ms + 5000, "evmpm_stop did not return within 5 s of its deadline");
     rc = evmpm_stop(srv.rt, timeout_ms);
     watchdog_disarm();
+    harness_describe_runtime(NULL);
     watchdog_arm(5000, "evmpm_destroy did not return within 5 s");
     CHECK_OK(evmpm_destroy(srv.rt));
     watchdog_disarm();
@@ -813,6 +815,7 @@ static void notify_errors(void) {
     CHECK_OK(evmpm_stop(srv.rt, 1000));
     watchdog_disarm();
     CHECK_EQ(evmpm_notify(srv.rt, atomic_load(&srv.conns[1].conn)), EVMPM_ESTOPPED);
+    harness_describe_runtime(NULL);
     CHECK_OK(evmpm_destroy(srv.rt));
     CHECK_EQ(atomic_load(&srv.close_not_stale), 0);
     CHECK_EQ(atomic_load(&srv.conns[0].notified_runs), 0);
