@@ -212,24 +212,16 @@ impl EventLoop {
                     self.adopt(h, next);
                 }
             }
-            State::Lingering => match self.rt.drain(slot.fd()) {
-                Drained::PeerDone => {
-                    self.timeouts.remove(h.index());
-                    if slot.transition(h, State::Lingering, State::Closing).is_ok() {
-                        self.rt.final_close(h, slot, true);
-                    }
+            State::Lingering => {
+                // The client is done, or its input is drained: closed now;
+                // else re-armed under the deadline it already has.
+                let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
+                if self.rt.drain(slot.fd()) == Drained::PeerDone
+                    || self.rt.epoll.modify(slot.fd(), interest, h.0).is_err()
+                {
+                    self.close(h, State::Lingering, CloseHow::Abort);
                 }
-                _ => {
-                    // Keep the linger deadline; just re-arm.
-                    let interest = epoll::READABLE | epoll::PEER_CLOSED | epoll::ONESHOT;
-                    if self.rt.epoll.modify(slot.fd(), interest, h.0).is_err() {
-                        self.timeouts.remove(h.index());
-                        if slot.transition(h, State::Lingering, State::Closing).is_ok() {
-                            self.rt.final_close(h, slot, true);
-                        }
-                    }
-                }
-            },
+            }
             _ => {}
         }
     }
