@@ -4,6 +4,7 @@
  * `worker_threads` in all; a handler that only computes is not.
  */
 #include <dirent.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,17 +27,20 @@ static int thread_count(void) {
     return n;
 }
 
-/* SPIN ms: computes for `ms` without sleeping, then answers SPUN. */
+/* SPIN ms [sleep_ms]: computes for `ms` without sleeping, then sleeps for
+ * `sleep_ms` (if given), then answers SPUN. */
 static enum line_command_result spin_command(struct line_server *s, evmpm_conn c, int fd,
                                              const char *line) {
-    int ms;
+    int ms, sleep_for = 0;
     (void)s, (void)c;
-    if (sscanf(line, "SPIN %d", &ms) != 1)
+    if (sscanf(line, "SPIN %d %d", &ms, &sleep_for) < 1)
         return LINE_UNKNOWN;
     int64_t until = now_ms() + ms;
     volatile unsigned long sink = 0;
     while (now_ms() < until)
         sink++;
+    if (sleep_for > 0)
+        sleep_ms(sleep_for);
     line_reply(fd, "SPUN\n");
     return LINE_PARK;
 }
@@ -229,6 +233,35 @@ static void a_computing_handler_is_not_replaced(void) {
     CHECK_EQ(line_server_stop(&s, 1000), EVMPM_OK);
 }
 
+/* A handler found computing is looked at less often, but still: one that
+ * blocks after computing for a while is replaced as one that blocks at
+ * once is, so another client is answered while it sleeps. */
+static void a_handler_that_blocks_after_computing_is_replaced(void) {
+    struct line_server s;
+    evmpm_config cfg;
+    int slow, quick;
+    line_server_config(&s, &cfg);
+    s.command = spin_command;
+    cfg.running_threads = 1;
+    cfg.worker_threads = 4;
+    line_server_start(&s, &cfg);
+    slow = line_client(&s);
+    quick = line_client(&s);
+    send_str(slow, "SPIN 50 2000\n");
+    WAIT_UNTIL(atomic_load(&s.in_handler) == 1, 5000);
+    send_str(quick, "PING\n");
+    EXPECT_LINE(quick, "PONG");
+    /* Answered while the slow handler still sleeps: it was replaced. */
+    struct pollfd answer = {.fd = slow, .events = POLLIN};
+    CHECK_EQ(poll(&answer, 1, 0), 0);
+    /* Counted just after the thread that answered was released. */
+    WAIT_UNTIL(line_server_stats(&s).blocked_replaced >= 1, 5000);
+    EXPECT_LINE(slow, "SPUN");
+    close(slow);
+    close(quick);
+    CHECK_EQ(line_server_stop(&s, 1000), EVMPM_OK);
+}
+
 /* An idle runtime holds its running threads, the event thread and the
  * monitor: nothing more, whatever `worker_threads` allows. */
 static void an_idle_runtime_holds_running_threads_plus_two(void) {
@@ -310,6 +343,8 @@ int main(int argc, char **argv) {
         {"threads_stay_within_the_limit", threads_stay_within_the_limit},
         {"spares_leave_when_idle", spares_leave_when_idle},
         {"a_computing_handler_is_not_replaced", a_computing_handler_is_not_replaced},
+        {"a_handler_that_blocks_after_computing_is_replaced",
+         a_handler_that_blocks_after_computing_is_replaced},
         {"an_idle_runtime_holds_running_threads_plus_two",
          an_idle_runtime_holds_running_threads_plus_two},
         {"default_admission_accepts_while_workers_block",

@@ -131,6 +131,11 @@ struct Record {
     since_ns: AtomicU64,
     /// When the current handler was counted blocked.
     blocked_ns: AtomicU64,
+    /// The last handler (its `Running::word`) a look found running, and
+    /// when to ask the kernel about it again (see `monitor::look`). Off the
+    /// handler's cache line: only lookers write them.
+    looked_word: AtomicU64,
+    next_look_ns: AtomicU64,
     /// The label the running handler set (`evmpm_set_label`), NUL-padded;
     /// locked only by the label's writer and by snapshots, and by the
     /// worker at a handler's end if that handler set one.
@@ -167,6 +172,8 @@ impl Record {
             life: AtomicU32::new(status::LIFE_NONE),
             since_ns: AtomicU64::new(0),
             blocked_ns: AtomicU64::new(0),
+            looked_word: AtomicU64::new(0),
+            next_look_ns: AtomicU64::new(0),
             label: Mutex::new([0; status::LABEL_SIZE]),
         }
     }

@@ -71,7 +71,9 @@ pub fn monitor_main(rt: Arc<Runtime>) {
 /// the workers that still run look too, between their jobs, and the event
 /// thread looks whenever it wakes; whoever comes first does it. A look
 /// that finds nothing costs a few atomic loads; asking the kernel about a
-/// handler older than that costs three system calls. (Looking later,
+/// handler older than `STALL_NS` costs three system calls (about 2 µs),
+/// so a handler found running is asked about again only when its age has
+/// doubled. (Looking later,
 /// at 1 ms, while the CPUs are busy saved nothing measurable and cost a
 /// quarter of the throughput of a load where one request in ten blocks
 /// 5 ms: every blocked handler held its running slot that much longer.)
@@ -95,17 +97,35 @@ pub fn look_if_due(rt: &Arc<Runtime>) {
 /// How often handlers are looked at, at most.
 const LOOK_EVERY_NS: u64 = 50_000;
 
+/// The longest a handler found running waits for its next look.
+const MAX_LOOK_GAP_NS: u64 = 1_000_000;
+
 /// One look at every worker's handler.
 fn look(rt: &Arc<Runtime>, w: &Workers, now: u64) {
     for rec in w.records.iter() {
         let Some((word, started)) = rec.running_handler() else {
             continue;
         };
-        if now.saturating_sub(started) < STALL_NS {
+        let age = now.saturating_sub(started);
+        if age < STALL_NS {
             continue;
         }
+        if rec.looked_word.load(Ordering::Relaxed) == word
+            && now < rec.next_look_ns.load(Ordering::Relaxed)
+        {
+            continue; // found running lately; asked again later
+        }
         if !is_asleep(rec.tid.load(Ordering::Acquire)) {
-            continue; // running, or waiting for a CPU: busy, not blocked
+            // Running, or waiting for a CPU: busy, not blocked. It is asked
+            // about again once it has run as long again (at most
+            // `MAX_LOOK_GAP_NS` later): a handler that computes (a TLS
+            // handshake, a large sendfile) is asked a few times, not every
+            // `LOOK_EVERY_NS`, and one that blocks after computing is still
+            // found within its own age.
+            rec.next_look_ns
+                .store(now + age.min(MAX_LOOK_GAP_NS), Ordering::Relaxed);
+            rec.looked_word.store(word, Ordering::Relaxed);
+            continue;
         }
         // Counted once: the worker's swap at the handler's end and this CAS
         // agree on whether it was.
