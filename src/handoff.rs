@@ -557,7 +557,7 @@ fn send_pending(fd: i32, w: &mut PendingWrite) -> Sent {
     loop {
         let result = match w.next_part() {
             Part::Done => return Sent::All,
-            Part::Bytes(slices) => socket::send_slices(fd, slices, w.file_follows()),
+            Part::Bytes(slices) => socket::send_slices(fd, slices),
             Part::File(file) => {
                 if nonblocking.is_none() {
                     match socket::NonBlocking::set(fd) {

@@ -165,11 +165,6 @@ impl PendingWrite {
         }
     }
 
-    /// True while a file range follows the unsent slices.
-    pub fn file_follows(&self) -> bool {
-        self.file.is_some()
-    }
-
     /// `n` bytes of the slices were sent.
     pub fn advance(&mut self, mut n: usize) {
         let next = self.next;
@@ -916,7 +911,6 @@ mod tests {
                 AfterWrite::Close,
             )
         };
-        assert!(w.file_follows());
         assert_eq!(next_bytes(&w), b"head");
         w.advance(4);
         assert!(matches!(w.next_part(), Part::File(f) if f == file));
@@ -928,7 +922,6 @@ mod tests {
         };
         assert!(matches!(w.next_part(), Part::File(f) if f == rest));
         w.advance_file(6);
-        assert!(!w.file_follows());
         assert!(w.is_done());
     }
 }

@@ -132,14 +132,17 @@ pub const MAX_SLICES: usize = 1024;
 /// Sends the bytes of `slices`, in order, without blocking whatever mode
 /// the descriptor is in (MSG_DONTWAIT): one buffer with `send`, several
 /// gathered with `sendmsg` (at most `MAX_SLICES`). MSG_NOSIGNAL turns a
-/// write to a closed peer into EPIPE instead of SIGPIPE. `more`: more data
-/// follows at once (a file), so the kernel may hold a partial segment back
-/// for it (MSG_MORE).
-pub fn send_slices(fd: i32, slices: &[libc::iovec], more: bool) -> io::Result<usize> {
-    let mut flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    if more {
-        flags |= libc::MSG_MORE;
-    }
+/// write to a closed peer into EPIPE instead of SIGPIPE.
+///
+/// No MSG_MORE when a file follows, though it would save a packet: a head
+/// held back for its body made Linux's BBR take the connection's samples
+/// as not limited by the application, leave its startup phase and pace
+/// every response with timers. Over loopback, keep-alive, 100 KiB files
+/// at 100 connections: 40k against 54k req/s and 22 against 17 µs of CPU
+/// per request; 1 MiB files at 10 connections: 420 against 90 µs. nginx,
+/// by default (`tcp_nopush off`), sends its head alone too.
+pub fn send_slices(fd: i32, slices: &[libc::iovec]) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
     if let [one] = slices {
         // SAFETY: the caller's slice is valid for reads of its length.
         return syscall!(send(fd, one.iov_base.cast_const(), one.iov_len, flags))
