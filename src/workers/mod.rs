@@ -313,6 +313,13 @@ impl Workers {
         self.blocked_now.load(Ordering::Acquire)
     }
 
+    /// Threads in a handler not counted blocked: the handlers a look may
+    /// find blocked, and the active threads that are not free. (Read as
+    /// two loads: a moment's skew only makes one look early or late.)
+    pub fn running_handlers(&self) -> usize {
+        self.busy().saturating_sub(self.blocked_now())
+    }
+
     pub fn exiting(&self) -> bool {
         self.exit.load(Ordering::SeqCst)
     }

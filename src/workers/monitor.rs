@@ -12,14 +12,15 @@
 //! compete with it.
 //!
 //! Between looks it sleeps `TICK` while every active thread is in a
-//! handler. While one is not (it waits for work, or is between jobs), a
+//! handler not counted blocked. While one is not (it waits for work, or is between jobs), a
 //! blocked handler delays nothing: that thread takes what comes, and looks
 //! at the others between its jobs. The monitor then backs off, doubling its
 //! sleep up to `SLACK_TICK`; each of its wake-ups costs a context switch and
 //! a timer (about 14 µs of CPU on a virtual machine: a twentieth of a TLS
 //! handshake when it woke every 100 µs through one). It backs off to
-//! `IDLE_TICK` when no handler has run since its last look, so an idle
-//! runtime wakes it ten times a second.
+//! `IDLE_TICK` when no handler has started since its last look and none
+//! runs but those counted blocked, so an idle runtime wakes it ten times a
+//! second.
 
 use super::{Workers, STALL_NS};
 use crate::runtime::{mark_current_thread, Runtime};
@@ -44,11 +45,15 @@ pub fn monitor_main(rt: Arc<Runtime>) {
     while !w.exiting() {
         std::thread::park_timeout(tick);
         let started = w.started();
-        if w.busy() == 0 && started == seen_started {
+        let running = w.running_handlers();
+        if running == 0 && started == seen_started {
             tick = (tick * 2).min(IDLE_TICK);
             continue;
         }
-        tick = if w.busy() < w.active.load(Ordering::Acquire) {
+        // Handlers counted blocked are in `busy` but hold no active slot:
+        // with many asleep (a backend call in every tenth request), the
+        // active threads may still be free.
+        tick = if running < w.active.load(Ordering::Acquire) {
             (tick * 2).clamp(TICK, SLACK_TICK)
         } else {
             TICK
@@ -79,7 +84,7 @@ pub fn monitor_main(rt: Arc<Runtime>) {
 /// 5 ms: every blocked handler held its running slot that much longer.)
 pub fn look_if_due(rt: &Arc<Runtime>) {
     let w = &rt.workers;
-    if w.busy() == 0 {
+    if w.running_handlers() == 0 {
         return;
     }
     let now = rt.now_ns();
