@@ -178,7 +178,7 @@ impl EventLoop {
             // While handlers run, look at them now and then (see
             // `workers::look_if_due`): the backstop for when every worker
             // blocks and the monitor cannot run.
-            (self.rt.workers.busy() > 0).then(|| self.now + HANDLER_LOOK_NS),
+            (self.rt.workers.running_handlers() > 0).then(|| self.now + HANDLER_LOOK_NS),
             Some(self.now.saturating_add(self.max_sleep_ns)),
             self.clock.next_deadline_ns(),
         ];

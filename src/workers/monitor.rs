@@ -12,15 +12,15 @@
 //! compete with it.
 //!
 //! Between looks it sleeps `TICK` while every active thread is in a
-//! handler not counted blocked. While one is not (it waits for work, or is between jobs), a
-//! blocked handler delays nothing: that thread takes what comes, and looks
-//! at the others between its jobs. The monitor then backs off, doubling its
-//! sleep up to `SLACK_TICK`; each of its wake-ups costs a context switch and
-//! a timer (about 14 µs of CPU on a virtual machine: a twentieth of a TLS
-//! handshake when it woke every 100 µs through one). It backs off to
-//! `IDLE_TICK` when no handler has started since its last look and none
-//! runs but those counted blocked, so an idle runtime wakes it ten times a
-//! second.
+//! handler not counted blocked. While one is not (it waits for work, or is
+//! between jobs), a blocked handler delays nothing: that thread takes what
+//! comes, and looks at the others between its jobs. The monitor then backs
+//! off, doubling its sleep up to `SLACK_TICK`; each of its wake-ups costs a
+//! context switch and a timer (about 14 µs of CPU on a virtual machine: a
+//! twentieth of a TLS handshake when it woke every 100 µs through one). It
+//! backs off to `IDLE_TICK` when no handler has started since its last look
+//! and none runs but those counted blocked, so an idle runtime wakes it ten
+//! times a second.
 
 use super::{Workers, STALL_NS};
 use crate::runtime::{mark_current_thread, Runtime};
@@ -78,10 +78,10 @@ pub fn monitor_main(rt: Arc<Runtime>) {
 /// that finds nothing costs a few atomic loads; asking the kernel about a
 /// handler older than `STALL_NS` costs three system calls (about 2 µs),
 /// so a handler found running is asked about again only when its age has
-/// doubled. (Looking later,
-/// at 1 ms, while the CPUs are busy saved nothing measurable and cost a
-/// quarter of the throughput of a load where one request in ten blocks
-/// 5 ms: every blocked handler held its running slot that much longer.)
+/// doubled. (Looking later, at 1 ms, while the CPUs are busy saved nothing
+/// measurable and cost a quarter of the throughput of a load where one
+/// request in ten blocks 5 ms: every blocked handler held its running slot
+/// that much longer.)
 pub fn look_if_due(rt: &Arc<Runtime>) {
     let w = &rt.workers;
     if w.running_handlers() == 0 {
