@@ -217,16 +217,25 @@ impl Wheel {
         self.elapsed = self.elapsed.max(now_tick);
     }
 
-    /// Unlinks every entry of list `at` into `out`.
+    /// Unlinks every entry of list `at` into `out`, in deadline order: the
+    /// due list may hold entries linked after their deadline had passed (a
+    /// late event thread), of different ticks, pushed at its head.
     fn take_list(&mut self, at: usize, out: &mut Vec<u32>) {
+        let from = out.len();
         let mut index = std::mem::replace(&mut self.heads[at], NIL);
         while index != NIL {
-            let next = self.links[index as usize].next;
-            self.links[index as usize] = FREE_LINK;
-            self.len -= 1;
             out.push(index);
-            index = next;
+            index = self.links[index as usize].next;
         }
+        let taken = &mut out[from..];
+        if taken.len() > 1 {
+            let links = &self.links;
+            taken.sort_unstable_by_key(|&i| links[i as usize].tick);
+        }
+        for &i in taken.iter() {
+            self.links[i as usize] = FREE_LINK;
+        }
+        self.len -= taken.len();
     }
 }
 
@@ -299,6 +308,64 @@ mod tests {
         assert_eq!(seen, 20_000);
         assert_eq!(wheel.len(), 0);
         assert_eq!(wheel.next_tick(), None);
+    }
+
+    /// Inserts between advances of random length, as the event thread makes
+    /// them: every advance hands out exactly the entries due by its time,
+    /// in deadline order, never one early, never one late.
+    #[test]
+    fn interleaved_inserts_and_advances_keep_deadline_order() {
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        let mut now = 7_777_777;
+        let mut wheel = Wheel::new(now);
+        let mut ticks = vec![0u64; 60_000];
+        let mut pending = 0usize;
+        let mut out = Vec::new();
+        let mut next = 0u32;
+        while (next as usize) < ticks.len() || pending > 0 {
+            for _ in 0..rng(&mut seed) % 50 {
+                if next as usize == ticks.len() {
+                    break;
+                }
+                // Mostly 0.2-2.2 s ahead, sometimes far, sometimes past.
+                let tick = match rng(&mut seed) % 10 {
+                    0 => now - rng(&mut seed) % 100,
+                    1 => now + rng(&mut seed) % (1 << 20),
+                    _ => now + 200 + rng(&mut seed) % 2000,
+                };
+                ticks[next as usize] = tick;
+                wheel.insert(next, tick);
+                next += 1;
+                pending += 1;
+            }
+            let step = match rng(&mut seed) % 10 {
+                0 => rng(&mut seed) % 5000,
+                _ => rng(&mut seed) % 30,
+            };
+            let before = now;
+            now += step;
+            wheel.advance(now, &mut out);
+            let mut last = 0;
+            for &i in &out {
+                let tick = ticks[i as usize];
+                assert!(tick <= now, "{tick} expired early at {now}");
+                assert!(tick >= last, "{tick} after {last}");
+                last = tick;
+            }
+            pending -= out.len();
+            out.clear();
+            // Nothing due is left behind.
+            if let Some(t) = wheel.next_tick() {
+                assert!(
+                    t > now || wheel.len() == 0,
+                    "{t} left at {now} (from {before})"
+                );
+            }
+            if next as usize == ticks.len() && pending > 0 && step == 0 {
+                now += 1;
+            }
+        }
+        assert_eq!(wheel.len(), 0);
     }
 
     /// Removed entries never come out; the rest do.
