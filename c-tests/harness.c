@@ -291,6 +291,14 @@ void recv_line(int fd, char *buf, size_t cap, int ms) {
     buf[used] = '\0';
 }
 
+int silent_for(int fd, int ms) {
+    struct pollfd p;
+    p.fd = fd;
+    p.events = POLLIN;
+    p.revents = 0;
+    return poll(&p, 1, ms) == 0;
+}
+
 int wait_closed(int fd, int ms) {
     int64_t deadline = now_ms() + (int64_t)ms * harness_slowdown();
     for (;;) {

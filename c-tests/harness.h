@@ -116,6 +116,8 @@ void recv_line(int fd, char *buf, size_t cap, int ms);
 /* 1 if the peer closed (EOF or reset) within `ms`, 0 if still open. Any
  * data that arrives meanwhile is a failure. */
 int wait_closed(int fd, int ms);
+/* 1 if nothing arrives on `fd` for `ms` (0: nothing waits now). */
+int silent_for(int fd, int ms);
 /* Sets a small receive buffer so a large response backs up. */
 void shrink_rcvbuf(int fd, int bytes);
 /* Counts this process's open descriptors, leaving out /proc files (the

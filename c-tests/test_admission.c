@@ -8,17 +8,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
-#include <poll.h>
 #include <unistd.h>
-
-/* 1 if nothing arrives on `fd` for `ms` (the request is not being served). */
-static int silent_for(int fd, int ms) {
-    struct pollfd p;
-    p.fd = fd;
-    p.events = POLLIN;
-    p.revents = 0;
-    return poll(&p, 1, ms) == 0;
-}
 
 /* Occupies one more worker with a HOLD, and waits until it runs. */
 static int hold_worker(struct line_server *s) {
